@@ -1,0 +1,253 @@
+// Controls: sliders, toggles, pickers and buttons send messages; server state updates them.
+//
+// Log sliders hold log10 of the value (so `temperature` at -2 is T = 0.01); the shown value is
+// the parameter itself. While the user drags, messages go out at most every SEND_MS and the
+// page does not overwrite the control being moved.
+
+const SEND_MS = 40;
+const HOLD_MS = 600;
+
+function formatValue(value, integer) {
+  if (integer) return String(Math.round(value));
+  if (value === 0) return "0";
+  const a = Math.abs(value);
+  if (a >= 100) return value.toFixed(0);
+  if (a >= 0.01) return value.toPrecision(3).replace(/\.?0+$/, "");
+  return value.toExponential(1);
+}
+
+export class Controls {
+  /** @param {(msg: object) => void} send */
+  constructor(send) {
+    this.send = send;
+    this.params = null;
+    this.defaults = null;
+    this.touched = new Map(); // element id -> time the user last moved it
+    this.queued = {};
+    this.timer = null;
+    this.info = null;
+    this.appliedUrl = false;
+    this.bindSliders();
+    this.bindToggles();
+    this.bindPickers();
+    this.bindButtons();
+  }
+
+  // --- outgoing ------------------------------------------------------------------------
+
+  set(changes) {
+    Object.assign(this.queued, changes);
+    if (this.timer === null) {
+      this.timer = setTimeout(() => this.flush(), SEND_MS);
+    }
+  }
+
+  flush() {
+    this.timer = null;
+    const changes = this.queued;
+    this.queued = {};
+    if (Object.keys(changes).length) this.send({ type: "set", ...changes });
+  }
+
+  sliderValue(input) {
+    const box = input.closest(".slider");
+    const raw = Number(input.value);
+    let value = box.dataset.scale === "log" ? 10 ** raw : raw;
+    if (box.dataset.integer === "true") value = Math.round(value);
+    return value;
+  }
+
+  bindSliders() {
+    for (const box of document.querySelectorAll(".slider")) {
+      const input = box.querySelector("input");
+      const output = box.querySelector("output");
+      const update = () => {
+        const value = this.sliderValue(input);
+        output.textContent = formatValue(value, box.dataset.integer === "true");
+        return value;
+      };
+      input.addEventListener("input", () => {
+        this.touched.set(input.id, performance.now());
+        this.set({ [box.dataset.param]: update() });
+      });
+      input.addEventListener("change", () => {
+        this.touched.set(input.id, performance.now());
+        this.set({ [box.dataset.param]: update() });
+      });
+      update();
+    }
+  }
+
+  bindToggles() {
+    const grad = document.getElementById("grad_norm");
+    grad.addEventListener("change", () => this.set({ grad_norm: grad.checked }));
+    const disc = document.getElementById("disc_training");
+    disc.addEventListener("change", () => this.set({ disc_training: disc.checked }));
+    const avg = document.getElementById("show_average");
+    avg.addEventListener("change", () => this.set({ show: avg.checked ? "average" : "sample" }));
+  }
+
+  bindPickers() {
+    const on = (id, make) => {
+      const el = document.getElementById(id);
+      el.addEventListener("change", () => {
+        this.touched.set(id, performance.now());
+        const changes = make(el);
+        if (changes) this.set(changes);
+      });
+    };
+    on("checkpoint", (el) => (el.value ? { checkpoint: el.value } : null));
+    on("compare", (el) => ({ compare: el.value }));
+    on("layer", (el) => {
+      const layer = this.layerInfo(el.value);
+      const last = layer ? Math.min(layer.units - 1, 9) : 9;
+      return { layer: el.value, unit: 0, unit_end: last };
+    });
+    on("layout", (el) => ({ layout: el.value }));
+    const int = (el) => Math.max(0, Math.round(Number(el.value)));
+    on("unit", (el) => ({ unit: int(el) }));
+    on("unit_end", (el) => ({ unit_end: int(el) }));
+    on("chains", (el) => ({ chains: Math.max(1, int(el)) }));
+    on("seed", (el) => ({ seed: int(el) }));
+    on("sweep_param", (el) => ({ sweep_param: el.value }));
+    on("sweep_values", (el) => {
+      const values = el.value.split(/[,\s]+/).filter(Boolean).map(Number);
+      if (!values.length || values.some((v) => !Number.isFinite(v))) {
+        el.setCustomValidity("Give numbers separated by commas.");
+        el.reportValidity();
+        return null;
+      }
+      el.setCustomValidity("");
+      return { sweep_values: values };
+    });
+  }
+
+  bindButtons() {
+    document.getElementById("reset").addEventListener("click", () => this.send({ type: "reset" }));
+    document.getElementById("shake").addEventListener("click", () => this.send({ type: "shake" }));
+    document.getElementById("pause").addEventListener("click", () => this.togglePause());
+    document.getElementById("disc-restart").addEventListener("click", () => this.send({ type: "disc_restart" }));
+  }
+
+  togglePause() {
+    if (this.params) this.set({ paused: !this.params.paused });
+  }
+
+  toggleAverage() {
+    if (this.params) this.set({ show: this.params.show === "average" ? "sample" : "average" });
+  }
+
+  stepUnit(delta) {
+    if (!this.params) return;
+    const layer = this.layerInfo(this.params.layer);
+    const max = layer ? layer.units - 1 : Infinity;
+    const unit = Math.min(max, Math.max(0, this.params.unit + delta));
+    const span = this.params.unit_end - this.params.unit;
+    this.set({ unit, unit_end: Math.min(max, Math.max(0, unit + span)) });
+  }
+
+  // --- incoming ------------------------------------------------------------------------
+
+  layerInfo(name) {
+    return this.info?.layers?.find((l) => l.name === name) ?? null;
+  }
+
+  busy(id) {
+    const t = this.touched.get(id);
+    return (t !== undefined && performance.now() - t < HOLD_MS) || (document.activeElement?.id === id && id !== "pause");
+  }
+
+  /** The model and checkpoints (`info` message): fill the pickers. */
+  setInfo(info) {
+    this.info = info;
+    const layer = document.getElementById("layer");
+    layer.replaceChildren(...(info.layers || []).map((l) => {
+      const option = new Option(`${l.name}  [${l.shape.join("×")}]  ${l.units} units`, l.name);
+      return option;
+    }));
+    const names = info.checkpoints || [];
+    const fill = (select, none) => {
+      const options = names.map((n) => new Option(n, n));
+      if (none) options.unshift(new Option(none, ""));
+      select.replaceChildren(...options);
+    };
+    const checkpoint = document.getElementById("checkpoint");
+    fill(checkpoint, null);
+    const label = info.panels?.[0]?.label;
+    if (label && !names.includes(label)) checkpoint.prepend(new Option(`${label} (from the command line)`, ""));
+    fill(document.getElementById("compare"), "none");
+    if (this.params) this.setState(this.params, this.version, this.defaults);
+  }
+
+  /** The full parameters (`state` message): move every control to them. */
+  setState(params, version, defaults) {
+    this.params = params;
+    this.version = version;
+    if (defaults) this.defaults = defaults;
+    for (const box of document.querySelectorAll(".slider")) {
+      const input = box.querySelector("input");
+      if (this.busy(input.id)) continue;
+      const value = params[box.dataset.param];
+      input.value = box.dataset.scale === "log" ? Math.log10(Math.max(value, 1e-12)) : value;
+      box.querySelector("output").textContent = formatValue(value, box.dataset.integer === "true");
+    }
+    document.getElementById("grad_norm").checked = params.grad_norm;
+    document.getElementById("disc_training").checked = params.disc_training;
+    document.getElementById("show_average").checked = params.show === "average";
+    const pause = document.getElementById("pause");
+    pause.textContent = params.paused ? "Resume" : "Pause";
+    pause.setAttribute("aria-pressed", String(params.paused));
+    const put = (id, value) => { if (!this.busy(id)) document.getElementById(id).value = value; };
+    put("layer", params.layer);
+    put("layout", params.layout);
+    put("unit", params.unit);
+    put("unit_end", params.unit_end);
+    put("chains", params.chains);
+    put("seed", params.seed);
+    put("sweep_param", params.sweep_param);
+    put("sweep_values", params.sweep_values.join(", "));
+    put("checkpoint", params.checkpoint ?? "");
+    put("compare", params.compare ?? "");
+    const layer = this.layerInfo(params.layer);
+    if (layer) {
+      document.getElementById("unit").max = layer.units - 1;
+      document.getElementById("unit_end").max = layer.units - 1;
+    }
+    for (const el of document.querySelectorAll("[data-when]")) {
+      el.hidden = !el.dataset.when.split(" ").includes(params.layout);
+    }
+    this.writeUrl();
+  }
+
+  // --- the URL holds the settings --------------------------------------------------------
+
+  writeUrl() {
+    if (!this.params || !this.defaults || !this.appliedUrl) return;
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(this.params)) {
+      if (JSON.stringify(value) === JSON.stringify(this.defaults[key])) continue;
+      query.set(key, Array.isArray(value) ? value.join(",") : value === null ? "" : String(value));
+    }
+    const text = query.toString();
+    const url = text ? `${location.pathname}?${text}` : location.pathname;
+    if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+  }
+
+  /** Once, after the first state: send the settings the page's URL carries. */
+  applyUrl() {
+    if (this.appliedUrl || !this.params) return;
+    this.appliedUrl = true;
+    const query = new URLSearchParams(location.search);
+    const changes = {};
+    for (const [key, text] of query) {
+      if (!(key in this.params) || (text === "" && key !== "compare")) continue;
+      const current = this.params[key];
+      if (Array.isArray(current)) changes[key] = text.split(",").filter(Boolean).map(Number);
+      else if (typeof current === "boolean") changes[key] = text === "true";
+      else if (typeof current === "number") changes[key] = Number(text);
+      else changes[key] = text;
+    }
+    if (Object.keys(changes).length) this.send({ type: "set", ...changes });
+    this.writeUrl();
+  }
+}

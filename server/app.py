@@ -1,0 +1,653 @@
+"""The dashboard's web server: FastAPI routes, one websocket per browser, the worker's keeper.
+
+The server never runs torch: it holds the parameters the browsers set (with a version number
+that grows on every change), forwards them to the worker process through `server.link`, and
+fans the worker's frames and metrics out to every browser.
+
+Per-client flow control: each websocket has one sender task that sends the newest frame only
+while fewer than `MAX_FRAMES_IN_FLIGHT` frames await the browser's ``ack``; a slow browser
+therefore skips frames (it always gets the newest one) and never slows other browsers or the
+worker. A worker that dies is restarted with the last parameters; browsers see a ``status``
+message and keep their connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from server import security
+from server.link import WORKER_ENTRY, Message, WorkerConfig, WorkerLink
+from server.schemas import (
+    AckMessage,
+    DiscRestartMessage,
+    MessageError,
+    ResetMessage,
+    SamplerParams,
+    SetMessage,
+    ShakeMessage,
+    encode_frame,
+    parse_client_message,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+FRONTEND = REPO / "frontend"
+DEFAULT_CHECKPOINTS = REPO / "models" / "checkpoints"
+# The only files served from node_modules: the chart library's built script and styles.
+VENDOR_FILES = {
+    "uPlot.iife.min.js": FRONTEND / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js",
+    "uPlot.min.css": FRONTEND / "node_modules" / "uplot" / "dist" / "uPlot.min.css",
+}
+_STATIC_SUFFIXES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+MAX_FRAMES_IN_FLIGHT = security.MAX_FRAMES_IN_FLIGHT
+# A worker that dies again this soon after its start is restarted after a growing pause.
+_QUICK_DEATH_S = 5.0
+_MAX_RESTART_PAUSE_S = 4.0
+_TARGET = re.compile(r"^(?P<layer>[A-Za-z0-9_.]+):(?P<first>\d+)(?:-(?P<last>\d+))?$")
+
+
+class ServeError(Exception):
+    """The dashboard cannot start; the message is one sentence for the user."""
+
+
+def parse_target_option(target: str | None) -> dict[str, Any]:
+    """The parameter fields that ``--target LAYER:UNIT`` or ``LAYER:A-B`` sets.
+
+    ``LAYER:UNIT`` gives the "one unit, many chains" layout, ``LAYER:A-B`` one column per unit.
+    """
+    if target is None:
+        return {}
+    match = _TARGET.match(target.strip())
+    if match is None:
+        raise ServeError(f"The target {target!r} must look like LAYER:UNIT or LAYER:FIRST-LAST.")
+    first = int(match["first"])
+    if match["last"] is None:
+        return {"layer": match["layer"], "unit": first, "unit_end": first, "layout": "chains"}
+    return {"layer": match["layer"], "unit": first, "unit_end": int(match["last"]), "layout": "range"}
+
+
+class Client:
+    """One browser's websocket: what it has been sent, what it acknowledged, what waits.
+
+    Only `run_sender` writes to the socket, so frames and text never interleave badly.
+    """
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.wake = asyncio.Event()
+        self.unacked: deque[int] = deque()
+        self.last_sent_seq = -1
+        # Latest-wins slots per text kind (a stale state or metrics message is useless) and an
+        # ordered queue for errors, bounded so a client that never reads cannot grow it.
+        self.slots: dict[str, str] = {}
+        self.errors: deque[str] = deque(maxlen=32)
+        self.frames_sent = 0
+        self.closed = False
+
+    def post(self, kind: str, text: str) -> None:
+        """Queue a text message; for kinds other than ``error`` only the newest is kept."""
+        if kind == "error":
+            self.errors.append(text)
+        else:
+            self.slots[kind] = text
+        self.wake.set()
+
+    def ack(self, seq: int) -> None:
+        """The browser has shown frame `seq` (and so every earlier one)."""
+        while self.unacked and self.unacked[0] <= seq:
+            self.unacked.popleft()
+        self.wake.set()
+
+
+class Hub:
+    """The server's state: parameters and version, the worker, the newest frame, the clients."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        params: SamplerParams,
+        checkpoints_dir: Path,
+        worker_entry: str = WORKER_ENTRY,
+    ) -> None:
+        self.config = config
+        self.params = params
+        self.version = config.version
+        self.checkpoints_dir = checkpoints_dir
+        # The checkpoint files the worker loads: the operator's paths, or picks in the folder.
+        self.sources = {"checkpoint": config.checkpoint, "compare": config.compare}
+        self.worker_entry = worker_entry
+        self.clients: set[Client] = set()
+        self.frame: bytes | None = None
+        self.frame_seq = -1
+        self.texts: dict[str, str] = {}
+        self.info: dict[str, Any] | None = None
+        self.worker_state = "starting"
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.ready = asyncio.Event()
+        self.link: WorkerLink | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._restart_pause = 0.0
+        self._closing = False
+        self._lock = threading.Lock()
+
+    # --- worker -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker with the current parameters (call from the event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        config = WorkerConfig(
+            **{
+                **self.config.__dict__,
+                "checkpoint": self.sources["checkpoint"],
+                "compare": self.sources["compare"],
+                "params": self.params.model_dump(),
+                "version": self.version,
+            }
+        )
+        link = WorkerLink(config, self._from_thread, self._exit_from_thread, self.worker_entry)
+        self.link = link
+        link.start()
+
+    async def stop(self) -> None:
+        """Stop the worker (without restarting it) and close every client."""
+        self._closing = True
+        link, self.link = self.link, None
+        if link is not None:
+            await asyncio.to_thread(link.stop)
+        for client in list(self.clients):
+            client.closed = True
+            client.wake.set()
+
+    def _from_thread(self, message: Message) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.on_worker_message, message)
+
+    def _exit_from_thread(self, exitcode: int | None) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.on_worker_exit, exitcode)
+
+    def on_worker_exit(self, exitcode: int | None) -> None:
+        """The worker died: tell the browsers and start a new one with the last parameters."""
+        if self._closing:
+            return
+        link = self.link
+        quick = link is not None and time.monotonic() - link.started_at < _QUICK_DEATH_S
+        self._restart_pause = min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2 + 0.25) if quick else 0.0
+        self.restarts += 1
+        self.worker_state = "restarting"
+        self.last_error = f"The worker stopped (exit code {exitcode}); restarting it."
+        self.broadcast_status()
+        assert self._loop is not None
+        self._loop.call_later(self._restart_pause, self._restart)
+
+    def _restart(self) -> None:
+        if self._closing:
+            return
+        self._spawn()
+
+    def on_worker_message(self, message: Message) -> None:
+        """Route one message from the worker (runs on the event loop)."""
+        kind = message[0]
+        if kind == "frame":
+            _, header, images = message
+            self.frame = encode_frame(header, images)
+            self.frame_seq = header["seq"]
+            for client in self.clients:
+                client.wake.set()
+        elif kind == "metrics":
+            payload = message[1]
+            payload["type"] = "metrics"
+            self.post_all("metrics", json.dumps(payload, separators=(",", ":")))
+        elif kind == "ready":
+            payload = message[1]
+            if payload["version"] == self.version:
+                # The worker fills in what was left open (the layer when none was given).
+                self.params = SamplerParams.model_validate(payload["params"])
+            self.info = payload["info"]
+            self.worker_state = "running"
+            self.last_error = None
+            self.ready.set()
+            self.post_all("info", self.info_text())
+            self.broadcast_state()
+            self.broadcast_status()
+        elif kind == "rejected":
+            payload = message[1]
+            self.post_all("error", json.dumps({"type": "error", "field": payload["field"],
+                                               "message": payload["message"]}))
+            if payload.get("params") is None:
+                # The worker could not start at all (bad checkpoint or target on the command
+                # line): `run_server` reports it; a browser sees the error.
+                self.last_error = payload["message"]
+                self.worker_state = "failed"
+                self.ready.set()
+                self.broadcast_status()
+                return
+            # Go back to what the worker still runs, under a new version so frames match.
+            self.params = SamplerParams.model_validate(payload["params"])
+            if payload.get("sources") is not None:
+                self.sources = payload["sources"]
+            self.version += 1
+            self._send(("set", self.version, self.params.model_dump(), dict(self.sources)))
+            self.broadcast_state()
+        elif kind == "error":
+            payload = message[1]
+            self.post_all("error", json.dumps({"type": "error", **payload}))
+
+    def _send(self, command: Message) -> None:
+        if self.link is not None:
+            self.link.send(command)
+
+    # --- browsers -----------------------------------------------------------------------
+
+    def state_text(self) -> str:
+        """The ``state`` message: the full parameters and their version."""
+        return json.dumps({"type": "state", "version": self.version, "params": self.params.model_dump()})
+
+    def info_text(self) -> str:
+        """The ``info`` message: the model's layers, the checkpoints to pick from, the device."""
+        return json.dumps({
+            "type": "info",
+            **(self.info or {}),
+            "checkpoints": security.list_checkpoints(self.checkpoints_dir),
+        })
+
+    def status_payload(self) -> dict[str, Any]:
+        """Worker state, restarts, clients: the page's status line."""
+        link = self.link
+        worker = self.worker_state
+        if worker == "running" and (link is None or not link.alive()):
+            worker = "restarting"
+        return {
+            "type": "status",
+            "worker": worker,
+            "pid": link.pid if link is not None else None,
+            "restarts": self.restarts,
+            "clients": len(self.clients),
+            "error": self.last_error,
+        }
+
+    def post_all(self, kind: str, text: str) -> None:
+        """Queue a text message for every browser (the newest of a kind replaces older ones)."""
+        if kind != "error":
+            self.texts[kind] = text
+        for client in self.clients:
+            client.post(kind, text)
+
+    def broadcast_state(self) -> None:
+        """Send the parameters to every browser, so all pages show the same settings."""
+        self.post_all("state", self.state_text())
+
+    def broadcast_status(self) -> None:
+        """Send the status line to every browser."""
+        self.post_all("status", json.dumps(self.status_payload()))
+
+    def apply(self, message: Any) -> None:
+        """Apply one validated browser message; raises `MessageError` naming a bad field."""
+        if isinstance(message, AckMessage):
+            return
+        if isinstance(message, ResetMessage):
+            self._send(("reset",))
+            return
+        if isinstance(message, ShakeMessage):
+            self._send(("shake", message.factor, message.seconds))
+            return
+        if isinstance(message, DiscRestartMessage):
+            self._send(("disc_restart",))
+            return
+        assert isinstance(message, SetMessage)
+        changes = message.changes()
+        sources = dict(self.sources)
+        for name in ("checkpoint", "compare"):
+            if name not in changes:
+                continue
+            if changes[name] is None:
+                sources[name] = None
+                continue
+            try:
+                path = security.resolve_checkpoint(self.checkpoints_dir, changes[name])
+            except security.SecurityError as err:
+                raise MessageError(name, str(err)) from None
+            sources[name] = str(path)
+        self._check_target(changes)
+        try:
+            params = SamplerParams.model_validate({**self.params.model_dump(), **changes})
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "message"
+            raise MessageError(field, f"The field '{field}' is invalid: {first['msg']}.") from None
+        if params == self.params and sources == self.sources:
+            return
+        self.params = params
+        self.sources = sources
+        self.version += 1
+        self._send(("set", self.version, params.model_dump(), dict(sources)))
+        self.broadcast_state()
+
+    def _check_target(self, changes: dict[str, Any]) -> None:
+        # The worker knows the layers; checking here keeps a bad pick from reaching it.
+        if self.info is None or "checkpoint" in changes:
+            return
+        layers = {layer["name"]: layer for layer in self.info.get("layers", [])}
+        layer_name = changes.get("layer", self.params.layer)
+        if "layer" in changes and layer_name not in layers:
+            raise MessageError("layer", f"The model has no layer named {layer_name!r}.")
+        layer = layers.get(layer_name)
+        if layer is None:
+            return
+        for name in ("unit", "unit_end"):
+            if name in changes and changes[name] >= layer["units"]:
+                raise MessageError(
+                    name, f"Layer {layer_name!r} has {layer['units']} units; {name} must be below that."
+                )
+
+    async def serve_client(self, websocket: WebSocket) -> None:
+        """Run one browser's websocket until it closes."""
+        if len(self.clients) >= security.MAX_CLIENTS:
+            await websocket.close(code=1013)
+            return
+        await websocket.accept(subprotocol=security.accept_subprotocol(websocket))
+        client = Client(websocket)
+        self.clients.add(client)
+        for kind in ("info", "metrics"):
+            if kind in self.texts:
+                client.post(kind, self.texts[kind])
+        client.post("state", self.state_text())
+        if self.info is not None:
+            client.post("info", self.info_text())
+        self.broadcast_status()
+        sender = asyncio.create_task(self._run_sender(client))
+        try:
+            await self._run_receiver(client)
+        finally:
+            client.closed = True
+            client.wake.set()
+            self.clients.discard(client)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            self.broadcast_status()
+
+    async def _run_receiver(self, client: Client) -> None:
+        websocket = client.websocket
+        while not client.closed:
+            try:
+                event = await websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if event["type"] == "websocket.disconnect":
+                return
+            raw = event.get("text")
+            if raw is None:
+                raw = event.get("bytes") or b""
+            try:
+                message = parse_client_message(raw)
+                if isinstance(message, AckMessage):
+                    client.ack(message.seq)
+                else:
+                    self.apply(message)
+            except MessageError as err:
+                client.post("error", json.dumps(err.payload()))
+
+    async def _run_sender(self, client: Client) -> None:
+        websocket = client.websocket
+        try:
+            while not client.closed:
+                await client.wake.wait()
+                client.wake.clear()
+                while client.errors:
+                    await self._send_to(client, text=client.errors.popleft())
+                for kind in ("status", "info", "state", "metrics"):
+                    text = client.slots.pop(kind, None)
+                    if text is not None:
+                        await self._send_to(client, text=text)
+                frame, seq = self.frame, self.frame_seq
+                if (
+                    frame is not None
+                    and seq > client.last_sent_seq
+                    and len(client.unacked) < MAX_FRAMES_IN_FLIGHT
+                ):
+                    client.unacked.append(seq)
+                    client.last_sent_seq = seq
+                    client.frames_sent += 1
+                    await self._send_to(client, data=frame)
+        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+            pass
+        finally:
+            if not client.closed:
+                client.closed = True
+                with contextlib.suppress(Exception):
+                    await websocket.close()
+
+    async def _send_to(self, client: Client, text: str | None = None, data: bytes | None = None) -> None:
+        # A client whose socket stays full this long is gone; dropping it frees its memory.
+        if text is not None:
+            await asyncio.wait_for(client.websocket.send_text(text), security.SEND_TIMEOUT_S)
+        else:
+            assert data is not None
+            await asyncio.wait_for(client.websocket.send_bytes(data), security.SEND_TIMEOUT_S)
+
+
+def _initial_params(target: str | None, compare_name: str | None, checkpoint_name: str | None) -> SamplerParams:
+    return SamplerParams.model_validate(
+        {**parse_target_option(target), "checkpoint": checkpoint_name, "compare": compare_name}
+    )
+
+
+def _name_in(folder: Path, path: str | None) -> str | None:
+    # A file the operator named that lies inside the picker's folder shows under its name.
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _check_file(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise ServeError(f"The {what} {path} does not exist.")
+    if not file.is_file():
+        raise ServeError(f"The {what} {path} is not a file.")
+    try:
+        with file.open("rb"):
+            pass
+    except OSError as err:
+        raise ServeError(f"The {what} {path} cannot be read ({err.strerror}).") from None
+    return str(file.resolve())
+
+
+def create_app(
+    checkpoint: str | None = None,
+    compare: str | None = None,
+    target: str | None = None,
+    data: str | None = None,
+    checkpoints_dir: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    trust_checkpoint: bool = False,
+    token: str | None = None,
+    params: dict[str, Any] | None = None,
+    frame_rate: float = 30.0,
+    worker_entry: str = WORKER_ENTRY,
+    extra_hosts: tuple[str, ...] = (),
+) -> FastAPI:
+    """The dashboard app; the worker starts with the app's lifespan and stops with it.
+
+    `checkpoint`/`compare`: files to load (None: the bundled LeNet pair); `target`: LAYER:UNIT
+    or LAYER:A-B; `data`: real images for the discriminator; `checkpoints_dir`: the folder the
+    page's checkpoint picker may reach; `params`: initial `SamplerParams` fields; `token`: the
+    access token (None on loopback: no auth). Raises `ServeError` for a bad target or file.
+    """
+    folder = Path(checkpoints_dir) if checkpoints_dir else DEFAULT_CHECKPOINTS
+    checkpoint = _check_file(checkpoint, "checkpoint")
+    compare = _check_file(compare, "compare checkpoint")
+    if data is not None and not Path(data).exists():
+        raise ServeError(f"The data {data} does not exist.")
+    try:
+        initial = _initial_params(target, _name_in(folder, compare), _name_in(folder, checkpoint))
+        if params:
+            initial = SamplerParams.model_validate({**initial.model_dump(), **params})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ServeError(f"The setting {field} is invalid: {first['msg']}.") from None
+    config = WorkerConfig(
+        checkpoints_dir=str(folder.resolve()),
+        checkpoint=checkpoint,
+        compare=compare,
+        data=str(Path(data).resolve()) if data else None,
+        device=device,
+        trust_checkpoint=trust_checkpoint,
+        frame_rate=frame_rate,
+    )
+    hub = Hub(config, initial, folder, worker_entry)
+    auth = security.TokenAuth(token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.hub = hub
+    app.router.routes.extend(auth.routes())
+
+    @app.get("/")
+    async def index() -> Response:
+        return FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        file = FRONTEND / name
+        suffix = file.suffix
+        if "/" in name or name.startswith(".") or suffix not in _STATIC_SUFFIXES or not file.is_file():
+            return Response("Not found.", status_code=404, media_type="text/plain")
+        return FileResponse(file, media_type=_STATIC_SUFFIXES[suffix], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/vendor/{name}")
+    async def vendor(name: str) -> Response:
+        file = VENDOR_FILES.get(name)
+        if file is None or not file.is_file():
+            return Response("Not found.", status_code=404, media_type="text/plain")
+        return FileResponse(file)
+
+    @app.get("/api/state")
+    async def state() -> JSONResponse:
+        return JSONResponse({
+            "version": hub.version,
+            "params": hub.params.model_dump(),
+            "info": hub.info,
+            "status": hub.status_payload(),
+            "frame_seq": hub.frame_seq,
+        })
+
+    @app.websocket("/ws")
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await hub.serve_client(websocket)
+
+    app.add_middleware(security.SecurityMiddleware, auth=auth, host=host, port=port)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=security.allowed_hosts(host, extra_hosts))
+    return app
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ServeError(f"Port {port} on {host} is already in use; pick another with --port.") from None
+            raise ServeError(f"Cannot listen on {host}:{port} ({err.strerror}).") from None
+
+
+def run_server(
+    checkpoint: str | None,
+    compare: str | None,
+    target: str | None,
+    data: str | None,
+    checkpoints_dir: str,
+    host: str,
+    port: int,
+    device: str,
+    trust_checkpoint: bool,
+    token: str | None,
+) -> None:
+    """Serve the dashboard until interrupted (Ctrl-C or SIGTERM: a clean shutdown).
+
+    Raises `ServeError` (one sentence) for a busy port, a missing or unreadable checkpoint, a
+    bad target or a worker that cannot start with them.
+    """
+    import uvicorn
+
+    try:
+        token = security.require_token_for_bind(host, token)
+    except security.SecurityError as err:
+        raise ServeError(str(err)) from None
+    _check_port(host, port)
+    if not Path(checkpoints_dir).is_dir():
+        raise ServeError(f"The checkpoint folder {checkpoints_dir} does not exist.")
+    app = create_app(checkpoint, compare, target, data, checkpoints_dir, host, port, device,
+                     trust_checkpoint, token)
+    hub: Hub = app.state.hub
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets",
+        ws_per_message_deflate=False,
+        ws_max_size=security.WS_MAX_SIZE,
+        ws_ping_interval=security.WS_PING_INTERVAL_S,
+        ws_ping_timeout=security.WS_PING_TIMEOUT_S,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        # Fail fast with the worker's own sentence when the model or target cannot be used.
+        while not hub.ready.is_set() and not serving.done():
+            await asyncio.sleep(0.05)
+        if hub.worker_state == "failed":
+            server.should_exit = True
+            await serving
+            raise ServeError(hub.last_error or "The worker could not start.")
+        shown = "127.0.0.1" if security.is_wildcard(host) else host
+        if token is not None:
+            print(f"ldam: open {security.login_url(host, port, token)}", flush=True)
+        else:
+            print(f"ldam: serving on http://{shown}:{port}", flush=True)
+        await serving
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,274 @@
+"""The process link between the web server and the worker process (stdlib multiprocessing).
+
+Two one-way pipes, each with a thread at both ends so that neither side ever blocks on the
+other:
+
+- server -> worker: commands (``("set", version, params)``, ``("reset",)``, ...). The server
+  queues them (`WorkerLink.send` never blocks the event loop); a thread writes them to the
+  pipe in order, so no control is ever lost or reordered. The worker drains the pipe at every
+  sampler step (`WorkerEnd.poll_commands`).
+- worker -> server: frames, metrics and events. The worker's sampler loop drops them into an
+  `Outbox` and goes on; its sender thread writes events first (never dropped), then the newest
+  metrics, then the newest frame: a frame or metrics that were not yet sent when a newer one
+  came are replaced (latest wins), so a slow server never slows the sampler. The server's reader
+  thread hands every message to a callback.
+
+A dead worker is noticed two ways: the pipe reaches EOF (the process is gone, also after
+SIGKILL, because the server closes its copy of the worker's pipe end right after the start),
+and the reader thread checks ``Process.is_alive()`` whenever the pipe is quiet.
+
+Why not pyzmq: the "conflate" behaviour needed here is a one-slot buffer and a thread, which the
+standard library gives without a new dependency; the pipes also carry the spawn context's
+pickles of the worker's start configuration.
+
+This module imports no torch: the worker function is named by a string and imported only in
+the child process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+# The worker's start function, imported in the child only (it imports torch).
+WORKER_ENTRY = "server.worker:run_worker"
+
+
+@dataclass
+class WorkerConfig:
+    """Everything the worker process needs to start; picklable, no torch objects.
+
+    Paths are absolute. `params` is a `server.schemas.SamplerParams` dump and `version` the
+    parameter version the first frames carry.
+    """
+
+    checkpoints_dir: str
+    checkpoint: str | None = None
+    compare: str | None = None
+    data: str | None = None
+    device: str = "auto"
+    trust_checkpoint: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+    # Frames per second the worker encodes at most; metrics messages per second.
+    frame_rate: float = 30.0
+    metrics_rate: float = 4.0
+    jpeg_quality: int = 90
+    # Torch CPU threads in the worker; None keeps torch's default.
+    threads: int | None = None
+
+
+Message = tuple[Any, ...]
+
+
+class Outbox:
+    """The worker's side of the worker -> server pipe: events in order, frames latest-wins.
+
+    `put_event` (info, errors, rejected commands) never drops; `put_metrics` and `put_frame`
+    keep only the newest unsent one. A daemon thread does the (possibly blocking) pipe writes.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Condition()
+        self._events: list[Message] = []
+        self._metrics: Message | None = None
+        self._frame: Message | None = None
+        self._closed = False
+        self.frames_dropped = 0
+        self._thread = threading.Thread(target=self._run, name="ldam-outbox", daemon=True)
+        self._thread.start()
+
+    def put_event(self, message: Message) -> None:
+        """Queue a message that must arrive (in order)."""
+        with self._lock:
+            self._events.append(message)
+            self._lock.notify()
+
+    def put_metrics(self, message: Message) -> None:
+        """Offer the newest metrics; replaces unsent older metrics."""
+        with self._lock:
+            self._metrics = message
+            self._lock.notify()
+
+    def put_frame(self, message: Message) -> None:
+        """Offer the newest frame; replaces an unsent older frame."""
+        with self._lock:
+            if self._frame is not None:
+                self.frames_dropped += 1
+            self._frame = message
+            self._lock.notify()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Send what is queued (for at most `timeout` seconds) and stop the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._events or self._metrics or self._frame or self._closed):
+                    self._lock.wait()
+                if self._events:
+                    message: Message | None = self._events.pop(0)
+                elif self._metrics is not None:
+                    message, self._metrics = self._metrics, None
+                elif self._frame is not None:
+                    message, self._frame = self._frame, None
+                else:
+                    return  # closed and drained
+            try:
+                self._conn.send(message)
+            except (OSError, EOFError, ValueError):
+                return  # the server is gone; the worker notices through its command pipe
+
+
+class WorkerEnd:
+    """What the worker process holds: its command pipe and its outbox."""
+
+    def __init__(self, commands: Connection, events: Connection) -> None:
+        self._commands = commands
+        self.outbox = Outbox(events)
+
+    def poll_commands(self, timeout: float = 0.0) -> list[Message]:
+        """Every command waiting now (waiting up to `timeout` seconds for the first one).
+
+        Raises EOFError when the server has gone away.
+        """
+        out: list[Message] = []
+        if not self._commands.poll(timeout):
+            return out
+        while True:
+            out.append(self._commands.recv())
+            if not self._commands.poll(0):
+                return out
+
+
+def _child_main(entry: str, config: WorkerConfig, commands: Connection, events: Connection) -> None:
+    module_name, _, function = entry.partition(":")
+    run = getattr(importlib.import_module(module_name), function)
+    run(config, WorkerEnd(commands, events))
+
+
+class WorkerLink:
+    """The server's handle on one worker process.
+
+    `on_message(message)` is called from the link's reader thread for every message the worker
+    sends; `on_exit(exitcode)` once, when the worker is found dead (not after `stop`).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        on_message: Callable[[Message], None],
+        on_exit: Callable[[int | None], None],
+        entry: str = WORKER_ENTRY,
+    ) -> None:
+        self.config = config
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self._entry = entry
+        self._commands: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._process: Any = None
+        self._command_conn: Connection | None = None
+        self._event_conn: Connection | None = None
+        self._threads: list[threading.Thread] = []
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, once started."""
+        return None if self._process is None else self._process.pid
+
+    def alive(self) -> bool:
+        """True while the worker process runs."""
+        return self._process is not None and self._process.is_alive()
+
+    def start(self) -> None:
+        """Spawn the worker (a fresh interpreter: no forked torch or event-loop state)."""
+        ctx = mp.get_context("spawn")
+        command_read, command_write = ctx.Pipe(duplex=False)
+        event_read, event_write = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(
+            target=_child_main,
+            args=(self._entry, self.config, command_read, event_write),
+            name="ldam-worker",
+            daemon=True,
+        )
+        self._process.start()
+        # Close our copies of the child's ends: the worker's death then shows as EOF here.
+        command_read.close()
+        event_write.close()
+        self._command_conn = command_write
+        self._event_conn = event_read
+        self.started_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._write_commands, name="ldam-link-send", daemon=True),
+            threading.Thread(target=self._read_events, name="ldam-link-recv", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def send(self, command: Message) -> None:
+        """Queue a command for the worker; never blocks, never drops while the worker lives."""
+        self._commands.put(command)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Ask the worker to stop, wait up to `timeout` seconds, then kill it."""
+        self._stopping.set()
+        self._commands.put(("stop",))
+        self._commands.put(None)
+        process = self._process
+        if process is not None:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+        for conn in (self._command_conn, self._event_conn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        for thread in self._threads:
+            thread.join(1.0)
+
+    def _write_commands(self) -> None:
+        assert self._command_conn is not None
+        while True:
+            command = self._commands.get()
+            if command is None:
+                return
+            try:
+                self._command_conn.send(command)
+            except (OSError, EOFError, ValueError):
+                return  # the reader thread reports the death
+
+    def _read_events(self) -> None:
+        assert self._event_conn is not None and self._process is not None
+        conn = self._event_conn
+        while not self._stopping.is_set():
+            try:
+                if not conn.poll(0.5):
+                    if not self._process.is_alive():
+                        break
+                    continue
+                message = conn.recv()
+            except (EOFError, OSError, ValueError):
+                break
+            self._on_message(message)
+        if self._stopping.is_set():
+            return
+        self._process.join(1.0)
+        self._commands.put(None)
+        self._on_exit(self._process.exitcode)

@@ -1,0 +1,112 @@
+"""The `ldam` command end to end on the committed LeNet: files written, keys, shapes, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.cli import DEFAULT_CHECKPOINT, grid_order, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("sample")
+    npz, png = out / "run.npz", out / "grid.png"
+    code = main(
+        [
+            "sample", str(DEFAULT_CHECKPOINT), "--target", "fc3:0-9", "--chains", "20", "--steps", "120",
+            "--burn-in", "20", "--temperature", "0.01", "--step-size", "0.05", "--l2", "0.1",
+            "--window", "50", "--record-every", "10", "--seed", "0", "--device", "cpu",
+            "--out", str(npz), "--png", str(png),
+        ]
+    )
+    assert code == 0
+    return npz, png
+
+
+def test_sample_writes_exactly_the_documented_keys(sampled: tuple[Path, Path]) -> None:
+    data = np.load(sampled[0])
+    assert sorted(data.files) == sorted(
+        ["samples", "final", "mean", "window_mean", "activation", "burn_in_step", "resets", "params"]
+    )
+    # 120 steps, burn-in 20: recorded at steps 20, 30, ..., 110 -> 10 records.
+    assert data["samples"].shape == (10, 20, 1, 28, 28)
+    assert data["samples"].dtype == np.float32
+    for key in ["final", "mean", "window_mean"]:
+        assert data[key].shape == (20, 1, 28, 28)
+    assert data["activation"].shape == (120, 20)
+    assert data["burn_in_step"].tolist() == [20] * 20
+    assert data["resets"].tolist() == [0] * 20
+    params = json.loads(str(data["params"]))
+    assert params["checkpoint"] == str(DEFAULT_CHECKPOINT.resolve())
+    assert params["units_per_chain"] == [u for u in range(10) for _ in range(2)]
+    assert params["steps_per_second"] > 0
+    assert params["temperature"] == 0.01 and params["l2_weight"] == 0.1 and params["window"] == 50
+    # The final state is the last recorded sample's successor, and the chains moved.
+    assert not np.allclose(data["final"], data["samples"][0])
+
+
+def test_sample_raises_the_target_activation(sampled: tuple[Path, Path]) -> None:
+    act = np.load(sampled[0])["activation"]
+    assert act[-10:].mean() > act[:5].mean() + 1.0
+
+
+def test_png_is_the_papers_grid(sampled: tuple[Path, Path]) -> None:
+    image = Image.open(sampled[1])
+    # 10 columns (one per unit) x 2 rows of 28x28 with 2 px padding between and around.
+    assert image.mode == "L"
+    assert image.size == (10 * 28 + 11 * 2, 2 * 28 + 3 * 2)
+    pixels = np.asarray(image)
+    assert pixels.min() < 100 and pixels.max() > 156  # signed scaling uses both sides of grey
+
+
+def test_grid_order_puts_one_unit_per_column() -> None:
+    # 3 units x 2 chains each: row 0 shows chains 0, 2, 4; row 1 chains 1, 3, 5.
+    assert grid_order(6, 3) == [0, 2, 4, 1, 3, 5]
+    assert grid_order(4, 1) == [0, 1, 2, 3]
+
+
+def test_inspect_lists_layers() -> None:
+    result = run_cli("inspect", str(DEFAULT_CHECKPOINT))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:3] == ["fc3", "10", "10"] for line in lines)
+    assert any(line.split()[0] == "conv1" and line.split()[1] == "6x24x24" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "/nonexistent/model.pt2"], None),
+        (["sample", str(DEFAULT_CHECKPOINT), "--temperature", "hot"],
+         "ldam: --temperature must be a number or a comma-separated list of numbers, not 'hot'.\n"),
+        (["sample", str(DEFAULT_CHECKPOINT), "--burn-in", "-3"],
+         "ldam: --burn-in must be 'auto' or a whole number of steps, not '-3'.\n"),
+        (["sample", str(DEFAULT_CHECKPOINT), "--out", "/nonexistent/dir/run.npz"],
+         "ldam: The folder for --out does not exist: /nonexistent/dir.\n"),
+        (["sample", str(DEFAULT_CHECKPOINT), "--target", "nolayer:3"], None),
+        (["inspect", str(ROOT / "README.md")], None),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(argv: list[str], message: str | None) -> None:
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ldam: ") and lines[0].endswith(".")
+    if message is not None:
+        assert result.stderr == message

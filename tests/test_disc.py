@@ -1,0 +1,210 @@
+"""server/disc.py: the online discriminator trainer (paper Algorithm 2) and its helpers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.data import load_mnist, normalize_mnist, split_indices
+from models.discriminator import make_discriminator
+from server.disc import (
+    DiscriminatorError,
+    DiscriminatorTrainer,
+    build_discriminator_for,
+    real_images_for,
+)
+
+MEAN, STD = 0.1307, 0.3081
+NORM = ([MEAN], [STD])
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """(8,000 training digits, 2,000 held-out digits), normalized `[M, 1, 28, 28]`."""
+    images, _ = load_mnist()
+    train, test = split_indices()
+    return normalize_mnist(images[train], MEAN, STD), normalize_mnist(images[test], MEAN, STD)
+
+
+def _trainer(digits, **options) -> DiscriminatorTrainer:
+    torch.manual_seed(0)
+    return DiscriminatorTrainer(make_discriminator((1, 28, 28)), digits[0], **options)
+
+
+def _wait(condition, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_warm_up_separates_held_out_digits_from_noise(digits) -> None:
+    trainer = _trainer(digits)
+    before = _state(trainer.current())
+    trainer.warm_up(torch.randn(256, 1, 28, 28), steps=30)
+    d = trainer.current()
+    assert d.version == 1 and trainer.version == 1 and trainer.steps == 30
+    assert any(not torch.equal(before[k], v) for k, v in d.state_dict().items())
+    torch.manual_seed(1)  # fresh noise, never seen in warm-up
+    with torch.no_grad():
+        acc_real = (d(digits[1]) > 0).float().mean().item()
+        acc_noise = (d(torch.randn(2000, 1, 28, 28)) < 0).float().mean().item()
+    assert (acc_real + acc_noise) / 2 > 0.95
+    assert acc_real > 0.9 and acc_noise > 0.9
+
+
+def test_published_copy_is_frozen_and_separate(digits) -> None:
+    trainer = _trainer(digits)
+    d0 = trainer.current()
+    assert d0.version == 0 and not d0.training
+    assert all(not p.requires_grad for p in d0.parameters())
+    frozen = _state(d0)
+    trainer.warm_up(torch.randn(64, 1, 28, 28), steps=3)
+    # Training changed the trainer's weights but not the copy the sampler may still hold.
+    assert all(torch.equal(frozen[k], v) for k, v in d0.state_dict().items())
+    assert trainer.current() is not d0 and trainer.current().version == 1
+
+
+def test_process_pools_only_chains_that_fool_d_or_are_old(digits) -> None:
+    trainer = _trainer(digits, tau=0.9, max_age=100)
+    trainer.warm_up(torch.randn(128, 1, 28, 28), steps=20)
+    noise = torch.randn(8, 1, 28, 28)  # D calls these fake, so only age makes them eligible
+    assert not trainer.process(noise, torch.full((8,), 99))
+    assert trainer.steps == 20
+    assert trainer.metrics()["mean_d"] < 0.1
+    # Real digits pass tau even when young.
+    assert trainer.process(digits[1][:8], torch.zeros(8, dtype=torch.long))
+    assert trainer.steps == 21
+    assert trainer.process(noise, torch.full((8,), 100))
+    assert trainer.steps == 22 and trainer.version == 3
+    m = trainer.metrics()
+    assert 0.0 <= m["acc_real"] <= 1.0 and m["loss"] > 0.0
+    trainer.set(training=False)
+    assert not trainer.process(noise, torch.full((8,), 500))
+    assert trainer.steps == 22
+
+
+def test_error_in_thread_is_reported_and_restart_recovers(digits) -> None:
+    class Flaky(nn.Module):
+        """A real discriminator that fails while `broken` is set (a fault, not a mock)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = make_discriminator((1, 28, 28))
+            self.input_shape = (1, 28, 28)
+            self.broken = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.broken:
+                raise RuntimeError("injected fault\nsecond line")
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    flaky = Flaky()
+    trainer = DiscriminatorTrainer(flaky, digits[0], max_age=0)
+    trainer.start()
+    try:
+        trainer.offer(torch.randn(4, 1, 28, 28), torch.zeros(4))
+        _wait(lambda: trainer.metrics()["error"] is not None)
+        assert trainer.metrics()["error"] == (
+            "Discriminator training stopped on RuntimeError: injected fault."
+        )
+        assert trainer.current() is None  # the sampler's term goes inactive
+        assert not trainer.running
+        flaky.broken = False
+        trainer.restart()
+        assert trainer.metrics()["error"] is None and trainer.current() is not None
+        trainer.offer(torch.randn(4, 1, 28, 28), torch.zeros(4))
+        _wait(lambda: trainer.steps >= 1)
+        assert trainer.running and trainer.metrics()["training"]
+    finally:
+        assert trainer.stop()
+
+
+def test_bad_inputs_are_one_sentence(digits, tmp_path: Path) -> None:
+    trainer = _trainer(digits)
+    cases = [
+        (lambda: trainer.offer(torch.zeros(2, 3, 28, 28), torch.zeros(2)),
+         "Offered chains are (3, 28, 28) but the discriminator expects (1, 28, 28)."),
+        (lambda: trainer.offer(torch.zeros(2, 1, 28, 28), torch.zeros(3)),
+         "Got 3 chain ages for 2 chains; give one age per chain."),
+        (lambda: trainer.set(lr=0.0), "The discriminator learning rate must be positive, got 0.0."),
+        (lambda: trainer.set(tau=1.5), "tau must be between 0 and 1, got 1.5."),
+        (lambda: trainer.warm_up(torch.zeros(2, 28, 28), 3),
+         "Warm-up samples must be [K, 1, 28, 28], got (2, 28, 28)."),
+        (lambda: trainer.load(tmp_path / "none.pt"),
+         f"Discriminator checkpoint {tmp_path / 'none.pt'} does not exist."),
+        (lambda: DiscriminatorTrainer(make_discriminator((1, 28, 28)), torch.zeros(5, 3, 32, 32)),
+         "The real images are (3, 32, 32) but the discriminator expects (1, 28, 28)."),
+        (lambda: build_discriminator_for((3, 32, 32), None),
+         "The discriminator needs real images shaped like the model's input (3, 32, 32): "
+         "pass --disc-data with a folder of images or an .npz."),
+    ]
+    for call, message in cases:
+        with pytest.raises(DiscriminatorError) as info:
+            call()
+        assert str(info.value) == message
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(DiscriminatorError, match=r"is not a readable discriminator checkpoint\.$"):
+        trainer.load(garbage)
+
+
+def test_save_and_load_round_trip(digits, tmp_path: Path) -> None:
+    trainer = _trainer(digits)
+    trainer.warm_up(torch.randn(64, 1, 28, 28), steps=5)
+    path = tmp_path / "d.pt"
+    trainer.save(path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "ldam-discriminator" and payload["input_shape"] == [1, 28, 28]
+    assert payload["steps"] == 5
+    fresh = build_discriminator_for((1, 28, 28), NORM, checkpoint=path)
+    assert fresh.steps == 5
+    saved, loaded = trainer.current().state_dict(), fresh.current().state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    small = DiscriminatorTrainer(make_discriminator((3, 32, 32)), torch.zeros(4, 3, 32, 32))
+    with pytest.raises(DiscriminatorError) as info:
+        small.load(path)
+    assert str(info.value) == (
+        f"{path} holds a discriminator for inputs (1, 28, 28), but this model's input is (3, 32, 32)."
+    )
+
+
+def test_real_images_default_to_the_mnist_training_split(digits, tmp_path: Path) -> None:
+    real = real_images_for((1, 28, 28), NORM, None)
+    assert real.shape == (8000, 1, 28, 28)
+    assert torch.equal(real, digits[0])
+    # The user's own .npz for another input shape, through models.data.load_images.
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "mine.npz", images=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    trainer = build_discriminator_for((3, 32, 32), None, data=str(tmp_path / "mine.npz"))
+    assert trainer.input_shape == (3, 32, 32)
+    assert trainer.current()(torch.zeros(2, 3, 32, 32)).shape == (2,)
+
+
+def test_trainer_thread_count_does_not_leak_to_other_threads(digits) -> None:
+    trainer = _trainer(digits, threads=1)
+    default = torch.get_num_threads()
+    seen: list[int] = []
+    trainer.start()
+    try:
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert torch.get_num_threads() == default
+        assert seen == [default]
+    finally:
+        assert trainer.stop()
+    assert not trainer.running
