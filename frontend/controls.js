@@ -176,7 +176,14 @@ export class Controls {
     const label = info.panels?.[0]?.label;
     if (label && !names.includes(label)) checkpoint.prepend(new Option(`${label} (from the command line)`, ""));
     fill(document.getElementById("compare"), "none");
-    if (this.params) this.setState(this.params, this.version, this.defaults);
+    // New options reset a select to its first one: show the current parameters again, even
+    // on a control the user is moving (its new value is already on its way).
+    if (this.params) {
+      layer.value = this.params.layer;
+      checkpoint.value = this.params.checkpoint ?? "";
+      document.getElementById("compare").value = this.params.compare ?? "";
+      this.setState(this.params, this.version, this.defaults);
+    }
   }
 
   /** The full parameters (`state` message): move every control to them. */

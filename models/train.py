@@ -32,13 +32,14 @@ AVERAGED_FILE = "lenet_mnist_avg.pt2"
 class TrainConfig:
     """Training settings; they are stored in the checkpoints' metadata."""
 
-    epochs: int = 10  # the paper: ten epochs, averaging over the last five
+    # The paper trains ten epochs of 60,000 digits; 8,000 digits need more passes (and shifts).
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 5e-4
     momentum: float = 0.9
     alpha: float = 0.99  # RMSProp's squared-gradient decay
     snapshots: int = 5  # for prediction averaging, evenly spaced over the second half
-    shift: int = 0  # random translation of training digits by up to this many pixels
+    shift: int = 2  # random translation of training digits by up to this many pixels
     seed: int = 0
 
 
@@ -79,7 +80,7 @@ def train_mnist(
     """Train LeNet on the 8,000 training digits and write both checkpoints into `out_dir`.
 
     `steps` (optimizer steps of `config.batch_size` digits) defaults to `config.epochs`
-    epochs (1,250 steps). Returns the held-out accuracies (fractions of the 2,000 held-out
+    epochs (2,500 steps). Returns the held-out accuracies (fractions of the 2,000 held-out
     digits) `plain`, `averaged` (parameter averaging over the second half) and
     `prediction_averaged` (mean softmax of the snapshots), plus `loss_history` (mean training
     loss over 20 equal stretches), `steps`, `seconds` and the two file paths.

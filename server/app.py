@@ -19,7 +19,6 @@ import errno
 import json
 import re
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -48,6 +47,9 @@ from server.schemas import (
 REPO = Path(__file__).resolve().parent.parent
 FRONTEND = REPO / "frontend"
 DEFAULT_CHECKPOINTS = REPO / "models" / "checkpoints"
+# Served when no checkpoint is named: the plain LeNet beside its parameter-averaged twin (the
+# paper's section 5.2 comparison).
+DEFAULT_PAIR = (DEFAULT_CHECKPOINTS / "lenet_mnist.pt2", DEFAULT_CHECKPOINTS / "lenet_mnist_avg.pt2")
 # The only files served from node_modules: the chart library's built script and styles.
 VENDOR_FILES = {
     "uPlot.iife.min.js": FRONTEND / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js",
@@ -58,6 +60,7 @@ MAX_FRAMES_IN_FLIGHT = security.MAX_FRAMES_IN_FLIGHT
 # A worker that dies again this soon after its start is restarted after a growing pause.
 _QUICK_DEATH_S = 5.0
 _MAX_RESTART_PAUSE_S = 4.0
+_DEFAULTS = SamplerParams().model_dump()
 _TARGET = re.compile(r"^(?P<layer>[A-Za-z0-9_.]+):(?P<first>\d+)(?:-(?P<last>\d+))?$")
 
 
@@ -144,7 +147,7 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart_pause = 0.0
         self._closing = False
-        self._lock = threading.Lock()
+        self._told_clients = 0
 
     # --- worker -------------------------------------------------------------------------
 
@@ -166,6 +169,7 @@ class Hub:
         link = WorkerLink(config, self._from_thread, self._exit_from_thread, self.worker_entry)
         self.link = link
         link.start()
+        link.send(("clients", len(self.clients)))
 
     async def stop(self) -> None:
         """Stop the worker (without restarting it) and close every client."""
@@ -209,8 +213,11 @@ class Hub:
         kind = message[0]
         if kind == "frame":
             _, header, images = message
+            # Numbered here, not by the worker, so the numbers keep growing across restarts.
+            self.frame_seq += 1
+            header["worker_seq"] = header["seq"]
+            header["seq"] = self.frame_seq
             self.frame = encode_frame(header, images)
-            self.frame_seq = header["seq"]
             for client in self.clients:
                 client.wake.set()
         elif kind == "metrics":
@@ -260,7 +267,13 @@ class Hub:
 
     def state_text(self) -> str:
         """The ``state`` message: the full parameters and their version."""
-        return json.dumps({"type": "state", "version": self.version, "params": self.params.model_dump()})
+        return json.dumps({
+            "type": "state",
+            "version": self.version,
+            "params": self.params.model_dump(),
+            # The page keeps only settings that differ from these in its URL.
+            "defaults": _DEFAULTS,
+        })
 
     def info_text(self) -> str:
         """The ``info`` message: the model's layers, the checkpoints to pick from, the device."""
@@ -297,8 +310,11 @@ class Hub:
         self.post_all("state", self.state_text())
 
     def broadcast_status(self) -> None:
-        """Send the status line to every browser."""
+        """Send the status line to every browser (and the viewer count to the worker)."""
         self.post_all("status", json.dumps(self.status_payload()))
+        if len(self.clients) != self._told_clients:
+            self._told_clients = len(self.clients)
+            self._send(("clients", self._told_clients))
 
     def apply(self, message: Any) -> None:
         """Apply one validated browser message; raises `MessageError` naming a bad field."""
@@ -356,7 +372,8 @@ class Hub:
         for name in ("unit", "unit_end"):
             if name in changes and changes[name] >= layer["units"]:
                 raise MessageError(
-                    name, f"Layer {layer_name!r} has {layer['units']} units; {name} must be below that."
+                    name,
+                    f"Layer {layer_name!r} has {layer['units']} units; {name} must be below {layer['units']}.",
                 )
 
     async def serve_client(self, websocket: WebSocket) -> None:
@@ -374,17 +391,23 @@ class Hub:
         if self.info is not None:
             client.post("info", self.info_text())
         self.broadcast_status()
+        receiver = asyncio.create_task(self._run_receiver(client))
         sender = asyncio.create_task(self._run_sender(client))
         try:
-            await self._run_receiver(client)
+            # Either side ending ends the client: a closed socket stops the receiver, a send
+            # that timed out (a client that stopped reading) stops the sender.
+            await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             client.closed = True
-            client.wake.set()
             self.clients.discard(client)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            for task in (receiver, sender):
+                task.cancel()
+            for task in (receiver, sender):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             self.broadcast_status()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(websocket.close(), 1.0)
 
     async def _run_receiver(self, client: Client) -> None:
         websocket = client.websocket
@@ -408,7 +431,6 @@ class Hub:
                 client.post("error", json.dumps(err.payload()))
 
     async def _run_sender(self, client: Client) -> None:
-        websocket = client.websocket
         try:
             while not client.closed:
                 await client.wake.wait()
@@ -431,11 +453,6 @@ class Hub:
                     await self._send_to(client, data=frame)
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             pass
-        finally:
-            if not client.closed:
-                client.closed = True
-                with contextlib.suppress(Exception):
-                    await websocket.close()
 
     async def _send_to(self, client: Client, text: str | None = None, data: bytes | None = None) -> None:
         # A client whose socket stays full this long is gone; dropping it frees its memory.
@@ -493,15 +510,21 @@ def create_app(
     frame_rate: float = 30.0,
     worker_entry: str = WORKER_ENTRY,
     extra_hosts: tuple[str, ...] = (),
+    default_compare: bool = True,
 ) -> FastAPI:
     """The dashboard app; the worker starts with the app's lifespan and stops with it.
 
     `checkpoint`/`compare`: files to load (None: the bundled LeNet pair); `target`: LAYER:UNIT
     or LAYER:A-B; `data`: real images for the discriminator; `checkpoints_dir`: the folder the
     page's checkpoint picker may reach; `params`: initial `SamplerParams` fields; `token`: the
-    access token (None on loopback: no auth). Raises `ServeError` for a bad target or file.
+    access token (None on loopback: no auth); `default_compare`: with no checkpoint named,
+    show the averaged LeNet beside the plain one. Raises `ServeError` for a bad target or file.
     """
     folder = Path(checkpoints_dir) if checkpoints_dir else DEFAULT_CHECKPOINTS
+    if checkpoint is None:
+        checkpoint = str(DEFAULT_PAIR[0])
+        if compare is None and default_compare and DEFAULT_PAIR[1].is_file():
+            compare = str(DEFAULT_PAIR[1])
     checkpoint = _check_file(checkpoint, "checkpoint")
     compare = _check_file(compare, "compare checkpoint")
     if data is not None and not Path(data).exists():
@@ -565,6 +588,9 @@ def create_app(
             "info": hub.info,
             "status": hub.status_payload(),
             "frame_seq": hub.frame_seq,
+            "metrics": json.loads(hub.texts["metrics"]) if "metrics" in hub.texts else None,
+            # The event loop's task count: the load test checks it returns to where it was.
+            "tasks": len(asyncio.all_tasks()),
         })
 
     @app.websocket("/ws")
@@ -586,6 +612,25 @@ def _check_port(host: str, port: int) -> None:
             if err.errno == errno.EADDRINUSE:
                 raise ServeError(f"Port {port} on {host} is already in use; pick another with --port.") from None
             raise ServeError(f"Cannot listen on {host}:{port} ({err.strerror}).") from None
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int) -> Any:
+    """The uvicorn settings of the dashboard: websockets without per-message deflate (JPEG does
+    not compress; deflate cost about 6x the CPU), the size cap, pings that find dead clients."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=security.WS_MAX_SIZE,
+        ws_ping_interval=security.WS_PING_INTERVAL_S,
+        ws_ping_timeout=security.WS_PING_TIMEOUT_S,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+    )
 
 
 def run_server(
@@ -617,19 +662,7 @@ def run_server(
     app = create_app(checkpoint, compare, target, data, checkpoints_dir, host, port, device,
                      trust_checkpoint, token)
     hub: Hub = app.state.hub
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ws="websockets",
-        ws_per_message_deflate=False,
-        ws_max_size=security.WS_MAX_SIZE,
-        ws_ping_interval=security.WS_PING_INTERVAL_S,
-        ws_ping_timeout=security.WS_PING_TIMEOUT_S,
-        log_level="warning",
-        timeout_graceful_shutdown=3,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host, port))
 
     async def main() -> None:
         serving = asyncio.create_task(server.serve())

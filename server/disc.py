@@ -190,7 +190,9 @@ class DiscriminatorTrainer:
         if self._stream is not None:
             ready = torch.cuda.Event()
             ready.record()
+            # The D stream reads these; the allocator must not reuse them before it is done.
             snapshot.record_stream(self._stream)
+            ages.record_stream(self._stream)
         with self._offer_cond:
             self._offers += 1
             self._latest = _Offer(snapshot, ages, ready, self._offers)
@@ -287,7 +289,7 @@ class DiscriminatorTrainer:
                 f"Warm-up samples must be [K, {', '.join(map(str, self.input_shape))}], got {tuple(generated.shape)}."
             )
         generated = generated.detach().to(self.device, torch.float32)
-        with self._on_stream():
+        with self._on_stream(after_caller=True):
             for _ in range(steps):
                 with self._train_lock:
                     if len(generated) >= self._half:
@@ -301,6 +303,8 @@ class DiscriminatorTrainer:
     def _run(self) -> None:
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
+        elif self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
         self._ready.set()
         taken = 0
         try:
@@ -378,9 +382,16 @@ class DiscriminatorTrainer:
         self._step_times.append(time.perf_counter())
 
     def _publish(self) -> None:
-        published = copy.deepcopy(self._model).eval().requires_grad_(False)
-        if self._stream is not None:
-            self._stream.synchronize()  # the copy is complete on the device before anyone sees it
+        if self._stream is None:
+            published = copy.deepcopy(self._model).eval().requires_grad_(False)
+        else:
+            # Copy on the default stream, where the sampler runs: its kernels are ordered after
+            # the copy (never a half-written D), and the copy's memory belongs to that stream.
+            default = torch.cuda.default_stream(self.device)
+            default.wait_stream(self._stream)  # the optimizer step has finished
+            with torch.cuda.stream(default):
+                published = copy.deepcopy(self._model).eval().requires_grad_(False)
+            self._stream.wait_stream(default)  # the next step must not write mid-copy
         version = self._version + 1
         published.version = version
         if self.on_publish is not None:
@@ -389,8 +400,14 @@ class DiscriminatorTrainer:
             self._version = version
             self._published = published
 
-    def _on_stream(self) -> Any:
-        return torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+    def _on_stream(self, after_caller: bool = False) -> Any:
+        """D's CUDA stream as the current stream (a no-op on CPU); `after_caller` first orders
+        it after the work already queued on the caller's stream (for warm-up and load)."""
+        if self._stream is None:
+            return contextlib.nullcontext()
+        if after_caller:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        return torch.cuda.stream(self._stream)
 
     # ----------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
@@ -423,7 +440,7 @@ class DiscriminatorTrainer:
                 f"{path} holds a discriminator for inputs {tuple(payload['input_shape'])}, "
                 f"but this model's input is {self.input_shape}."
             )
-        with self._train_lock:
+        with self._train_lock, self._on_stream(after_caller=True):
             try:
                 self._model.load_state_dict(payload["state_dict"])
             except RuntimeError:

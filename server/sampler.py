@@ -9,12 +9,25 @@ Exactness: with `normalize="none"` and no discriminator, chain i samples
 with L2 the stationary variance is `T / (lambda (1 - beta lambda / 2))` at momentum 0). Gradient
 normalization (`regularizers`, `all`) and the discriminator mix rescale gradients per step, so
 they no longer sample that distribution exactly: they are display aids, as in the paper.
+
+Conventions:
+- Energies are summed over chains, never averaged, so a chain's gradient does not depend on N.
+  At T = 0 a chain's trajectory is independent of the batch; at T > 0 the noise of the whole
+  batch comes from one generator (one draw per step, fast), so chain i's noise depends on N.
+  Re-initializing diverged chains uses a second generator and does not shift anyone's noise.
+- Step t (t = 1, 2, ...) evaluates the energy at x_{t-1} (reported as `StepInfo.activation`)
+  and moves to x_t. A chain is burned in at step `burn_in_step`: samples x_t of later steps
+  enter its window and running mean. Fixed `burn_in = N` discards x_1..x_N; auto burn-in
+  waits until the activation is stable over `burn_in_window` steps (see `SamplerConfig`).
+- Hot path: no Python loop over chains, one host sync per step (the divergence check), noise
+  and averaging buffers allocated once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from server.energy import Term, autograd_value_and_grad
+from server.energy import L2Term, Term, autograd_value_and_grad
 
 PerChain = float | Sequence[float]
 Scalar = float | Tensor  # a float, or a per-chain tensor [N] broadcast over C, H, W
@@ -48,6 +61,12 @@ WINDOW_MEMORY_LIMIT_BYTES = 1 << 30
 # standard errors of zero (a Geweke-style test): with noise, a relative change below epsilon
 # may never happen for an activation that hovers near zero.
 BURN_IN_Z = 2.0
+# The running mean adds samples into a float32 partial sum that is folded into a float64 total
+# this often, so a long run keeps full precision at one add per step.
+MEAN_FOLD_STEPS = 1024
+# The window's running sum (add new, subtract old) is re-summed exactly from the ring after at
+# least this many steps, so rounding never accumulates; amortized well under one pass per step.
+WINDOW_RESUM_STEPS = 4096
 
 
 class SamplerError(ValueError):
@@ -89,8 +108,11 @@ def langevin_step(
     ascent, bit for bit. With momentum 0 this is the unadjusted Langevin algorithm.
     """
     gamma, beta, temp = _bcast(momentum, x), _bcast(step_size, x), _bcast(temperature, x)
-    v.mul_(gamma)
-    _add_scaled(v, grad, beta)
+    if isinstance(gamma, float) and gamma == 0.0:
+        torch.mul(grad, beta, out=v)  # plain Langevin: the old velocity plays no part
+    else:
+        v.mul_(gamma)
+        _add_scaled(v, grad, beta)
     if isinstance(temp, Tensor) or temp != 0.0:
         if noise is None:
             raise SamplerError("A positive temperature needs a noise tensor.")
@@ -274,8 +296,9 @@ class StepInfo:
 
 def _rms(g: Tensor) -> Tensor:
     """Per-chain RMS over pixels `[N, 1, 1, 1]`, with 0 replaced by 1 so dividing leaves 0 at 0."""
-    rms = g.pow(2).mean(dim=tuple(range(1, g.dim())), keepdim=True).sqrt_()
-    return torch.where(rms > 0, rms, torch.ones_like(rms))
+    flat = g.flatten(1)
+    rms = torch.linalg.vector_norm(flat, dim=1).div_(math.sqrt(flat.shape[1]))
+    return _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), g)  # type: ignore[return-value]
 
 
 class Sampler:
@@ -314,6 +337,8 @@ class Sampler:
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.config = config
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SamplerError(f"Device {str(self.device)!r} is not available on this machine.")
         n = config.chains
         full = (n, *shape)
         dev = self.device
@@ -333,9 +358,10 @@ class Sampler:
         self.burn_in_step = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._burned = torch.zeros(n, dtype=torch.bool, device=dev)
         self._all_burned = False
-        # Running mean of all post-burn-in samples (Welford: stable over long runs).
-        self._mean = torch.zeros(full, device=dev)
-        self._mean_count = torch.zeros(n, device=dev)
+        # Running mean of all post-burn-in samples: float32 partial sum + float64 total.
+        self._mean_partial = torch.zeros(full, device=dev)
+        self._mean_total = torch.zeros(full, dtype=torch.float64, device=dev)
+        self._mean_count = torch.zeros(n, dtype=torch.long, device=dev)
         # Auto burn-in: a ring of the last burn_in_window activations per chain.
         half = config.burn_in_window // 2
         self._hist = torch.zeros(2 * half, n, device=dev)
@@ -344,16 +370,18 @@ class Sampler:
         self._hist_new = newest  # [2h, h]: slots of the newest half when slot s was just written
         self._hist_old = (newest - half) % (2 * half)
         self._pending: SamplerConfig | None = None
+        self._pending_lock = threading.Lock()  # set() may come from a control thread
         self._apply_config(config)
         self._alloc_window(config.window)
         self._reinit(torch.arange(n, device=dev))
 
     # ---------------------------------------------------------------------- construction
     def _check_terms(self, config: SamplerConfig) -> None:
-        names = [t.name for t in self.terms]
         for term in self.terms:
             if not isinstance(term, Term):
                 raise SamplerError(f"Energy terms must be Term objects, got {type(term).__name__}.")
+        names = [t.name for t in self.terms]
+        for term in self.terms:
             if names.count(term.name) > 1:
                 raise SamplerError(
                     f"Two energy terms are both named {term.name!r}; give them different names."
@@ -386,7 +414,7 @@ class Sampler:
         thr = config.burn_in_threshold
         self._threshold = None if thr is None else self._chain_value(thr)
 
-    def _alloc_window(self, window: int) -> None:
+    def _check_window_memory(self, window: int) -> None:
         n = self.config.chains
         need = window * n * math.prod(self.input_shape) * self.x.element_size()
         if need > WINDOW_MEMORY_LIMIT_BYTES:
@@ -395,9 +423,15 @@ class Sampler:
                 f"{need / 2**20:.0f} MiB, more than the {WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB "
                 "limit; use a smaller window or fewer chains."
             )
+
+    def _alloc_window(self, window: int) -> None:
+        self._check_window_memory(window)
+        n = self.config.chains
         self._window = torch.zeros((window, *self.x.shape), device=self.device)
         self._window_sum = torch.zeros_like(self.x)
-        self._window_count = torch.zeros(n, device=self.device)
+        self._window_count = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._window_full_steps = 0  # steps every chain has been recorded: counts are K after K
+        self._since_resum = 0
 
     # ------------------------------------------------------------------------ controls
     def set(self, **params: Any) -> None:
@@ -416,13 +450,17 @@ class Sampler:
                 raise SamplerError(
                     f"Unknown setting {name!r}; live settings are {', '.join(LIVE_SETTINGS)}."
                 )
-        base = self._pending if self._pending is not None else self.config
-        self._pending = dataclasses.replace(base, **params)
+        with self._pending_lock:
+            base = self._pending if self._pending is not None else self.config
+            pending = dataclasses.replace(base, **params)
+            self._check_window_memory(pending.window)
+            self._pending = pending
 
     def _apply_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
+        if self._pending is None:
             return
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
         window_changed = pending.window != self.config.window
         self._apply_config(pending)
         if window_changed:
@@ -456,7 +494,9 @@ class Sampler:
         self._window[:, idx] = 0
         self._window_sum[idx] = 0
         self._window_count[idx] = 0
-        self._mean[idx] = 0
+        self._window_full_steps = 0
+        self._mean_partial[idx] = 0
+        self._mean_total[idx] = 0
         self._mean_count[idx] = 0
         self._hist[:, idx] = 0
         burned = cfg.burn_in == 0
@@ -475,7 +515,8 @@ class Sampler:
         """`[N, C, H, W]` mean of all of each chain's post-burn-in samples since its last
         (re)initialization; a chain with none yet shows its current sample."""
         count = _bcast(self._mean_count, self.x)
-        return torch.where(count > 0, self._mean, self.x)
+        total = (self._mean_total + self._mean_partial).div_(count.clamp(min=1)).to(self.x.dtype)
+        return torch.where(count > 0, total, self.x)
 
     def step_size(self) -> Scalar:
         """The step size beta of the next step: constant, or `a (b + t)^(-mu)` with t = 1, 2, ..."""
@@ -493,11 +534,24 @@ class Sampler:
         values: dict[str, Tensor] = {}
         g_act: Tensor | None = None
         g_disc: Tensor | None = None
+        disc_weight: Scalar = 0.0
         regs: list[tuple[Tensor, Scalar]] = []
         activation: Tensor | None = None
         for term in self.terms:
             wp = term.weight_param
             if (wp is not None and self._zero[wp]) or not term.active():
+                continue
+            if type(term) is L2Term and wp is not None:
+                # Fast path for the common regularizer: one pass for ||x_i||^2 gives the value
+                # and the RMS, and -lam x is added straight into g with no -x tensor.
+                flat = x.flatten(1)
+                sq = torch.linalg.vecdot(flat, flat)
+                values[term.name] = sq * -0.5
+                coef = -_bcast(self._p[wp], x)
+                if norm_reg:
+                    rms = sq.div(flat.shape[1]).sqrt_()
+                    coef = coef / _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), x)
+                regs.append((x, coef))
                 continue
             value, g = autograd_value_and_grad(term, x)
             values[term.name] = value
@@ -507,7 +561,7 @@ class Sampler:
                     g = g / _rms(g)
                 g_act = g if g_act is None else g_act.add_(g)
             elif term.group == "discriminator":
-                g_disc = g
+                g_disc, disc_weight = g, self._p[wp] if wp else 1.0
             else:
                 regs.append((g / _rms(g) if norm_reg else g, self._p[wp] if wp else 1.0))
 
@@ -515,10 +569,10 @@ class Sampler:
         if g_disc is not None:
             # The lead's rule: g = (1 - w) g_a + w * rms(g_a) * g_D / rms(g_D), continuous in w;
             # with normalize="all" rms(g_a) = 1 and this is the paper's convex mix.
-            w = _bcast(self._p["disc_weight"], x)
+            w = _bcast(disc_weight, x)
             scale = _rms(g_total) / _rms(g_disc)
             g_total = g_total.mul(1.0 - w) if g_act is not None else g_total
-            _add_scaled(g_total, g_disc.mul_(scale), w)
+            _add_scaled(g_total, g_disc * scale, w)
         for g, weight in regs:
             _add_scaled(g_total, g, _bcast(weight, x))
         if activation is None:
@@ -549,7 +603,9 @@ class Sampler:
             self.age += 1
             self._record(self._burned)
             self._update_burn_in(activation)
-            bad = ~(torch.isfinite(activation) & torch.isfinite(x).flatten(1).all(1))
+            # NaN/Inf anywhere in a chain makes its pixel sum non-finite (so does an overflowing
+            # sum, ~1e38, which is divergence too): one pass over x instead of two.
+            bad = ~torch.isfinite(activation + x.flatten(1).sum(1))
             # The one host sync per step: whether any chain diverged (and, until every chain
             # is burned in, whether all are now, so burn-in bookkeeping can stop).
             if self._all_burned:
@@ -576,20 +632,29 @@ class Sampler:
         k = self._window.shape[0]
         slot = (self.t - 1) % k
         old = self._window[slot]
-        self._window_sum.sub_(old)
         if self._all_burned:
-            old.copy_(x)
+            new = x
+            if self._window_full_steps < k:
+                self._window_count.add_(1).clamp_(max=k)
+                self._mean_count.add_(1)
+                self._window_full_steps += 1
+            else:
+                self._mean_count.add_(1)
         else:
-            torch.where(_bcast(recorded, x), x, torch.zeros((), device=x.device), out=old)
-        self._window_sum.add_(old)
-        if slot == k - 1:
-            # Re-sum once per lap so rounding from add/subtract never accumulates.
+            new = torch.where(_bcast(recorded, x), x, torch.zeros((), device=x.device))
+            self._window_count.add_(recorded).clamp_(max=k)
+            self._mean_count.add_(recorded)
+            self._window_full_steps = 0
+        self._window_sum.sub_(old).add_(new)
+        old.copy_(new)
+        self._since_resum += 1
+        if slot == k - 1 and self._since_resum >= WINDOW_RESUM_STEPS:
             torch.sum(self._window, dim=0, out=self._window_sum)
-        rec = recorded.to(x.dtype)
-        self._window_count.add_(rec).clamp_(max=k)
-        self._mean_count.add_(rec)
-        coef = _bcast(rec / self._mean_count.clamp(min=1), x)
-        self._mean.addcmul_(x - self._mean, coef)
+            self._since_resum = 0
+        self._mean_partial.add_(new)
+        if self.t % MEAN_FOLD_STEPS == 0:
+            self._mean_total.add_(self._mean_partial)
+            self._mean_partial.zero_()
 
     def _update_burn_in(self, activation: Tensor) -> None:
         """Mark chains burned in: fixed, after `burn_in` steps; auto, once the activation is over

@@ -13,6 +13,7 @@ This module imports no torch: the web server uses it, and so does the worker pro
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Annotated, Any, Literal
 
@@ -76,7 +77,8 @@ class SamplerParams(BaseModel):
     unit: int = Field(default=0, ge=0, le=1_000_000)
     unit_end: int = Field(default=9, ge=0, le=1_000_000)
     layout: Layout = "range"
-    chains: int = Field(default=16, ge=1, le=MAX_CHAINS)
+    # All chains of a panel; in the "range" layout rows = chains // units.
+    chains: int = Field(default=20, ge=1, le=MAX_CHAINS)
     sweep_param: SweepParam = "disc_weight"
     sweep_values: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
         default_factory=lambda: [0.0, 0.2, 0.5, 0.8, 1.0], min_length=1, max_length=MAX_SWEEP_VALUES
@@ -211,6 +213,9 @@ class MessageError(ValueError):
         return {"type": "error", "field": self.field, "message": self.message}
 
 
+_FIELD_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+)$")
+
+
 def parse_client_message(raw: str | bytes) -> BaseModel:
     """Parse one browser message (text or bytes) into its model, or raise `MessageError`.
 
@@ -229,6 +234,8 @@ def parse_client_message(raw: str | bytes) -> BaseModel:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MessageError("message", "The message is not valid JSON.") from None
+    except RecursionError:
+        raise MessageError("message", "The message is nested too deeply.") from None
     if not isinstance(data, dict):
         raise MessageError("message", "The message must be a JSON object with a 'type' field.")
     try:
@@ -236,9 +243,11 @@ def parse_client_message(raw: str | bytes) -> BaseModel:
     except ValidationError as err:
         first = err.errors()[0]
         loc = [str(part) for part in first["loc"]]
-        # For a tagged union pydantic puts the tag first ("set", "temperature"); drop it.
+        # For a tagged union pydantic puts the tag first ("set", "temperature"); drop it, and
+        # the names of union members ("function-after[...]", "constrained-str") it adds.
         if len(loc) > 1 and loc[0] == data.get("type"):
             loc = loc[1:]
+        loc = [part for part in loc if _FIELD_PART.match(part)]
         field = ".".join(loc) or "type"
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             field = "type"

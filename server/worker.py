@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import signal
 import time
 import traceback
@@ -46,6 +47,10 @@ from server.targets import Target, TargetError, list_layers
 DISC_OFFER_EVERY = 2
 # Models kept loaded, so that switching back and forth between checkpoints is instant.
 MODEL_CACHE = 4
+# Seconds between frames while no browser watches.
+IDLE_FRAME_EVERY_S = 1.0
+# The moving windows of all panels together may take this much memory; more is refused.
+WINDOW_BUDGET_BYTES = 512 << 20
 
 
 class BuildError(Exception):
@@ -137,6 +142,8 @@ class Worker:
         self.step_times: list[float] = []
         self.frame_times: list[float] = []
         self.stopping = False
+        # Browsers watching; with none, frames are made once a second (for a late joiner).
+        self.clients = 0
 
     # --- building ---------------------------------------------------------------------
 
@@ -239,6 +246,8 @@ class Worker:
             for name in ("unit", "unit_end"):
                 if getattr(params, name) >= units:
                     raise BuildError(name, f"Layer {layer!r} has {units} units; {name} must be below {units}.")
+            panel_count = 2 if self.sources["compare"] is not None else 1
+            check_window(params.window, len(params.grid()[0]), main.input_shape, panel_count)
             self._ensure_trainer(main, params)
             panels = [self._build_panel(params, "checkpoint", layer)]
             if self.sources["compare"] is not None:
@@ -305,6 +314,8 @@ class Worker:
         elif kind == "disc_restart":
             if self.trainer is not None:
                 self.trainer.restart()
+        elif kind == "clients":
+            self.clients = int(command[1])
         elif kind == "stop":
             self.stopping = True
 
@@ -313,17 +324,21 @@ class Worker:
         needs_trainer = self.trainer is None and self.disc_note is None and (
             params.disc_weight > 0 or (params.layout == "sweep" and params.sweep_param == "disc_weight")
         )
-        if changed & STRUCTURAL_FIELDS or sources != self.sources or needs_trainer:
-            try:
+        try:
+            if changed & STRUCTURAL_FIELDS or sources != self.sources or needs_trainer:
                 params = self.build(params, sources)
-            except BuildError as err:
-                self.end.outbox.put_event(("rejected", {
-                    "version": version, "field": err.field, "message": str(err),
-                    "params": self.params.model_dump(), "sources": dict(self.sources),
-                }))
-                return
-            self.end.outbox.put_event(("ready", {
-                "version": version, "params": params.model_dump(), "info": self.info()}))
+                self.end.outbox.put_event(("ready", {
+                    "version": version, "params": params.model_dump(), "info": self.info()}))
+            elif "window" in changed:
+                main = self.panels[0]
+                check_window(params.window, main.sampler.config.chains, main.loaded.input_shape,
+                             len(self.panels))
+        except BuildError as err:
+            self.end.outbox.put_event(("rejected", {
+                "version": version, "field": err.field, "message": str(err),
+                "params": self.params.model_dump(), "sources": dict(self.sources),
+            }))
+            return
         self.params = params
         self.version = version
         self._apply_live()
@@ -443,7 +458,7 @@ class Worker:
             now = time.monotonic()
             if self.dirty or (not self.params.paused and now >= next_frame):
                 self.publish_frame()
-                next_frame = now + frame_every
+                next_frame = now + (frame_every if self.clients else IDLE_FRAME_EVERY_S)
             if now >= next_metrics:
                 self.publish_metrics()
                 next_metrics = now + metrics_every
@@ -472,6 +487,17 @@ class _Reordered:
         return out[self.order.to(out.device)]
 
 
+def check_window(window: int, cells: int, input_shape: tuple[int, ...], panels: int) -> None:
+    """Raise BuildError (field ``window``) when the windows would pass `WINDOW_BUDGET_BYTES`."""
+    need = window * cells * math.prod(input_shape) * 4 * panels
+    if need > WINDOW_BUDGET_BYTES:
+        raise BuildError(
+            "window",
+            f"A window of {window} samples for {cells * panels} chains needs {need >> 20} MiB, "
+            f"over the {WINDOW_BUDGET_BYTES >> 20} MiB limit; use a smaller window or fewer chains.",
+        )
+
+
 def _field_of(message: str, default: str) -> str:
     for name in ("window", "chains", "unit_end", "unit", "layer", "temperature", "step_size"):
         if name in message:
@@ -485,6 +511,10 @@ def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    elif pick_device(config.device).type == "cpu":
+        # Leave a core to the web server and the discriminator thread: on a small machine
+        # oversubscribed OpenMP threads spin and wait on each other.
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     worker = Worker(config, end)
     try:
         params = worker.build(worker.params, worker.sources)

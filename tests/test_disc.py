@@ -13,15 +13,29 @@ from torch import nn
 
 from models.data import load_mnist, normalize_mnist, split_indices
 from models.discriminator import make_discriminator
+from models.lenet import LeNet
 from server.disc import (
     DiscriminatorError,
     DiscriminatorTrainer,
     build_discriminator_for,
     real_images_for,
+    run_with_discriminator,
 )
+from server.energy import ActivationTerm, DiscriminatorTerm, L2Term
+from server.sampler import Sampler, SamplerConfig
 
 MEAN, STD = 0.1307, 0.3081
 NORM = ([MEAN], [STD])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for the test's own thread: on a shared 2-core machine OpenMP's
+    spinning teams of 2 slow these small ops down many times over; D's thread uses 1 anyway."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(default)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +222,80 @@ def test_trainer_thread_count_does_not_leak_to_other_threads(digits) -> None:
     finally:
         assert trainer.stop()
     assert not trainer.running
+
+
+def _bits(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's weights as raw 32-bit patterns, so equality is bit-for-bit."""
+    return {k: v.detach().clone().view(torch.int32) for k, v in module.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _logit_term(net: nn.Module, chains: int) -> ActivationTerm:
+    units = torch.arange(chains) % 10  # one chain per class, then again
+    return ActivationTerm(lambda x: net(x).gather(1, units[:, None]).squeeze(1))
+
+
+def test_sampler_only_ever_reads_published_versions_while_d_trains(digits) -> None:
+    torch.manual_seed(0)
+    net = LeNet().eval().requires_grad_(False)
+    published: dict[int, dict[str, torch.Tensor]] = {}
+    lock = threading.Lock()
+
+    def record(version: int, module: nn.Module) -> None:
+        with lock:
+            published[version] = _bits(module)
+            published.pop(version - 100, None)  # bounded memory; reads lag by one step at most
+
+    trainer = DiscriminatorTrainer(
+        make_discriminator((1, 28, 28)), digits[0], max_age=5, on_publish=record
+    )
+    first = trainer.current()
+    bad: list[int] = []
+    seen: list[int] = []
+    previous: list[nn.Module] = []
+
+    def check(module: nn.Module) -> None:
+        with lock:
+            expected = published[module.version]
+        if not _same(_bits(module), expected):
+            bad.append(module.version)
+
+    def read() -> nn.Module | None:
+        d = trainer.current()
+        check(d)  # as handed out ...
+        if previous:
+            check(previous.pop())  # ... and after the sampler's step used it
+        previous.append(d)
+        seen.append(d.version)
+        return d
+
+    config = SamplerConfig(chains=8, disc_weight=0.5, seed=0, burn_in=0)
+    sampler = Sampler([_logit_term(net, 8), L2Term(), DiscriminatorTerm(read)], (1, 28, 28), config)
+    metrics = run_with_discriminator(sampler, trainer, 300, train=True, warm_up_steps=10)
+    assert metrics["error"] is None and not trainer.running
+    assert bad == []
+    assert len(seen) >= 300 and seen == sorted(seen)  # versions only move forward
+    assert len(set(seen)) >= 3  # the sampler picked up weights published during the run
+    assert trainer.steps >= 10 + 5 and metrics["steps"] == trainer.steps
+    assert not _same(_bits(trainer.current()), _bits(first))
+    assert torch.isfinite(sampler.x).all()
+
+
+def test_zero_weight_is_bit_identical_to_no_discriminator(digits) -> None:
+    torch.manual_seed(0)
+    net = LeNet().eval().requires_grad_(False)
+    config = SamplerConfig(chains=6, seed=3, temperature=0.05, disc_weight=0.0)
+    plain = Sampler([_logit_term(net, 6), L2Term()], (1, 28, 28), config)
+    for _ in range(60):
+        plain.step()
+    trainer = _trainer(digits, max_age=0)
+    with_d = Sampler(
+        [_logit_term(net, 6), L2Term(), DiscriminatorTerm(trainer.current)], (1, 28, 28), config
+    )
+    metrics = run_with_discriminator(with_d, trainer, 60, train=True, warm_up_steps=5)
+    assert metrics["error"] is None and trainer.steps > 5  # D did train meanwhile
+    assert torch.equal(plain.x, with_d.x)
+    assert torch.equal(plain.window_mean(), with_d.window_mean())

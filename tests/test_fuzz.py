@@ -61,8 +61,12 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
-kinds = st.sampled_from([*KINDS, "", "SET", "frame", "state", "error"]) | json_values
-field_names = st.sampled_from([*FIELDS, "extra", "__proto__", "type", ""]) | st.text(max_size=12)
+kinds = st.one_of(
+    st.sampled_from(KINDS), st.sampled_from(KINDS), st.sampled_from(["", "SET", "frame", "error"]), json_values
+)
+field_names = st.one_of(
+    st.sampled_from(FIELDS), st.sampled_from(FIELDS), st.sampled_from(["extra", "__proto__", "type", ""]), st.text(max_size=12)
+)
 
 # In-bounds values, so that a good share of messages is valid and reaches the worker.
 valid_set = st.fixed_dictionaries(
@@ -109,6 +113,7 @@ def _dumps(message: Any) -> str:
     return json.dumps(message, allow_nan=True)
 
 
+valid_text = st.one_of(valid_set, valid_other).map(_dumps)
 as_text = st.one_of(valid_set, valid_other, wrong_fields).map(_dumps)
 truncated = st.builds(lambda text, cut: text[: max(0, int(len(text) * cut))], as_text, st.floats(0.0, 0.99))
 nested = st.builds(
@@ -120,7 +125,10 @@ oversized = st.builds(
     st.integers(MAX_MESSAGE_BYTES, WS_MAX_SIZE - 2000),
 )
 random_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=300)
-text_messages = st.one_of(as_text, as_text, bad_numbers, truncated, nested, oversized, random_text)
+text_messages = st.one_of(
+    valid_text, valid_text, wrong_fields.map(_dumps), wrong_fields.map(_dumps), bad_numbers, bad_numbers,
+    truncated, nested, oversized, random_text,
+)
 binary_messages = st.one_of(
     st.binary(max_size=300),
     as_text.map(str.encode),

@@ -406,40 +406,55 @@ SECURITY_SEND_TIMEOUT = 5.0
 
 @pytest.fixture(scope="module")
 def nan_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real images for the discriminator of which a few are NaN: D's loss becomes NaN and its
-    training thread raises (a real fault in user data, not an injected one)."""
+    """Real images for the discriminator, one of 500 NaN: a D step that draws it (about 6% of
+    steps, 32 real images each) gets a NaN loss and the training thread raises. A real fault in
+    user data, not an injected one; and rare enough that a restarted D trains a while first."""
     path = tmp_path_factory.mktemp("data") / "nan_digits.npz"
-    images = np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)
-    images[::4] = np.nan
+    images = np.random.default_rng(0).random((500, 28, 28), dtype=np.float32)
+    images[123] = np.nan
     np.savez(path, images=images)
     return path
 
 
-def test_discriminator_failure_is_reported_and_restartable(
-    nan_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@pytest.fixture(scope="module")
+def disc_server(nan_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A dashboard whose discriminator trains on `nan_data`; the SIGTERM test ends it."""
     live = LiveServer(tmp_path_factory.mktemp("disc"), "--data", str(nan_data))
     try:
         live.wait_ready()
-        with live.viewer() as v:
-            v.set(disc_training=True, disc_weight=0.5)
-            failed = worker_metrics(v, 60, "metrics reporting the D failure", lambda m: bool(_disc_error(m)))
-            print(f"discriminator thread failure reported: {_disc_error(failed)!r}")
-            step = failed.get("step")
-            frames = v.frames_for(2.0)
-            assert len(frames) >= 2, "sampling goes on without D"
-            later = v.latest["metrics"]
-            if step is not None:
-                assert later["step"] > step
-            assert live.state()["status"]["worker"] == "running"
-            v.send({"type": "disc_restart"})
-            restarted = worker_metrics(
-                v, 30, "metrics after disc_restart", lambda m: _disc_steps(m) > _disc_steps(failed) or not _disc_error(m)
-            )
-            print(f"after disc_restart: D steps {_disc_steps(failed)} -> {_disc_steps(restarted)}")
-        _sigterm_check(live)
+        yield live
     finally:
         live.stop()
+
+
+def test_discriminator_failure_is_reported_and_restartable(disc_server: LiveServer) -> None:
+    live = disc_server
+    with live.viewer() as v:
+        v.set(disc_training=True, disc_weight=0.5)
+        failed = worker_metrics(v, 90, "metrics reporting the D failure", lambda m: bool(_disc_error(m)))
+        print(f"discriminator thread failure reported after {_disc_steps(failed)} D steps: {_disc_error(failed)!r}")
+        frames = v.frames_for(2.0)
+        assert len(frames) >= 2, "sampling goes on without D"
+        assert v.latest["metrics"]["step"] > failed["step"]
+        assert _disc_error(v.latest["metrics"]) == _disc_error(failed)  # stays reported
+        status = live.state()["status"]
+        assert status["worker"] == "running" and status["restarts"] == 0
+        # A restart may draw the NaN image at once (about 6%): allow a few tries.
+        tries = 0
+        while tries < 5:
+            tries += 1
+            v.send({"type": "disc_restart"})
+            try:
+                restarted = worker_metrics(
+                    v, 15, "D training again", lambda m: _disc_steps(m) > _disc_steps(failed)
+                )
+            except AssertionError:
+                continue
+            break
+        else:
+            raise AssertionError("disc_restart never got D training again")
+        print(f"disc_restart (try {tries}): D steps {_disc_steps(failed)} -> {_disc_steps(restarted)}")
+        assert live.state()["status"]["pid"] == status["pid"]
 
 
 def _disc_error(metrics: dict[str, Any]) -> str | None:
@@ -473,16 +488,15 @@ def _sigterm_check(live: LiveServer) -> None:
     assert worker_s < 15
 
 
-def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path)
-    try:
-        live.wait_ready()
-        with live.viewer() as v:
-            v.frames_for(1.0)
-            _sigterm_check(live)
-            # The open websocket was closed by the server, not left hanging.
-            with pytest.raises(ConnectionClosed):
-                for _ in range(100):
-                    v.ws.recv(timeout=5)
-    finally:
-        live.stop()
+def test_sigterm_shuts_down_cleanly(disc_server: LiveServer) -> None:
+    # The server of the discriminator test: a worker with D's training thread to stop too.
+    live = disc_server
+    with live.viewer() as v:
+        v.set(disc_training=True, disc_weight=0.5)
+        v.send({"type": "disc_restart"})
+        v.frames_for(1.0)
+        _sigterm_check(live)
+        # The open websocket was closed by the server, not left hanging.
+        with pytest.raises(ConnectionClosed):
+            for _ in range(100):
+                v.ws.recv(timeout=5)

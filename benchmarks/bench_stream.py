@@ -1,0 +1,236 @@
+"""Streaming benchmark: real websocket clients on loopback against the dashboard.
+
+    python -m benchmarks.bench_stream [--quick] [--checkpoint PATH] [--chains 16]
+
+Starts the dashboard (the default LeNet, one panel of 16 chains) in a subprocess and measures:
+
+- latency from a ``set`` message to the first frame made with it (p50, p95; goal p95 < 100 ms);
+- frames per second per client with 1, 8 and 32 clients that read and acknowledge every frame
+  (goal at least 25 with 8);
+- the sampler's steps per second while streaming to 8 clients against no client (goal >= 0.9).
+
+Prints a markdown table. Bounded: about 40 s (20 s with --quick) after the server is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(port: int, checkpoint: str | None, chains: int) -> None:
+    """The server side (run in its own process): the dashboard with `chains` chains."""
+    import uvicorn
+
+    from server.app import create_app, uvicorn_config
+
+    app = create_app(
+        checkpoint=checkpoint,
+        port=port,
+        device="cpu",
+        params={"layout": "chains", "unit": 0, "chains": chains},
+        default_compare=False,
+    )
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
+
+
+class Client:
+    """A websocket client like the page: acknowledges every frame as soon as it has it."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames = 0
+        self.version = -1
+        self.state_version = -1
+        self.new_frame = asyncio.Event()
+
+    async def read(self) -> None:
+        async for message in self.ws:
+            if isinstance(message, bytes):
+                (length,) = struct.unpack_from(">I", message, 0)
+                header = json.loads(message[4 : 4 + length])
+                self.frames += 1
+                self.version = header["version"]
+                self.new_frame.set()
+                await self.ws.send(json.dumps({"type": "ack", "seq": header["seq"]}))
+            else:
+                data = json.loads(message)
+                if data["type"] == "state":
+                    self.state_version = data["version"]
+
+
+async def open_clients(port: int, n: int) -> tuple[list[Client], list[asyncio.Task[None]]]:
+    clients = []
+    for _ in range(n):
+        ws = await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+                           compression=None, max_size=2**24, proxy=None)
+        clients.append(Client(ws))
+    return clients, [asyncio.create_task(c.read()) for c in clients]
+
+
+async def close_clients(clients: list[Client], tasks: list[asyncio.Task[None]]) -> None:
+    for c in clients:
+        await c.ws.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def steps_per_s(http: httpx.AsyncClient, seconds: float) -> float:
+    """The worker's steps/s averaged over `seconds` (sampled from /api/state)."""
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(0.5)
+        metrics = (await http.get("/api/state")).json().get("metrics")
+        if metrics is not None:
+            samples.append(metrics["steps_per_s"])
+    return statistics.fmean(samples) if samples else float("nan")
+
+
+async def measure(port: int, quick: bool) -> dict[str, Any]:
+    period = 3.0 if quick else 6.0
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as http:
+        await asyncio.sleep(2.0)  # the worker's speed settles after start
+        out["steps_idle"] = await steps_per_s(http, period)
+
+        fps: dict[int, tuple[float, float]] = {}
+        for n in (1, 8, 32):
+            clients, tasks = await open_clients(port, n)
+            await asyncio.sleep(1.0)  # warm-up: connection set-up and the first frames
+            start = [c.frames for c in clients]
+            t0 = time.monotonic()
+            steps = await steps_per_s(http, period)
+            elapsed = time.monotonic() - t0
+            rates = [(c.frames - s) / elapsed for c, s in zip(clients, start, strict=True)]
+            fps[n] = (statistics.fmean(rates), min(rates))
+            if n == 8:
+                out["steps_streaming"] = steps
+            await close_clients(clients, tasks)
+        out["fps"] = fps
+
+        clients, tasks = await open_clients(port, 1)
+        client = clients[0]
+        await asyncio.sleep(1.0)
+        latencies = []
+        for i in range(15 if quick else 40):
+            version = client.state_version
+            client.new_frame.clear()
+            t0 = time.perf_counter()
+            await client.ws.send(json.dumps({"type": "set", "temperature": 0.01 if i % 2 else 0.02}))
+            deadline = t0 + 5.0
+            while client.version <= version and time.perf_counter() < deadline:
+                client.new_frame.clear()
+                try:
+                    await asyncio.wait_for(client.new_frame.wait(), deadline - time.perf_counter())
+                except TimeoutError:
+                    break
+            if client.version > version:
+                latencies.append((time.perf_counter() - t0) * 1e3)
+            await asyncio.sleep(0.15)
+        await close_clients(clients, tasks)
+        out["latency_ms"] = latencies
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def report(r: dict[str, Any], chains: int) -> str:
+    lat = r["latency_ms"]
+    ratio = r["steps_streaming"] / r["steps_idle"] if r["steps_idle"] else float("nan")
+    rows = [
+        "| measure | value | goal |",
+        "| --- | --- | --- |",
+        f"| slider -> first frame made with it, p50 | {percentile(lat, 0.5):.1f} ms ({len(lat)} changes) | |",
+        f"| slider -> first frame made with it, p95 | {percentile(lat, 0.95):.1f} ms | < 100 ms |",
+    ]
+    for n, (mean, low) in r["fps"].items():
+        goal = ">= 25" if n == 8 else ""
+        rows.append(f"| frames/s per client, {n} client{'s' if n > 1 else ''} (mean, min) | {mean:.1f}, {low:.1f} | {goal} |")
+    rows += [
+        f"| sampler steps/s, no client | {r['steps_idle']:.0f} | |",
+        f"| sampler steps/s, 8 clients streaming | {r['steps_streaming']:.0f} | |",
+        f"| ratio streaming / not streaming | {ratio:.2f} | >= 0.9 |",
+    ]
+    head = f"LeNet, {chains} chains, CPU, {os.cpu_count()} cores, loopback websockets\n\n"
+    return head + "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter periods (a smoke run)")
+    parser.add_argument("--checkpoint", help="a checkpoint (default: the bundled LeNet)")
+    parser.add_argument("--chains", type=int, default=16)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve is not None:
+        serve(args.serve, args.checkpoint, args.chains)
+        return 0
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "benchmarks.bench_stream", "--serve", str(port), "--chains", str(args.chains)]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                print(f"the server exited with {proc.returncode}", file=sys.stderr)
+                return 1
+            try:
+                state = httpx.get(f"http://127.0.0.1:{port}/api/state", trust_env=False).json()
+                if state["status"]["worker"] == "running" and state["frame_seq"] >= 0:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                print("the server did not start in time", file=sys.stderr)
+                return 1
+            time.sleep(0.3)
+        result = asyncio.run(measure(port, args.quick))
+        print(report(result, args.chains))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

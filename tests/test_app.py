@@ -1,0 +1,261 @@
+"""The web app and its protocol through FastAPI's TestClient, with the real worker process.
+
+Frames arrive with headers, a control changes the parameters and the frames made after it
+carry the new version, the ack window holds back a third frame, bad messages are answered
+with the field named while the stream goes on, a killed worker comes back, the layer picker
+and the compare view work, and `run_server` refuses bad starts with one sentence.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from starlette.websockets import WebSocketDisconnect
+
+from server.app import ServeError, create_app, parse_target_option, run_server
+from server.schemas import decode_frame
+from tests.test_worker import PAIR, REPO, lenet_folder
+
+ORIGIN = "http://127.0.0.1:8000"
+WS_URL = "ws://127.0.0.1:8000/ws"  # TestClient sends the Host of the URL it is given
+
+
+class Socket:
+    """A TestClient websocket with the page's habits: decode frames, keep the newest texts."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.context = client.websocket_connect(WS_URL, headers={"origin": ORIGIN}, subprotocols=["ldam"])
+        self.ws = self.context.__enter__()
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.errors: list[dict[str, Any]] = []
+
+    def close(self) -> None:
+        self.context.__exit__(None, None, None)
+
+    def next(self) -> dict[str, Any]:
+        """The next message; a frame becomes {"type": "frame", "header": ..., "images": ...}."""
+        message = self.ws.receive()
+        if message.get("bytes") is not None:
+            header, images = decode_frame(message["bytes"])
+            return {"type": "frame", "header": header, "images": images}
+        data = json.loads(message["text"])
+        self.latest[data["type"]] = data
+        if data["type"] == "error":
+            self.errors.append(data)
+        return data
+
+    def until(self, predicate: Any, limit: int = 400) -> dict[str, Any]:
+        """Read (acknowledging frames) until `predicate(message)`; at most `limit` messages
+        (metrics alone come 4 times a second, so the limit is also a time bound)."""
+        for _ in range(limit):
+            message = self.next()
+            if message["type"] == "frame":
+                self.ack(message["header"]["seq"])
+            if predicate(message):
+                return message
+        raise AssertionError(f"not seen in {limit} messages; newest: {self.latest}")
+
+    def frame(self, min_version: int = 0) -> dict[str, Any]:
+        return self.until(lambda m: m["type"] == "frame" and m["header"]["version"] >= min_version)
+
+    def ack(self, seq: int) -> None:
+        self.ws.send_text(json.dumps({"type": "ack", "seq": seq}))
+
+    def send(self, message: dict[str, Any] | str) -> None:
+        self.ws.send_text(message if isinstance(message, str) else json.dumps(message))
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    folder = lenet_folder()
+    app = create_app(
+        checkpoint=str(folder / PAIR[0]),
+        checkpoints_dir=str(folder),
+        device="cpu",
+        params={"layout": "chains", "unit": 1, "chains": 4},
+    )
+    with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def sock(client: TestClient) -> Iterator[Socket]:
+    s = Socket(client)
+    yield s
+    s.close()
+
+
+def test_frames_arrive_with_headers(sock: Socket) -> None:
+    message = sock.frame()
+    header = message["header"]
+    assert set(header) >= {"seq", "time", "step", "version", "panels"}
+    panel = header["panels"][0]
+    assert panel["label"] == PAIR[0] and panel["target"] == "fc3:1"
+    image = Image.open(io.BytesIO(message["images"][0]))
+    assert image.format == "JPEG" and image.size == (panel["width"], panel["height"]) == (62, 62)
+    later = sock.frame()
+    assert later["header"]["seq"] > header["seq"] and later["header"]["step"] > header["step"]
+    assert later["images"][0] != message["images"][0]
+
+
+def test_control_changes_parameters_and_later_frames_carry_the_version(
+    client: TestClient, sock: Socket
+) -> None:
+    old = sock.until(lambda m: m["type"] == "state")["version"]
+    sock.send({"type": "set", "temperature": 0.37})
+    state = sock.until(lambda m: m["type"] == "state" and m["params"]["temperature"] == 0.37)
+    assert state["version"] == old + 1
+    frame = sock.frame(min_version=old + 1)
+    assert frame["header"]["version"] == old + 1
+    served = client.get("/api/state").json()
+    assert served["params"]["temperature"] == 0.37 and served["version"] == old + 1
+
+
+def test_ack_window_holds_back_the_third_frame(client: TestClient, sock: Socket) -> None:
+    frames = []
+    metrics_after = 0
+    hub = client.app.state.hub  # type: ignore[attr-defined]
+    # Read without acknowledging: two frames, then only text, however many frames are made.
+    while metrics_after < 8:
+        message = sock.next()
+        if message["type"] == "frame":
+            frames.append(message["header"]["seq"])
+        elif message["type"] == "metrics" and len(frames) == 2:
+            metrics_after += 1
+    assert len(frames) == 2
+    assert hub.frame_seq > frames[-1] + 5  # the worker went on making frames meanwhile
+    sock.ack(frames[0])
+    third = sock.until(lambda m: m["type"] == "frame")
+    # Latest wins: the frame sent after the ack is the newest, not the next in line.
+    assert third["header"]["seq"] > frames[-1] + 5
+
+
+def test_bad_messages_get_an_error_naming_the_field_and_the_stream_goes_on(sock: Socket) -> None:
+    sock.frame()
+    bad = [
+        ('{"type": "set", "temperature": NaN}', "temperature"),
+        ('{"type": "set", "window": 5000}', "window"),
+        ('{"type": "set", "extra": 1}', "extra"),
+        ('{"type": "jump"}', "type"),
+        ("{not json", "message"),
+        (json.dumps({"type": "set", "layer": "x" * 5000}), "message"),
+        ('{"type": "set", "layer": "conv9"}', "layer"),
+        ('{"type": "set", "unit": 10}', "unit"),
+        ('{"type": "set", "checkpoint": "../../etc/passwd"}', "checkpoint"),
+        ('{"type": "set", "checkpoint": "missing.pt2"}', "checkpoint"),
+    ]
+    for raw, field in bad:
+        sock.send(raw)
+        error = sock.until(lambda m: m["type"] == "error")
+        assert error["field"] == field, (raw, error)
+    assert sock.errors[-1]["message"] == "Checkpoint 'missing.pt2' does not exist in the checkpoint folder."
+    assert sock.errors[-3]["message"] == "Layer 'fc3' has 10 units; unit must be below 10."
+    assert sock.errors[-4]["message"] == "The model has no layer named 'conv9'."
+    before = sock.frame()["header"]["seq"]
+    assert sock.frame()["header"]["seq"] > before
+
+
+def test_layer_picker_switches_units(sock: Socket) -> None:
+    info = sock.until(lambda m: m["type"] == "info")
+    layers = {layer["name"]: layer for layer in info["layers"]}
+    assert layers["fc3"]["units"] == 10 and layers["fc1"]["units"] == 120
+    assert set(info["checkpoints"]) >= set(PAIR)
+    sock.send({"type": "set", "layer": "fc1", "unit": 17})
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["layer"] == "fc1")["version"]
+    frame = sock.frame(min_version=version)
+    assert frame["header"]["panels"][0]["target"] == "fc1:17"
+    sock.send({"type": "set", "layer": "fc3", "unit": 1})
+    sock.until(lambda m: m["type"] == "state" and m["params"]["layer"] == "fc3")
+
+
+def test_compare_view_shows_two_panels(sock: Socket) -> None:
+    sock.send({"type": "set", "compare": PAIR[1]})
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["compare"] == PAIR[1])["version"]
+    frame = sock.frame(min_version=version)
+    assert [p["label"] for p in frame["header"]["panels"]] == list(PAIR)
+    assert len(frame["images"]) == 2
+    sock.send({"type": "set", "compare": ""})
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["compare"] is None)["version"]
+    assert len(sock.frame(min_version=version)["images"]) == 1
+
+
+def test_killed_worker_is_restarted_with_the_last_parameters(client: TestClient, sock: Socket) -> None:
+    sock.send({"type": "set", "l2_weight": 0.33})
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["l2_weight"] == 0.33)["version"]
+    before = sock.frame(min_version=version)["header"]
+    pid = client.get("/api/state").json()["status"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    sock.until(lambda m: m["type"] == "status" and m["worker"] == "restarting")
+    status = sock.until(lambda m: m["type"] == "status" and m["worker"] == "running" and m["pid"] != pid)
+    assert status["restarts"] >= 1
+    frame = sock.frame(min_version=version)
+    header = frame["header"]
+    assert header["version"] == version and header["seq"] > before["seq"]
+    assert header["worker_seq"] < before["worker_seq"]  # numbered by the new worker
+    assert client.get("/api/state").json()["params"]["l2_weight"] == 0.33
+
+
+def test_pages_and_libraries_are_served_but_nothing_else(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and '<label for="temperature">' in page.text
+    assert client.get("/static/main.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/vendor/uPlot.iife.min.js").status_code == 200
+    assert client.get("/vendor/uPlot.min.css").status_code == 200
+    for path in ["/static/package.json", "/static/..%2Fserver%2Fapp.py", "/vendor/uPlot.cjs.js",
+                 "/static/node_modules"]:
+        assert client.get(path).status_code == 404, path
+
+
+def test_cross_origin_websocket_is_refused(client: TestClient) -> None:
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect(
+        WS_URL, headers={"origin": "https://evil.example"}
+    ) as ws:
+        ws.receive()
+
+
+def test_target_option() -> None:
+    assert parse_target_option("fc3:4") == {"layer": "fc3", "unit": 4, "unit_end": 4, "layout": "chains"}
+    assert parse_target_option("fc1:0-9")["layout"] == "range"
+    with pytest.raises(ServeError, match=r"^The target 'fc3' must look like LAYER:UNIT or LAYER:FIRST-LAST\.$"):
+        parse_target_option("fc3")
+
+
+def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:
+    folder = str(lenet_folder())
+    base = dict(compare=None, target=None, data=None, checkpoints_dir=folder, host="127.0.0.1",
+                device="cpu", trust_checkpoint=False, token=None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ServeError, match=rf"^Port {port} on 127.0.0.1 is already in use; pick another with --port\.$"):
+            run_server(checkpoint=None, port=port, **base)  # type: ignore[arg-type]
+    with pytest.raises(ServeError, match=r"^The checkpoint .*nothing.pt2 does not exist\.$"):
+        run_server(checkpoint=str(tmp_path / "nothing.pt2"), port=0, **base)  # type: ignore[arg-type]
+    bad = tmp_path / "garbage.pt2"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ServeError) as err:
+        run_server(checkpoint=str(bad), port=_free_port(), **base)  # type: ignore[arg-type]
+    assert "garbage.pt2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_web_server_never_imports_torch() -> None:
+    code = "import sys, server.app; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,483 @@
+"""The LDAM sampler against analytic answers: stationary Gaussians, the paper's section 4.1
+filter check, plain gradient ascent at T = 0, and the bookkeeping (burn-in, windows, resets)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from server import sampler as sampler_module
+from server.diagnostics import effective_sample_size
+from server.energy import ActivationTerm, DiscriminatorTerm, L2Term
+from server.sampler import Sampler, SamplerConfig, SamplerError, langevin_step
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """These tensors are tiny: a second intra-op thread only adds barrier waits, which on a
+    shared, loaded machine cost milliseconds per op. Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def linear_unit(w: torch.Tensor, b: float) -> ActivationTerm:
+    """f(x) = w.x + b over a chain's flattened pixels."""
+    lin = frozen(nn.Linear(w.numel(), 1))
+    with torch.no_grad():
+        lin.weight.copy_(w.reshape(1, -1))
+        lin.bias.fill_(b)
+    return ActivationTerm(lambda x: lin(x.flatten(1))[:, 0])
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    """A nonlinear, batch-independent net: conv -> tanh -> linear, 1x4x4 -> 1."""
+    torch.manual_seed(seed)
+    return frozen(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 1)))
+
+
+def run(sampler: Sampler, steps: int) -> list[torch.Tensor]:
+    """Step and return a copy of x after every step."""
+    out = []
+    for _ in range(steps):
+        sampler.step()
+        out.append(sampler.x.clone())
+    return out
+
+
+# --------------------------------------------------------------------------- analytic
+def stationary_variance(step: float, lam: float, momentum: float, temperature: float) -> float:
+    """Exact stationary var of x for the discrete chain on a linear unit with L2 weight lam.
+
+    Centered state s = (x, v): s' = A s + (1, 1) sigma xi, A = [[1 - b lam, g], [-b lam, g]],
+    sigma^2 = 2 (1 - g) b T; the covariance solves P = A P A^T + Q (discrete Lyapunov).
+    """
+    a = np.array([[1 - step * lam, momentum], [-step * lam, momentum]])
+    q = 2 * (1 - momentum) * step * temperature * np.ones((2, 2))
+    p = np.linalg.solve(np.eye(4) - np.kron(a, a), q.reshape(-1)).reshape(2, 2)
+    return float(p[0, 0])
+
+
+@pytest.mark.parametrize("momentum, burn_in", [(0.0, 60), (0.9, 400)])
+def test_linear_unit_with_l2_samples_the_exact_gaussian(momentum: float, burn_in: int) -> None:
+    step, lam, temperature, chains, recorded = 0.2, 1.0, 0.5, 500, 300
+    w = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    config = SamplerConfig(
+        chains=chains, temperature=temperature, step_size=step, momentum=momentum,
+        l2_weight=lam, burn_in=burn_in, window=1, seed=0,
+    )
+    sampler = Sampler([linear_unit(w, 3.0), L2Term()], (1, 2, 2), config)
+    run(sampler, burn_in)
+    draws = torch.stack(run(sampler, recorded)).flatten(1).T.numpy()  # [chains*4 series, n]
+    draws = draws.reshape(chains, 4, recorded).transpose(1, 0, 2)  # [pixel, chain, n]
+
+    var = stationary_variance(step, lam, momentum, temperature)
+    if momentum == 0.0:
+        assert var == pytest.approx(temperature / (lam * (1 - step * lam / 2)))
+    for pixel in range(4):
+        d = draws[pixel].astype(np.float64)
+        mean_target = float(w[pixel]) / lam
+        ess = effective_sample_size(d)
+        assert abs(d.mean() - mean_target) < 5 * math.sqrt(var / ess)
+        sq = (d - mean_target) ** 2
+        ess_sq = effective_sample_size(sq)
+        assert abs(sq.mean() - var) < 5 * sq.std() / math.sqrt(ess_sq)
+        # The test can tell the exact variance from the continuous-time T / lambda.
+        assert 5 * sq.std() / math.sqrt(ess_sq) < abs(var - temperature / lam)
+
+
+def test_first_layer_unit_at_t0_reproduces_its_filter_over_lambda() -> None:
+    """Paper section 4.1: argmax f(x) - lam/2 |x|^2 for a linear unit is w / lam at its field."""
+    torch.manual_seed(0)
+    conv = frozen(nn.Conv2d(1, 3, 5))
+    c, y, x0, lam = 1, 2, 1, 1.25
+    term = ActivationTerm(lambda x: conv(x)[:, c, y, x0])
+    # x_t - w / lam shrinks by 1 - beta lam = 0.5 per step.
+    config = SamplerConfig(chains=2, temperature=0.0, step_size=0.4, l2_weight=lam, burn_in_window=10)
+    sampler = Sampler([term, L2Term()], (1, 9, 9), config)
+    run(sampler, 60)
+    expected = torch.zeros(2, 1, 9, 9)
+    expected[:, 0, y : y + 5, x0 : x0 + 5] = conv.weight[c, 0] / lam
+    torch.testing.assert_close(sampler.x, expected, rtol=0, atol=1e-5)
+    assert (sampler.burn_in_step >= 10).all()
+    torch.testing.assert_close(sampler.mean(), expected, rtol=0, atol=0.01)
+
+
+def test_t0_is_plain_gradient_ascent() -> None:
+    net = small_net()
+    lam, step, gamma = 0.1, 0.05, 0.5
+    config = SamplerConfig(chains=3, temperature=0.0, step_size=step, momentum=gamma, l2_weight=lam)
+    sampler = Sampler([ActivationTerm(lambda x: net(x)[:, 0]), L2Term()], (1, 4, 4), config)
+    x = sampler.x.clone()
+    v = torch.zeros_like(x)
+    for _ in range(20):
+        leaf = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(net(leaf).sum(), leaf)
+        v = gamma * v + step * (g - lam * x)
+        x = x + v
+        sampler.step()
+    torch.testing.assert_close(sampler.x, x)
+    assert not torch.equal(x, sampler.mean())  # it moved
+
+
+def test_langevin_step_equation_with_per_chain_scalars() -> None:
+    x = torch.ones(2, 1, 1, 2)
+    v = torch.full_like(x, 2.0)
+    grad = torch.full_like(x, 3.0)
+    noise = torch.full_like(x, 1.0)
+    temperature = torch.tensor([0.0, 4.0])
+    langevin_step(x, v, grad, noise, 0.5, torch.tensor([0.5, 0.0]), temperature)
+    # chain 0: v = 0.5*2 + 0.5*3 + 0 = 2.5; chain 1: v = 0 + 1.5 + sqrt(2*1*0.5*4) = 3.5
+    assert v[:, 0, 0, 0].tolist() == [2.5, 3.5]
+    assert x[:, 0, 0, 0].tolist() == [3.5, 4.5]
+    with pytest.raises(SamplerError, match=r"^A positive temperature needs a noise tensor\.$"):
+        langevin_step(x, v, grad, None, 0.5, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------- independence, seeds
+def test_a_chains_trajectory_does_not_depend_on_the_batch() -> None:
+    net = small_net()
+    terms = [ActivationTerm(lambda x: net(x)[:, 0]), L2Term()]
+    base = dict(temperature=0.0, step_size=0.1, momentum=0.9, l2_weight=0.1, normalize="all")
+    four = Sampler(terms, (1, 4, 4), SamplerConfig(chains=4, **base))
+    one = Sampler(terms, (1, 4, 4), SamplerConfig(chains=1, **base))
+    one.x.copy_(four.x[:1])
+    run(four, 15)
+    run(one, 15)
+    torch.testing.assert_close(one.x, four.x[:1], rtol=1e-6, atol=1e-6)
+
+
+def test_same_seed_same_samples_other_seed_other_samples() -> None:
+    net = small_net()
+    terms = [ActivationTerm(lambda x: net(x)[:, 0]), L2Term()]
+
+    def final(seed: int) -> torch.Tensor:
+        sampler = Sampler(terms, (1, 4, 4), SamplerConfig(chains=3, temperature=0.1, seed=seed))
+        run(sampler, 10)
+        return sampler.x
+
+    assert torch.equal(final(7), final(7))
+    assert not torch.equal(final(7), final(8))
+
+
+# ------------------------------------------------------------------------- divergence
+def test_a_nan_activation_resets_only_that_chain() -> None:
+    net = small_net()
+    calls = {"n": 0}
+
+    def poisoned(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = net(x)[:, 0]
+        if calls["n"] == 3:
+            out = torch.where(torch.arange(4) == 1, torch.nan, out)
+        return out
+
+    config = SamplerConfig(chains=4, temperature=0.1, burn_in=0, seed=3)
+    good = Sampler([ActivationTerm(lambda x: net(x)[:, 0]), L2Term()], (1, 4, 4), config)
+    bad = Sampler([ActivationTerm(poisoned), L2Term()], (1, 4, 4), config)
+    infos = [bad.step() for _ in range(6)]
+    run(good, 6)
+    assert infos[2].reset.tolist() == [False, True, False, False]
+    assert bad.resets.tolist() == [0, 1, 0, 0]
+    assert bad.age.tolist() == [6, 3, 6, 6]
+    keep = torch.tensor([0, 2, 3])
+    assert torch.equal(bad.x[keep], good.x[keep])
+    assert torch.equal(bad.mean()[keep], good.mean()[keep])
+    assert not torch.equal(bad.x[1], good.x[1])
+    assert bad.burn_in_step.tolist() == [0, 3, 0, 0]
+
+
+def test_a_chain_that_overflows_is_reset_every_time_and_never_crashes() -> None:
+    scale = torch.tensor([1.0, 1e38])
+    term = ActivationTerm(lambda x: scale * x.flatten(1).sum(1))
+    config = SamplerConfig(chains=2, temperature=0.0, step_size=10.0, l2_weight=0.0, burn_in=0)
+    sampler = Sampler([term], (1, 2, 2), config)
+    x0 = sampler.x[0].clone()
+    run(sampler, 5)
+    assert sampler.resets.tolist() == [0, 5]
+    assert torch.isfinite(sampler.x).all()
+    torch.testing.assert_close(sampler.x[0], x0 + 50.0)
+
+
+# ------------------------------------------------------------------------ per chain
+def test_per_chain_temperatures_give_per_chain_variances() -> None:
+    temps = [0.1, 0.4] * 100
+    config = SamplerConfig(
+        chains=200, temperature=temps, step_size=0.2, l2_weight=1.0, burn_in=50, window=1
+    )
+    sampler = Sampler([L2Term()], (1, 2, 2), config)
+    run(sampler, 50)
+    draws = torch.stack(run(sampler, 200)).numpy()  # [n, chains, 1, 2, 2]
+    for parity, temperature in enumerate((0.1, 0.4)):
+        var = float((draws[:, parity::2] ** 2).mean())
+        assert var == pytest.approx(temperature / 0.9, rel=0.1)
+
+
+def test_settings_take_one_value_or_one_per_chain() -> None:
+    config = SamplerConfig(chains=3, temperature=[0.1, 0.1, 0.1], step_size=[0.1, 0.2, 0.3])
+    assert config.temperature == 0.1
+    assert config.step_size == [0.1, 0.2, 0.3]
+    # Per-chain step sizes at T = 0 with only L2: x1 = (1 - beta_i lam) x0.
+    config = SamplerConfig(chains=3, temperature=0.0, step_size=[0.1, 0.2, 0.3], l2_weight=1.0)
+    sampler = Sampler([L2Term()], (1, 1, 3), config)
+    x0 = sampler.x.clone()
+    sampler.step()
+    torch.testing.assert_close(sampler.x, x0 * torch.tensor([0.9, 0.8, 0.7]).view(3, 1, 1, 1))
+
+
+# --------------------------------------------------------------- window, mean, burn-in
+def test_window_mean_is_the_mean_of_the_last_k_samples() -> None:
+    net = small_net()
+    config = SamplerConfig(chains=3, temperature=0.2, window=3, burn_in=0)
+    sampler = Sampler([ActivationTerm(lambda x: net(x)[:, 0]), L2Term()], (1, 4, 4), config)
+    xs = run(sampler, 2)
+    torch.testing.assert_close(sampler.window_mean(), torch.stack(xs).mean(0))
+    xs += run(sampler, 5)
+    torch.testing.assert_close(sampler.window_mean(), torch.stack(xs[-3:]).mean(0))
+    torch.testing.assert_close(sampler.mean(), torch.stack(xs).mean(0))
+    sampler.set(window=2)
+    xs = run(sampler, 3)
+    torch.testing.assert_close(sampler.window_mean(), torch.stack(xs[-2:]).mean(0))
+    assert sampler.config.window == 2
+
+
+def test_window_and_mean_stay_exact_across_folds_resums_and_resets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sampler_module, "MEAN_FOLD_STEPS", 4)
+    monkeypatch.setattr(sampler_module, "WINDOW_RESUM_STEPS", 5)
+    config = SamplerConfig(chains=2, temperature=0.3, step_size=0.1, window=3, burn_in=2)
+    sampler = Sampler([L2Term()], (1, 2, 2), config)
+    xs = run(sampler, 9)
+    torch.testing.assert_close(sampler.mean(), torch.stack(xs[2:]).mean(0))
+    sampler.reset([0])
+    ys = run(sampler, 13)
+    torch.testing.assert_close(sampler.mean()[0], torch.stack(ys[2:])[:, 0].mean(0))
+    torch.testing.assert_close(sampler.mean()[1], torch.stack(xs[2:] + ys)[:, 1].mean(0))
+    torch.testing.assert_close(sampler.window_mean(), torch.stack(ys[-3:]).mean(0))
+    assert sampler.burn_in_step.tolist() == [11, 2]
+
+
+def test_fixed_burn_in_discards_exactly_n_steps() -> None:
+    config = SamplerConfig(chains=2, temperature=0.3, step_size=0.1, window=100, burn_in=4)
+    sampler = Sampler([L2Term()], (1, 2, 2), config)
+    xs = run(sampler, 10)
+    assert sampler.burn_in_step.tolist() == [4, 4]
+    torch.testing.assert_close(sampler.mean(), torch.stack(xs[4:]).mean(0))
+    torch.testing.assert_close(sampler.window_mean(), torch.stack(xs[4:]).mean(0))
+
+
+def test_auto_burn_in_waits_until_the_activation_is_stable() -> None:
+    w = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    limit = float(w @ w) + 1.0  # f(w / lam) at lam = 1, approached as 0.95^t at T = 0
+    config = SamplerConfig(
+        chains=3, temperature=0.0, step_size=0.05, l2_weight=1.0, burn_in_window=20,
+        burn_in_epsilon=0.01, window=500,
+    )
+    sampler = Sampler([linear_unit(w, 1.0), L2Term()], (1, 2, 2), config)
+    activations, xs = [], []
+    for _ in range(200):
+        activations.append(sampler.step().activation)
+        xs.append(sampler.x.clone())
+    gap = (torch.stack(activations) - limit).abs() / limit
+    steps = sampler.burn_in_step.tolist()
+    assert all(20 < s < 200 for s in steps)
+    for chain, s in enumerate(steps):
+        assert gap[19, chain] > 0.05  # unstable when the window first fills
+        assert gap[s - 1, chain] < 0.02  # 1% change between the halves: about 1% from the limit
+        torch.testing.assert_close(sampler.mean()[chain], torch.stack(xs[s:])[:, chain].mean(0))
+
+
+def test_auto_burn_in_respects_the_threshold_and_noise() -> None:
+    w = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    base = dict(chains=4, step_size=0.1, l2_weight=1.0, burn_in_window=20)
+    never = Sampler([linear_unit(w, 1.0), L2Term()], (1, 2, 2), SamplerConfig(
+        temperature=0.0, burn_in_threshold=[100.0, 100.0, 0.0, 0.0], **base))
+    run(never, 100)
+    assert [s >= 0 for s in never.burn_in_step.tolist()] == [False, False, True, True]
+    # With noise and an activation hovering near 0 the relative change never gets small;
+    # the trend test still declares the chains burned in.
+    noisy = Sampler([linear_unit(torch.zeros(4), 0.0), L2Term()], (1, 2, 2),
+                    SamplerConfig(temperature=0.5, **base))
+    run(noisy, 200)
+    assert (noisy.burn_in_step >= 0).all()
+
+
+# ------------------------------------------------------------------- normalization
+@pytest.mark.parametrize("normalize", ["none", "regularizers", "all"])
+def test_normalization_modes(normalize: str) -> None:
+    w = torch.tensor([300.0, -400.0, 0.0, 0.0])
+    lam, step = 0.5, 0.1
+    config = SamplerConfig(chains=2, temperature=0.0, step_size=step, l2_weight=lam, normalize=normalize)
+    sampler = Sampler([linear_unit(w, 0.0), L2Term()], (1, 2, 2), config)
+    x0 = sampler.x.clone()
+    sampler.step()
+    g_act = w.view(1, 1, 2, 2).expand_as(x0)
+    g_l2 = -x0
+    rms = lambda g: g.pow(2).mean((1, 2, 3), keepdim=True).sqrt()  # noqa: E731
+    if normalize in ("regularizers", "all"):
+        g_l2 = g_l2 / rms(g_l2)
+    if normalize == "all":
+        g_act = g_act / rms(g_act)  # rms(w) = 250
+    torch.testing.assert_close(sampler.x, x0 + step * (g_act + lam * g_l2))
+
+
+# ---------------------------------------------------------------------- discriminator
+class CountingDisc(nn.Module):
+    """A small real conv discriminator (one logit per image) that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.net = frozen(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1)))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_zero_disc_weight_never_runs_d_and_is_bit_identical() -> None:
+    net, disc = small_net(), CountingDisc()
+    act = ActivationTerm(lambda x: net(x)[:, 0])
+    config = SamplerConfig(chains=3, temperature=0.1, disc_weight=0.0, seed=4)
+    with_d = Sampler([act, L2Term(), DiscriminatorTerm(lambda: disc)], (1, 4, 4), config)
+    without = Sampler([act, L2Term()], (1, 4, 4), config)
+    infos = [with_d.step() for _ in range(8)]
+    run(without, 8)
+    assert torch.equal(with_d.x, without.x)
+    assert disc.calls == 0
+    assert sorted(infos[-1].terms) == ["activation", "l2"]
+
+
+@pytest.mark.parametrize("normalize", ["none", "all"])
+def test_disc_mixing_rule(normalize: str) -> None:
+    net, disc = small_net(), CountingDisc()
+    lam, step = 0.2, 0.1
+    weights = [0.0, 0.5, 1.0]
+    config = SamplerConfig(
+        chains=3, temperature=0.0, step_size=step, l2_weight=lam, disc_weight=weights,
+        normalize=normalize,
+    )
+    sampler = Sampler(
+        [ActivationTerm(lambda x: net(x)[:, 0]), L2Term(), DiscriminatorTerm(lambda: disc)],
+        (1, 4, 4), config,
+    )
+    x0 = sampler.x.clone()
+    info = sampler.step()
+    leaf = x0.clone().requires_grad_(True)
+    (g_a,) = torch.autograd.grad(net(leaf).sum(), leaf)
+    (g_d,) = torch.autograd.grad(nn.functional.logsigmoid(disc.net(leaf)).sum(), leaf)
+    rms = lambda g: g.pow(2).mean((1, 2, 3), keepdim=True).sqrt()  # noqa: E731
+    g_l2 = -x0
+    if normalize == "all":
+        g_a, g_l2 = g_a / rms(g_a), g_l2 / rms(g_l2)
+    w = torch.tensor(weights).view(3, 1, 1, 1)
+    g = (1 - w) * g_a + w * rms(g_a) * g_d / rms(g_d) + lam * g_l2
+    torch.testing.assert_close(sampler.x, x0 + step * g)
+    assert disc.calls == 1
+    torch.testing.assert_close(info.terms["discriminator"], nn.functional.logsigmoid(disc.net(x0))[:, 0])
+
+
+# ------------------------------------------------------------------------ step size
+def test_step_size_decay_follows_a_b_plus_t_to_minus_mu() -> None:
+    a, b, mu = 0.5, 10.0, 0.75
+    config = SamplerConfig(chains=2, temperature=0.0, step_decay=(a, b, mu), l2_weight=1.0)
+    sampler = Sampler([L2Term()], (1, 1, 2), config)
+    x = sampler.x.clone()
+    for t in range(1, 6):
+        beta = a * (b + t) ** -mu
+        assert sampler.step_size() == pytest.approx(beta)
+        info = sampler.step()
+        assert info.step_size == pytest.approx(beta)
+        x = x * (1 - beta)
+    torch.testing.assert_close(sampler.x, x)
+
+
+# ----------------------------------------------------------------- live settings
+def test_live_settings_apply_at_the_next_step() -> None:
+    config = SamplerConfig(chains=2, temperature=0.5, l2_weight=1.0, step_size=0.1)
+    sampler = Sampler([L2Term()], (1, 1, 2), config)
+    sampler.set(temperature=0.0, l2_weight=[1.0, 2.0])
+    assert sampler.config.temperature == 0.5  # not yet
+    x0 = sampler.x.clone()
+    sampler.step()
+    assert sampler.config.temperature == 0.0
+    torch.testing.assert_close(sampler.x, x0 * torch.tensor([0.9, 0.8]).view(2, 1, 1, 1))
+    sampler.reset([1])
+    assert sampler.age.tolist() == [1, 0]
+    assert sampler.resets.tolist() == [0, 0]
+
+
+# ------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1), "temperature must be >= 0, got -1.0."),
+        (dict(temperature=float("nan")), "temperature must be a finite number, got nan."),
+        (dict(temperature="hot"), "temperature must be a number or a list of numbers, got 'hot'."),
+        (dict(chains=3, temperature=[0.1, 0.2]),
+         "temperature has 2 values but there are 3 chains; give one value or one per chain."),
+        (dict(step_size=0), "step_size must be > 0, got 0.0."),
+        (dict(momentum=1.0), "momentum must be in [0, 1), got 1.0."),
+        (dict(disc_weight=1.5), "disc_weight must be in [0, 1], got 1.5."),
+        (dict(step_decay=(1.0, 1.0, 0.5)), "step_decay mu must be in (0.5, 1], got 0.5."),
+        (dict(step_decay=(1.0, 1.0, 1.2)), "step_decay mu must be in (0.5, 1], got 1.2."),
+        (dict(step_decay=(0.0, 1.0, 1.0)), "step_decay a must be > 0, got 0.0."),
+        (dict(normalize="foo"), "normalize must be one of none, regularizers, all, got 'foo'."),
+        (dict(window=0), "window must be an integer >= 1, got 0."),
+        (dict(chains=0), "chains must be an integer >= 1, got 0."),
+        (dict(clamp=(1.0, 0.0)), "clamp must be (low, high) with low < high, got (1.0, 0.0)."),
+        (dict(burn_in=-3), "burn_in must be None (auto) or an integer >= 0, got -3."),
+    ],
+)
+def test_bad_settings_are_one_sentence(kwargs: dict, message: str) -> None:
+    with pytest.raises(SamplerError) as err:
+        SamplerConfig(**kwargs)
+    assert str(err.value) == message
+
+
+def test_bad_sampler_input_is_one_sentence() -> None:
+    sampler = Sampler([L2Term()], (1, 2, 2), SamplerConfig(chains=2))
+    cases = [
+        (lambda: sampler.set(chains=3),
+         "Setting 'chains' cannot be changed while sampling; create a new sampler."),
+        (lambda: sampler.set(heat=3), "Unknown setting 'heat'; live settings are temperature, "
+         "step_size, step_decay, momentum, l2_weight, disc_weight, normalize, window, clamp."),
+        (lambda: sampler.set(temperature=-2.0), "temperature must be >= 0, got -2.0."),
+        (lambda: Sampler([L2Term()], (1, 28), SamplerConfig()),
+         "input_shape must be three positive integers (C, H, W), got (1, 28)."),
+        (lambda: Sampler([L2Term(), L2Term()], (1, 2, 2)),
+         "Two energy terms are both named 'l2'; give them different names."),
+        (lambda: Sampler([L2Term()], (3, 224, 224), SamplerConfig(chains=16, window=200)),
+         "A window of 200 samples for 16 chains of shape (3, 224, 224) needs 1838 MiB, more "
+         "than the 1024 MiB limit; use a smaller window or fewer chains."),
+        (lambda: sampler.reset([5]), "Chain indices must be in [0, 1], got [5]."),
+    ]
+    for call, message in cases:
+        with pytest.raises(SamplerError) as err:
+            call()
+        assert str(err.value) == message
+    assert sampler.config.temperature == 0.01  # the failed set changed nothing
+    sampler.step()
+    assert sampler.config.temperature == 0.01
+
+
+def test_clamp_keeps_samples_in_range() -> None:
+    config = SamplerConfig(chains=4, temperature=1.0, step_size=0.5, clamp=(-0.5, 0.25), init_std=3.0)
+    sampler = Sampler([L2Term()], (1, 3, 3), config)
+    assert float(sampler.x.min()) == -0.5 and float(sampler.x.max()) == 0.25
+    run(sampler, 5)
+    assert float(sampler.x.min()) >= -0.5 and float(sampler.x.max()) <= 0.25

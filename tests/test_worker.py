@@ -1,0 +1,237 @@
+"""The worker: grid order, JPEG frames, live controls, rebuilds and refusals, run in-process
+with a real LeNet checkpoint and the real link pipes."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from server.link import Outbox, WorkerConfig, WorkerEnd
+from server.schemas import SamplerParams
+from server.worker import Worker, encode_jpeg, grid_order
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "models" / "checkpoints"
+PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
+
+
+@cache
+def lenet_folder() -> Path:
+    """A folder with two LeNet checkpoints named like the bundled pair: the bundled ones when
+    they exist, else two exported untrained LeNets (the dashboard needs no trained weights)."""
+    if all((BUNDLED / name).is_file() for name in PAIR):
+        return BUNDLED
+    from models.lenet import LeNet
+    from models.loading import export_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="ldam-test-ckpt-"))
+    for seed, name in enumerate(PAIR):
+        torch.manual_seed(seed)
+        export_checkpoint(LeNet(), folder / name, (1, 28, 28))
+    return folder
+
+
+class Harness:
+    """A Worker in this process, wired to real pipes; `events()` reads what it sent."""
+
+    def __init__(self, params: dict[str, Any], compare: bool = False) -> None:
+        folder = lenet_folder()
+        ctx = mp.get_context("spawn")
+        self.command_read, self.command_write = ctx.Pipe(duplex=False)
+        self.event_read, event_write = ctx.Pipe(duplex=False)
+        config = WorkerConfig(
+            checkpoints_dir=str(folder),
+            checkpoint=str(folder / PAIR[0]),
+            compare=str(folder / PAIR[1]) if compare else None,
+            device="cpu",
+            params=SamplerParams.model_validate(params).model_dump(),
+            version=3,
+        )
+        self.end = WorkerEnd(self.command_read, event_write)
+        self.worker = Worker(config, self.end)
+        self.worker.build(self.worker.params, self.worker.sources)
+        self.worker._apply_live()
+
+    def events(self, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+        out = []
+        while self.event_read.poll(timeout):
+            out.append(self.event_read.recv())
+            timeout = 0.2
+        return out
+
+    def frame(self) -> tuple[dict[str, Any], list[bytes]]:
+        self.worker.publish_frame()
+        for message in reversed(self.events()):
+            if message[0] == "frame":
+                return message[1], message[2]
+        raise AssertionError("no frame was sent")
+
+    def set(self, **changes: Any) -> None:
+        params = {**self.worker.params.model_dump(), **changes}
+        self.worker.handle(("set", self.worker.version + 1, params, dict(self.worker.sources)))
+
+    def close(self) -> None:
+        self.worker.close()
+        self.end.outbox.close()
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)))
+
+
+def test_grid_order_puts_one_unit_per_column() -> None:
+    # Chains grouped by unit (0,0,1,1,2,2) -> rows of (unit 0, unit 1, unit 2).
+    assert grid_order([0, 0, 1, 1, 2, 2], [0, 1, 2]) == [0, 2, 4, 1, 3, 5]
+    assert grid_order([0, 1, 2, 0, 1, 2], [0, 1, 2]) == [0, 1, 2, 3, 4, 5]
+    assert grid_order([7, 7, 7], [7]) == [0, 1, 2]
+
+
+def test_encode_jpeg_keeps_size_and_values() -> None:
+    grey = torch.full((1, 30, 62), 200, dtype=torch.uint8)
+    grey[:, :, :31] = 20
+    image = decode(encode_jpeg(grey, 90))
+    assert image.shape == (30, 62)
+    assert abs(float(image[:, :25].mean()) - 20) < 3 and abs(float(image[:, 37:].mean()) - 200) < 3
+    rgb = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    rgb[0] = 255
+    colour = decode(encode_jpeg(rgb, 90))
+    assert colour.shape == (8, 8, 3) and colour[..., 0].min() > 240 and colour[..., 1].max() < 15
+
+
+def test_frames_carry_header_and_change_with_steps() -> None:
+    h = Harness({"layout": "chains", "unit": 3, "chains": 4, "show": "sample"})
+    try:
+        header, images = h.frame()
+        # 4 chains in 2 columns of 28 px with 2 px padding: 2 * 30 + 2 = 62 px square.
+        assert header["version"] == 3 and header["seq"] == 1 and header["step"] == 0
+        assert header["panels"][0]["target"] == "fc3:3"
+        assert (header["panels"][0]["width"], header["panels"][0]["height"]) == (62, 62)
+        first = decode(images[0])
+        assert first.shape == (62, 62)
+        for _ in range(5):
+            h.worker.step_all()
+        header2, images2 = h.frame()
+        assert header2["seq"] == 2 and header2["step"] == 5
+        assert np.abs(decode(images2[0]).astype(int) - first.astype(int)).mean() > 1.0
+    finally:
+        h.close()
+
+
+def test_live_change_applies_at_next_step_with_new_version() -> None:
+    h = Harness({"layout": "chains", "chains": 4})
+    try:
+        sampler = h.worker.panels[0].sampler
+        h.set(temperature=0.5, momentum=0.3, grad_norm=True)
+        assert h.worker.version == 4
+        assert h.worker.panels[0].sampler is sampler  # no rebuild for a live setting
+        h.worker.step_all()
+        assert sampler.config.temperature == 0.5 and sampler.config.momentum == 0.3
+        assert sampler.config.normalize == "all"
+        header, _ = h.frame()
+        assert header["version"] == 4
+    finally:
+        h.close()
+
+
+def test_range_layout_columns_are_units() -> None:
+    h = Harness({"layout": "range", "unit": 0, "unit_end": 2, "chains": 6})
+    try:
+        panel = h.worker.panels[0]
+        assert panel.columns == 3 and panel.sampler.config.chains == 6
+        x = torch.randn(6, 1, 28, 28)
+        activation = panel.sampler.terms[0].value(x)
+        logits = panel.loaded.module(x)
+        # Cell r * 3 + c of the grid samples unit c.
+        expected = logits[torch.arange(6), torch.tensor([0, 1, 2, 0, 1, 2])]
+        torch.testing.assert_close(activation, expected)
+    finally:
+        h.close()
+
+
+def test_sweep_sets_one_value_per_row() -> None:
+    h = Harness({"layout": "sweep", "unit": 4, "unit_end": 6, "sweep_param": "temperature",
+                 "sweep_values": [0.0, 0.25]})
+    try:
+        h.worker.step_all()
+        sampler = h.worker.panels[0].sampler
+        assert sampler.config.temperature == [0.0, 0.0, 0.0, 0.25, 0.25, 0.25]
+        header, images = h.frame()
+        assert header["panels"][0]["rows"] == 2 and header["panels"][0]["columns"] == 3
+        assert decode(images[0]).shape == (2 * 30 + 2, 3 * 30 + 2)
+    finally:
+        h.close()
+
+
+def test_shake_raises_temperature_then_restores() -> None:
+    h = Harness({"layout": "chains", "chains": 2, "temperature": 0.02})
+    try:
+        h.worker.handle(("shake", 10.0, 0.2))
+        h.worker.step_all()
+        assert h.worker.panels[0].sampler.config.temperature == pytest.approx(0.2)
+        time.sleep(0.25)
+        h.worker._apply_live()
+        h.worker.step_all()
+        assert h.worker.panels[0].sampler.config.temperature == pytest.approx(0.02)
+    finally:
+        h.close()
+
+
+def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
+    h = Harness({"layout": "chains", "chains": 4})
+    try:
+        panel = h.worker.panels[0]
+        h.events()
+        h.set(layer="nope")
+        h.set(unit=10)
+        h.set(window=1000, chains=256)
+        rejected = [m[1] for m in h.events() if m[0] == "rejected"]
+        assert [r["field"] for r in rejected] == ["layer", "unit", "window"]
+        assert rejected[0]["message"] == "The model has no layer named 'nope'."
+        assert rejected[1]["message"] == "Layer 'fc3' has 10 units; unit must be below 10."
+        assert rejected[2]["message"].startswith("A window of 1000 samples for 256 chains needs 765 MiB")
+        assert rejected[0]["params"]["layer"] == "fc3"
+        assert h.worker.panels[0] is panel and h.worker.version == 3
+        h.worker.step_all()
+    finally:
+        h.close()
+
+
+def test_compare_view_has_two_panels_with_the_same_seed() -> None:
+    h = Harness({"layout": "chains", "chains": 2, "seed": 11}, compare=True)
+    try:
+        a, b = (p.sampler for p in h.worker.panels)
+        torch.testing.assert_close(a.x, b.x)  # same seed, same start
+        h.worker.step_all()
+        header, images = h.frame()
+        assert [p["label"] for p in header["panels"]] == list(PAIR)
+        assert len(images) == 2
+        # Different weights pull the chains apart after one step.
+        assert not torch.equal(a.x, b.x)
+    finally:
+        h.close()
+
+
+def test_outbox_keeps_only_the_newest_frame() -> None:
+    read, write = mp.get_context("spawn").Pipe(duplex=False)
+    outbox = Outbox(write)
+    # Hold the lock so the sender thread cannot take anything while we queue.
+    with outbox._lock:
+        for i in range(5):
+            outbox.put_frame(("frame", i))
+        outbox.put_event(("ready", 1))
+        outbox.put_metrics(("metrics", 1))
+        outbox.put_metrics(("metrics", 2))
+    got = [read.recv() for _ in range(3)]
+    assert got == [("ready", 1), ("metrics", 2), ("frame", 4)]
+    assert outbox.frames_dropped == 4
+    outbox.close()
