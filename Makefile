@@ -35,7 +35,7 @@ run: setup
 	$(BIN)/ldam serve
 
 test: setup chromium
-	LDAM_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 LDAM_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check server models tests benchmarks

@@ -64,8 +64,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--disc-weight", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the sampler in modes A and B (default: torch's)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     net, net_name = _lenet()
     net = net.to(device)
@@ -117,24 +125,37 @@ def main(argv: list[str] | None = None) -> None:
     pool = x.repeat((trainer.batch_size // 2 + args.chains - 1) // args.chains, 1, 1, 1)
     d_train = _time(lambda: trainer.process(pool, torch.full((len(pool),), 10**6)), 10)
 
-    print(f"Discriminator benchmark: {net_name}, {args.chains} chains, w = {args.disc_weight}, "
-          f"{args.steps} steps x {args.rounds} rounds, device {device}, "
-          f"torch threads {torch.get_num_threads()} (D's thread: {trainer.threads})\n")
+    print(
+        f"Discriminator benchmark: {net_name}, {args.chains} chains, w = {args.disc_weight}, "
+        f"{args.steps} steps x {args.rounds} rounds, device {device}, "
+        f"torch threads {torch.get_num_threads()} (D's thread: {trainer.threads})\n"
+    )
     print("| mode | sampler steps/s | ms/step |")
     print("| --- | ---: | ---: |")
-    labels = {"A": "A: w = 0 (no D)", "B": f"B: w = {args.disc_weight}, D frozen",
-              "C": f"C: w = {args.disc_weight}, D training in background"}
+    labels = {
+        "A": "A: w = 0 (no D)",
+        "B": f"B: w = {args.disc_weight}, D frozen",
+        "C": f"C: w = {args.disc_weight}, D training in background",
+    }
     for name in modes:
         print(f"| {labels[name]} | {rate[name]:.1f} | {1e3 / rate[name]:.2f} |")
-    print(f"\nC/B (with D training vs without, same settings): **{ratio:.2f}** (goal >= 0.7); "
-          f"C/A: {rate['C'] / rate['A']:.2f}")
-    print(f"D steps during C: {d_steps:.0f} ({d_steps / (args.rounds * args.steps):.2f} per sampler "
-          f"step), {d_step_ms:.1f} ms each in the background thread\n")
+    print(
+        f"\nC/B (with D training vs without, same settings): **{ratio:.2f}** (goal >= 0.7); "
+        f"C/A: {rate['C'] / rate['A']:.2f}"
+    )
+    print(
+        f"D steps during C: {d_steps:.0f} ({d_steps / (args.rounds * args.steps):.2f} per sampler "
+        f"step), {d_step_ms:.1f} ms each in the background thread\n"
+    )
     print("| piece (alone, this thread) | ms |")
     print("| --- | ---: |")
-    print(f"| D forward+backward to the input, {args.chains} chains (inside the energy) | {1e3 * d_grad:.2f} |")
+    print(
+        f"| D forward+backward to the input, {args.chains} chains (inside the energy) | {1e3 * d_grad:.2f} |"
+    )
     print(f"| classifier target forward+backward, {args.chains} chains | {1e3 * act_grad:.2f} |")
-    print(f"| one D training step (score chains + batch of {trainer.batch_size} + publish) | {1e3 * d_train:.2f} |")
+    print(
+        f"| one D training step (score chains + batch of {trainer.batch_size} + publish) | {1e3 * d_train:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@
 const HISTORY = 480;
 const AXIS = { stroke: "#8b93a1", grid: { stroke: "#262b33", width: 1 }, ticks: { stroke: "#262b33" } };
 
+// Short tick labels: 1200 -> "1.2k", 0.25 -> "0.25".
+function compact(v) {
+  const a = Math.abs(v);
+  if (a >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+  if (a >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
+  return `${+v.toPrecision(3)}`;
+}
+
 function makeChart(element, series, yRange) {
   const width = Math.max(240, element.clientWidth || 320);
   const opts = {
@@ -13,8 +21,11 @@ function makeChart(element, series, yRange) {
     height: 150,
     legend: { show: true, live: false },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: yRange ? { range: yRange } : {} },
-    axes: [{ ...AXIS, space: 60 }, { ...AXIS, size: 48 }],
+    scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
+    axes: [
+      { ...AXIS, space: 60, values: (u, ticks) => ticks.map((t) => `${Math.round(t)} s`) },
+      { ...AXIS, size: 52, values: (u, ticks) => ticks.map(compact) },
+    ],
     series: [{}, ...series.map((s) => ({ width: 1.5, points: { show: false }, ...s }))],
   };
   const data = [[], ...series.map(() => [])];
@@ -54,7 +65,9 @@ export class Charts {
   /** Add one metrics message (see server.worker) to every chart. */
   add(metrics, shownFps) {
     if (!this.ready) return;
-    const t = metrics.time;
+    // Seconds since this page opened, so the axis reads "0 s ... 120 s".
+    this.start ??= metrics.time;
+    const t = metrics.time - this.start;
     const stats = (values) => {
       if (!values || values.length === 0) return [NaN, NaN, NaN];
       let sum = 0, lo = Infinity, hi = -Infinity;

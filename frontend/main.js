@@ -37,6 +37,9 @@ function panelElement(index) {
 function drawFrame(header, bitmaps) {
   while (panelsBox.children.length > bitmaps.length) panelsBox.lastElementChild.remove();
   panelsBox.dataset.count = String(bitmaps.length);
+  // Wide grids (one row of units) read better stacked than side by side.
+  const wide = bitmaps[0].width > 1.6 * bitmaps[0].height;
+  panelsBox.classList.toggle("stacked", wide);
   bitmaps.forEach((bitmap, i) => {
     const figure = panelElement(i);
     const canvas = figure.querySelector("canvas");
@@ -96,6 +99,7 @@ function showMetrics(m) {
   discError.hidden = !failed && !(m.disc_note);
   discError.textContent = failed ? d.error : m.disc_note || "";
   restart.hidden = !failed;
+  document.getElementById("shake").classList.toggle("active", Boolean(m.shaking));
   charts.add(m, fps);
 }
 

@@ -74,7 +74,9 @@ def load_mnist(path: str | Path = MNIST_FILE) -> tuple[torch.Tensor, torch.Tenso
     """The bundled MNIST digits: (images uint8 `[10000, 28, 28]` in 0..255, labels int64 `[10000]`)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"The MNIST file {path} is missing; re-make it with models.data.build_mnist_file.")
+        raise DataError(
+            f"The MNIST file {path} is missing; re-make it with models.data.build_mnist_file."
+        )
     with np.load(path, allow_pickle=False) as data:
         return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
 
@@ -101,7 +103,11 @@ def normalize_mnist(images: torch.Tensor, mean: float, std: float) -> torch.Tens
 
 
 def _check_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape) or input_shape[0] not in (1, 3):
+    if (
+        len(input_shape) != 3
+        or any(int(s) < 1 for s in input_shape)
+        or input_shape[0] not in (1, 3)
+    ):
         raise DataError(f"The input shape must be C,H,W with C 1 or 3, got {tuple(input_shape)}.")
     return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
 
@@ -114,7 +120,9 @@ def _from_folder(folder: Path, channels: int, size: tuple[int, int]) -> torch.Te
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         files += sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"No images found in {folder} (expected one subfolder per class holding image files).")
+        raise DataError(
+            f"No images found in {folder} (expected one subfolder per class holding image files)."
+        )
     arrays = []
     for file in files:
         try:
@@ -186,7 +194,9 @@ def load_images(
     else:
         raise DataError(f"{path} is neither a folder of images nor an .npz file.")
     if normalization is not None:
-        mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in normalization)
+        mean, std = (
+            torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in normalization
+        )
         if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
             raise DataError(f"The normalization needs 1 or {channels} values for mean and std.")
         x = (x - mean) / std

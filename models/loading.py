@@ -113,7 +113,9 @@ def detect_format(path: Path) -> str:
         except (zipfile.BadZipFile, OSError):
             names = []
         tails = {name.split("/", 1)[-1] for name in names}
-        if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
+        if "archive_format" in tails or any(
+            t.startswith("models/") and t.endswith(".json") for t in tails
+        ):
             return "export"
         if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
             return "torchscript"
@@ -123,7 +125,11 @@ def detect_format(path: Path) -> str:
         with open(path, "rb") as file:
             head = file.read(16)
         # safetensors: an 8-byte little-endian header length, then a JSON header.
-        if len(head) > 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000:
+        if (
+            len(head) > 9
+            and head[8:9] == b"{"
+            and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
+        ):
             return "safetensors"
         # The legacy (pre-zip) torch.save format is a pickle: protocol opcode 0x80, version <= 5.
         if len(head) > 2 and head[0] == 0x80 and head[1] <= 5:
@@ -137,7 +143,10 @@ def detect_format(path: Path) -> str:
 @contextlib.contextmanager
 def _quiet_torch_export() -> Iterator[None]:
     # torch.export.load logs a full traceback before raising; the user gets our sentence only.
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch._export.serde.serialize")]
+    loggers = [
+        logging.getLogger(name)
+        for name in ("torch.export", "torch._export", "torch._export.serde.serialize")
+    ]
     before = [logger.disabled for logger in loggers]
     for logger in loggers:
         logger.disabled = True
@@ -158,19 +167,57 @@ def _read_export(path: Path) -> tuple[nn.Module, dict[str, Any], tuple[int, ...]
             warnings.simplefilter("ignore")
             program = torch.export.load(path, extra_files=extra)
     except Exception as error:
-        raise CheckpointError(f"{path} looks like a torch.export program but could not be read ({_first_line(error)}).") from error
+        # torch's own message points at the log we silenced, so it is not repeated here.
+        raise CheckpointError(
+            f"{path} looks like a torch.export program but could not be read; it may be damaged "
+            f"or saved by an incompatible torch version (this is torch {torch.__version__})."
+        ) from error
     inputs = program.graph_signature.user_inputs
     if len(inputs) != 1:
-        raise CheckpointError(f"{path} takes {len(inputs)} inputs; ldam needs a model with one image input.")
+        raise CheckpointError(
+            f"{path} takes {len(inputs)} inputs; ldam needs a model with one image input."
+        )
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0])
     value = node.meta.get("val")
     # Static sizes are ints, dynamic ones SymInts; -1 marks a dynamic dimension.
     shape = tuple(s if isinstance(s, int) else -1 for s in value.shape) if value is not None else ()
+    active = _training_ops(program)
+    if active:
+        raise CheckpointError(
+            f"{path} was exported in training mode ({' and '.join(active)} active); "
+            "call model.eval() before torch.export.export."
+        )
     try:
         module = torch.export.unflatten(program)
     except Exception as error:
-        raise CheckpointError(f"{path} could not be unflattened into modules ({_first_line(error)}).") from error
+        raise CheckpointError(
+            f"{path} could not be unflattened into modules ({_first_line(error)})."
+        ) from error
     return module, _parse_metadata(extra[METADATA_FILE], path), shape
+
+
+_BATCH_NORMS = (
+    "aten.batch_norm.default",
+    "aten.native_batch_norm.default",
+    "aten._native_batch_norm_legit.default",
+    "aten._native_batch_norm_legit_functional.default",
+)
+
+
+def _training_ops(program: torch.export.ExportedProgram) -> list[str]:
+    # An export bakes in the train/eval mode and module.eval() cannot change it afterwards:
+    # training batch norm would couple the chains through batch statistics (and update its
+    # running stats every step), training dropout would add random noise to the energy.
+    found = []
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name, args = str(node.target), node.args
+        if name in _BATCH_NORMS and len(args) > 5 and args[5] is True:
+            found.append("batch norm")
+        elif "dropout" in name and len(args) > 2 and args[2] is True:
+            found.append("dropout")
+    return sorted(set(found))
 
 
 def _read_torchscript(path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -180,7 +227,9 @@ def _read_torchscript(path: Path) -> tuple[nn.Module, dict[str, Any]]:
             warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:
-        raise CheckpointError(f"{path} looks like TorchScript but could not be read ({_first_line(error)}).") from error
+        raise CheckpointError(
+            f"{path} looks like TorchScript but could not be read ({_first_line(error)})."
+        ) from error
     return module, _parse_metadata(extra[METADATA_FILE], path)
 
 
@@ -189,14 +238,18 @@ def _read_torch_save(path: Path, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only load failed" not in str(error).lower():
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({_first_line(error)}).") from error
+            raise CheckpointError(
+                f"{path} could not be read as a PyTorch checkpoint ({_first_line(error)})."
+            ) from error
         if not trust:
             raise CheckpointError(
                 f"{path} is a full pickle, which runs code when loaded; if you trust its source, "
                 "load it with --trust-checkpoint."
             ) from None
     except Exception as error:
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({_first_line(error)}).") from error
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint ({_first_line(error)})."
+        ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
@@ -217,7 +270,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             for key in file.keys():
                 tensors[key] = file.get_tensor(key)
     except Exception as error:
-        raise CheckpointError(f"{path} could not be read as safetensors ({_first_line(error)}).") from error
+        raise CheckpointError(
+            f"{path} could not be read as safetensors ({_first_line(error)})."
+        ) from error
     return tensors, _parse_metadata(header.get(METADATA_FILE, ""), path)
 
 
@@ -227,7 +282,9 @@ def _parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        raise CheckpointError(f"The metadata {METADATA_FILE} inside {path} is not valid JSON.") from None
+        raise CheckpointError(
+            f"The metadata {METADATA_FILE} inside {path} is not valid JSON."
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"The metadata {METADATA_FILE} inside {path} must be a JSON object.")
     return data
@@ -286,7 +343,9 @@ def _build_factory(arch: str) -> nn.Module:
     try:
         python_module = importlib.import_module(module_name)
     except Exception as error:
-        raise CheckpointError(f"Could not import {module_name!r} for the architecture {arch!r} ({_first_line(error)}).") from None
+        raise CheckpointError(
+            f"Could not import {module_name!r} for the architecture {arch!r} ({_first_line(error)})."
+        ) from None
     factory = getattr(python_module, factory_name, None)
     if not callable(factory):
         raise CheckpointError(f"{module_name!r} has no callable named {factory_name!r}.")
@@ -306,7 +365,11 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         raise CheckpointError(f"{path} holds neither a state dict of tensors nor a module.")
     prefix = "module."  # DataParallel wrapping
     if all(k.startswith(prefix) for k in obj):
@@ -326,7 +389,9 @@ def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], arch: str, 
     )
     if problems:
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-        raise CheckpointError(f"The weights in {path} do not fit the architecture {arch!r}: {problems[0]}{more}.")
+        raise CheckpointError(
+            f"The weights in {path} do not fit the architecture {arch!r}: {problems[0]}{more}."
+        )
     module.load_state_dict(state, strict=True)
 
 
@@ -341,7 +406,9 @@ def _shape_argument(input_shape: Any) -> tuple[int, int, int] | None:
     except (TypeError, ValueError):
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise CheckpointError(f"The input shape must be three positive integers C,H,W, got {input_shape!r}.")
+        raise CheckpointError(
+            f"The input shape must be three positive integers C,H,W, got {input_shape!r}."
+        )
     return shape  # type: ignore[return-value]
 
 
@@ -420,7 +487,9 @@ def load_checkpoint(
     if shape is None and built is not None:
         shape = built.input_shape
     if shape is None:
-        raise CheckpointError(f"{path} does not say what input it takes; give its shape with --input-shape C,H,W.")
+        raise CheckpointError(
+            f"{path} does not say what input it takes; give its shape with --input-shape C,H,W."
+        )
 
     normalization = _metadata_normalization(meta) or (built.normalization if built else None)
     class_names = meta.get("class_names") or (built.class_names if built else None)
@@ -463,7 +532,9 @@ def _check_forward(module: nn.Module, shape: tuple[int, int, int], batch: int, p
             f"The model in {path} does not accept input of shape {_fmt(shape)} ({_first_line(error)})."
         ) from None
     if not isinstance(out, torch.Tensor):
-        raise CheckpointError(f"The model in {path} returns a {type(out).__name__}, not one tensor.")
+        raise CheckpointError(
+            f"The model in {path} returns a {type(out).__name__}, not one tensor."
+        )
 
 
 def load_default_pair() -> tuple[LoadedModel, LoadedModel]:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import re
+import signal
 import socket
 import time
 from collections import deque
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server import security
-from server.link import WORKER_ENTRY, Message, WorkerConfig, WorkerLink
+from server.link import WORKER_ENTRY, Message, Standby, WorkerConfig, WorkerLink
 from server.schemas import (
     AckMessage,
     DiscRestartMessage,
@@ -126,8 +127,13 @@ class Hub:
         params: SamplerParams,
         checkpoints_dir: Path,
         worker_entry: str = WORKER_ENTRY,
+        standby: bool = True,
     ) -> None:
         self.config = config
+        # A warm spare worker, so that a dead one is replaced in about a second, not the
+        # several seconds that importing torch takes.
+        self.use_standby = standby
+        self.standby: Standby | None = None
         self.params = params
         self.version = config.version
         self.checkpoints_dir = checkpoints_dir
@@ -168,7 +174,8 @@ class Hub:
         )
         link = WorkerLink(config, self._from_thread, self._exit_from_thread, self.worker_entry)
         self.link = link
-        link.start()
+        standby, self.standby = self.standby, None
+        link.start(standby)
         link.send(("clients", len(self.clients)))
 
     async def stop(self) -> None:
@@ -177,6 +184,9 @@ class Hub:
         link, self.link = self.link, None
         if link is not None:
             await asyncio.to_thread(link.stop)
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            await asyncio.to_thread(standby.close)
         for client in list(self.clients):
             client.closed = True
             client.wake.set()
@@ -230,6 +240,8 @@ class Hub:
                 # The worker fills in what was left open (the layer when none was given).
                 self.params = SamplerParams.model_validate(payload["params"])
             self.info = payload["info"]
+            if self.use_standby and (self.standby is None or not self.standby.alive()):
+                self.standby = Standby(self.worker_entry)
             self.worker_state = "running"
             self.last_error = None
             self.ready.set()
@@ -511,6 +523,7 @@ def create_app(
     worker_entry: str = WORKER_ENTRY,
     extra_hosts: tuple[str, ...] = (),
     default_compare: bool = True,
+    standby: bool = True,
 ) -> FastAPI:
     """The dashboard app; the worker starts with the app's lifespan and stops with it.
 
@@ -518,7 +531,8 @@ def create_app(
     or LAYER:A-B; `data`: real images for the discriminator; `checkpoints_dir`: the folder the
     page's checkpoint picker may reach; `params`: initial `SamplerParams` fields; `token`: the
     access token (None on loopback: no auth); `default_compare`: with no checkpoint named,
-    show the averaged LeNet beside the plain one. Raises `ServeError` for a bad target or file.
+    show the averaged LeNet beside the plain one; `standby`: keep a warm spare worker for
+    fast restarts. Raises `ServeError` for a bad target or file.
     """
     folder = Path(checkpoints_dir) if checkpoints_dir else DEFAULT_CHECKPOINTS
     if checkpoint is None:
@@ -546,7 +560,7 @@ def create_app(
         trust_checkpoint=trust_checkpoint,
         frame_rate=frame_rate,
     )
-    hub = Hub(config, initial, folder, worker_entry)
+    hub = Hub(config, initial, folder, worker_entry, standby)
     auth = security.TokenAuth(token)
 
     @contextlib.asynccontextmanager
@@ -680,7 +694,16 @@ def run_server(
             print(f"ldam: serving on http://{shown}:{port}", flush=True)
         await serving
 
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler
+    # that was there before: make that one a clean exit (code 0), not a kill by signal.
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)

@@ -2,7 +2,8 @@
 
 Both take `draws [M chains, n draws]` of one scalar (e.g. the activation after burn-in) and
 split every chain into halves, so a chain that drifts also shows up as disagreeing halves.
-Degenerate input (every draw equal) has no defined value: both return NaN.
+Draws without a defined value, every draw equal or any NaN/Inf (a chain that diverged and was
+reset), give NaN rather than an error: a diagnostic should not stop a run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ def _split_chains(draws: np.ndarray) -> np.ndarray:
         raise DiagnosticsError(
             f"Diagnostics need at least 1 chain of at least 4 draws, got shape {draws.shape}."
         )
-    if not np.all(np.isfinite(draws)):
-        raise DiagnosticsError("Draws must be finite numbers.")
     half = draws.shape[1] // 2
     return np.concatenate([draws[:, :half], draws[:, -half:]], axis=0)
 
@@ -45,6 +44,8 @@ def split_rhat(draws: np.ndarray) -> float:
     About 1 when the chains mix; above 1.01-1.1 when they disagree (different modes, drift).
     """
     chains = _split_chains(draws)
+    if not np.all(np.isfinite(chains)):
+        return math.nan
     within, total = _within_and_total(chains)
     if within == 0:
         return math.nan
@@ -70,6 +71,8 @@ def effective_sample_size(draws: np.ndarray) -> float:
     M n (1 - rho) / (1 + rho).
     """
     chains = _split_chains(draws)
+    if not np.all(np.isfinite(chains)):
+        return math.nan
     m, n = chains.shape
     within, total = _within_and_total(chains)
     if within == 0:

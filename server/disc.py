@@ -10,11 +10,12 @@ the weights: the sampler reads D only through `current()`, which returns a publi
 nobody writes to again (copy, then swap a reference under a lock).
 
 Threads: on CPU, `torch.set_num_threads` with the OpenMP backend sets the calling thread's own
-intra-op team size (and the default for threads that start later). The trainer's thread sets
-its own count (`threads`, default 1) and `start()` restores the default for everybody else;
-`run_with_discriminator` gives the sampler's thread the remaining cores, so the two never ask
-for more threads than there are cores (on 2 cores: one each). On CUDA, D trains on its own
-stream and the published copy is complete on the device before it becomes visible.
+intra-op team size (and the default for threads that start later). D's thread sets its own
+count (`threads`, default 1) and `start()` sets the sampler's thread (the caller) to the cores
+left over, until `stop()`: on 2 cores one thread each, because two OpenMP teams asking for more
+threads than there are cores spin against each other and both slow down many times over. On
+CUDA, D trains on its own stream and the published copy is made on the default stream, so the
+sampler's kernels are ordered after it.
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ class DiscriminatorTrainer:
         device: str | torch.device = "cpu",
         seed: int = 0,
         threads: int = 1,
+        share_cores: bool = True,
         on_publish: Callable[[int, nn.Module], None] | None = None,
     ) -> None:
-        """`on_publish(version, module)`, if given, is called with each new published copy just
+        """`threads`: intra-op threads of D's thread on CPU; `share_cores`: see `start()`.
+        `on_publish(version, module)`, if given, is called with each new published copy just
         before `current()` can return it (from the trainer's thread, or the caller's for
         warm-up and load)."""
         if real_images.dim() != 4 or real_images.shape[0] == 0:
@@ -110,6 +113,8 @@ class DiscriminatorTrainer:
         self.max_age = int(max_age)
         self.batch_size = int(batch_size)
         self.threads = int(threads)
+        self.share_cores = bool(share_cores)
+        self._caller: tuple[int, int] | None = None  # (thread id, its thread count) for stop()
         self.on_publish = on_publish
         self._tau = 0.0
         self._lr = 0.0
@@ -205,7 +210,9 @@ class DiscriminatorTrainer:
         """Change the learning rate (> 0), tau (in [0, 1]) or switch online training on/off."""
         if lr is not None:
             if not (math.isfinite(lr) and lr > 0):
-                raise DiscriminatorError(f"The discriminator learning rate must be positive, got {lr}.")
+                raise DiscriminatorError(
+                    f"The discriminator learning rate must be positive, got {lr}."
+                )
             with self._train_lock:
                 for group in self._opt.param_groups:
                     group["lr"] = float(lr)
@@ -218,28 +225,41 @@ class DiscriminatorTrainer:
             self._training = bool(training)
 
     def start(self) -> None:
-        """Start the background training thread (no-op if it runs already)."""
+        """Start the background training thread (no-op if it runs already).
+
+        On CPU with `share_cores`, the calling thread (the sampler's) is set to the cores D's
+        thread leaves free, `max(1, min(its count, cores - threads))`, until `stop()` is called
+        from that same thread: 2 cores = 1 thread each, so OpenMP teams never oversubscribe.
+        """
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
         self._ready.clear()
-        default_threads = torch.get_num_threads()
+        caller_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, name="ldam-discriminator", daemon=True)
         self._thread.start()
         self._ready.wait(timeout=10.0)
         if self.device.type == "cpu":
-            # The trainer's set_num_threads also changed the default for threads started later.
-            torch.set_num_threads(default_threads)
+            # D's set_num_threads also changed the default for threads started later; this
+            # call sets the caller's own count and that default back to a sharing value.
+            shared = max(1, min(caller_threads, _cpu_count() - self.threads))
+            torch.set_num_threads(shared if self.share_cores else caller_threads)
+            if self._caller is None:
+                self._caller = (threading.get_ident(), caller_threads)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Ask the thread to stop after its current step; True once it has stopped."""
+        """Ask the thread to stop after its current step; True once it has stopped. Called
+        from the thread that started it, this also gives that thread its cores back."""
         self._stop.set()
         with self._offer_cond:
             self._offer_cond.notify_all()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        stopped = self._thread is None or not self._thread.is_alive()
+        if stopped and self._caller is not None and self._caller[0] == threading.get_ident():
+            torch.set_num_threads(self._caller[1])
+            self._caller = None
+        return stopped
 
     def restart(self) -> None:
         """Clear a reported error and start the thread again."""
@@ -284,7 +304,11 @@ class DiscriminatorTrainer:
         chains' current samples), in the calling thread, then publish once."""
         if steps < 0:
             raise DiscriminatorError(f"Warm-up steps must be 0 or more, got {steps}.")
-        if generated.dim() != 4 or tuple(generated.shape[1:]) != self.input_shape or len(generated) == 0:
+        if (
+            generated.dim() != 4
+            or tuple(generated.shape[1:]) != self.input_shape
+            or len(generated) == 0
+        ):
             raise DiscriminatorError(
                 f"Warm-up samples must be [K, {', '.join(map(str, self.input_shape))}], got {tuple(generated.shape)}."
             )
@@ -335,7 +359,9 @@ class DiscriminatorTrainer:
             self._mean_d = float(p_real.mean())
             if not self._training:
                 return False
-            eligible = (p_real > self._tau) | (torch.as_tensor(ages).to(self.device) >= self.max_age)
+            eligible = (p_real > self._tau) | (
+                torch.as_tensor(ages).to(self.device) >= self.max_age
+            )
             self._add_to_pool(x[eligible])
             if self._pool_len == 0:
                 return False
@@ -430,7 +456,9 @@ class DiscriminatorTrainer:
             torch.save(payload, tmp)
             os.replace(tmp, path)
         except OSError as exc:
-            raise DiscriminatorError(f"Cannot write the discriminator to {path}: {exc.strerror}.") from None
+            raise DiscriminatorError(
+                f"Cannot write the discriminator to {path}: {exc.strerror}."
+            ) from None
 
     def load(self, path: str | Path) -> None:
         """Load weights saved by `save()` (read with weights_only=True) and publish them."""
@@ -529,6 +557,7 @@ def run_with_discriminator(
     *,
     warm_up_steps: int = 50,
     offer_every: int = 1,
+    background: bool = True,
 ) -> dict[str, Any]:
     """Run `steps` steps of `sampler` (a `server.sampler.Sampler` whose energy includes
     `DiscriminatorTerm(trainer.current)`) while D trains online in the background.
@@ -536,10 +565,13 @@ def run_with_discriminator(
     A D that never trained (`trainer.steps == 0`) is first warmed up for `warm_up_steps` steps
     on real images against the chains' initial samples. With `train`, the chains and their
     ages are offered to D every `offer_every` steps, and on CPU the sampler's thread gets the
-    cores D's thread does not use (restored afterwards). `progress_callback(i, step_info)` is
+    cores D's thread does not use (`DiscriminatorTrainer.start`, restored afterwards). `progress_callback(i, step_info)` is
     called after each step i = 0..steps-1. Returns `trainer.metrics()` at the end plus
     `sampler_steps_per_s`; a failure of D's thread shows in its `error` and does not stop the
     run (the sampler goes on without the discriminator term).
+
+    `background=False` trains in the calling thread instead (`trainer.process` every
+    `offer_every` steps): slower, but the whole run, D included, is reproducible from the seeds.
     """
     if steps < 0 or offer_every < 1:
         raise DiscriminatorError(
@@ -547,24 +579,24 @@ def run_with_discriminator(
         )
     if trainer.steps == 0 and warm_up_steps > 0:
         trainer.warm_up(sampler.x.detach().clone(), warm_up_steps)
-    default_threads = torch.get_num_threads()
-    if train and trainer.device.type == "cpu" and torch.device(sampler.device).type == "cpu":
-        torch.set_num_threads(max(1, min(default_threads, _cpu_count() - trainer.threads)))
+    threaded = train and background
     start = time.perf_counter()
     try:
-        if train:
+        if threaded:
             trainer.start()
         for i in range(steps):
             info = sampler.step()
             if train and i % offer_every == 0:
-                trainer.offer(sampler.x, sampler.age)
+                if threaded:
+                    trainer.offer(sampler.x, sampler.age)
+                else:
+                    trainer.process(sampler.x, sampler.age)
             if progress_callback is not None:
                 progress_callback(i, info)
     finally:
         elapsed = time.perf_counter() - start
-        if train:
-            trainer.stop()
-        torch.set_num_threads(default_threads)
+        if threaded:
+            trainer.stop()  # also gives this thread its cores back
     result = trainer.metrics()
     result["sampler_steps_per_s"] = steps / elapsed if elapsed > 0 else 0.0
     return result

@@ -153,10 +153,68 @@ class WorkerEnd:
                 return out
 
 
-def _child_main(entry: str, config: WorkerConfig, commands: Connection, events: Connection) -> None:
+def _child_main(
+    entry: str,
+    config: WorkerConfig | None,
+    commands: Connection,
+    events: Connection,
+    config_conn: Connection | None,
+) -> None:
     module_name, _, function = entry.partition(":")
-    run = getattr(importlib.import_module(module_name), function)
-    run(config, WorkerEnd(commands, events))
+    module = importlib.import_module(module_name)
+    if config is None:
+        # A standby: import and warm up now, then wait until the server hands over a config.
+        assert config_conn is not None
+        warm_up = getattr(module, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+        try:
+            config = config_conn.recv()
+        except (EOFError, OSError):
+            return  # the server went away or no longer needs a standby
+        if config is None:
+            return
+    getattr(module, function)(config, WorkerEnd(commands, events))
+
+
+class Standby:
+    """A worker process started ahead of need: torch imported, waiting for its configuration.
+
+    Importing torch and its export machinery takes seconds; a worker that dies is replaced
+    by the standby, which only has to load the checkpoint.
+    """
+
+    def __init__(self, entry: str = WORKER_ENTRY) -> None:
+        ctx = mp.get_context("spawn")
+        self.command_read, self.command_write = ctx.Pipe(duplex=False)
+        self.event_read, self.event_write = ctx.Pipe(duplex=False)
+        config_read, self.config_write = ctx.Pipe(duplex=False)
+        self.entry = entry
+        self.process = ctx.Process(
+            target=_child_main,
+            args=(entry, None, self.command_read, self.event_write, config_read),
+            name="ldam-worker-standby",
+            daemon=True,
+        )
+        self.process.start()
+        config_read.close()
+
+    def alive(self) -> bool:
+        """True while the standby process waits (or warms up)."""
+        return self.process.is_alive()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Dismiss the standby: it exits when its configuration pipe closes."""
+        try:
+            self.config_write.close()
+        except OSError:
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+        for conn in (self.command_read, self.command_write, self.event_read, self.event_write):
+            conn.close()
 
 
 class WorkerLink:
@@ -194,18 +252,32 @@ class WorkerLink:
         """True while the worker process runs."""
         return self._process is not None and self._process.is_alive()
 
-    def start(self) -> None:
-        """Spawn the worker (a fresh interpreter: no forked torch or event-loop state)."""
-        ctx = mp.get_context("spawn")
-        command_read, command_write = ctx.Pipe(duplex=False)
-        event_read, event_write = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(
-            target=_child_main,
-            args=(self._entry, self.config, command_read, event_write),
-            name="ldam-worker",
-            daemon=True,
-        )
-        self._process.start()
+    def start(self, standby: Standby | None = None) -> None:
+        """Start the worker: hand the configuration to `standby` when it is alive, else spawn
+        a fresh interpreter (spawn: no forked torch or event-loop state)."""
+        if standby is not None and standby.alive() and standby.entry == self._entry:
+            try:
+                standby.config_write.send(self.config)
+                standby.config_write.close()
+            except OSError:
+                standby = None
+        else:
+            standby = None
+        if standby is not None:
+            self._process = standby.process
+            command_read, command_write = standby.command_read, standby.command_write
+            event_read, event_write = standby.event_read, standby.event_write
+        else:
+            ctx = mp.get_context("spawn")
+            command_read, command_write = ctx.Pipe(duplex=False)
+            event_read, event_write = ctx.Pipe(duplex=False)
+            self._process = ctx.Process(
+                target=_child_main,
+                args=(self._entry, self.config, command_read, event_write, None),
+                name="ldam-worker",
+                daemon=True,
+            )
+            self._process.start()
         # Close our copies of the child's ends: the worker's death then shows as EOF here.
         command_read.close()
         event_write.close()

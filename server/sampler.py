@@ -16,9 +16,10 @@ Conventions:
   batch comes from one generator (one draw per step, fast), so chain i's noise depends on N.
   Re-initializing diverged chains uses a second generator and does not shift anyone's noise.
 - Step t (t = 1, 2, ...) evaluates the energy at x_{t-1} (reported as `StepInfo.activation`)
-  and moves to x_t. A chain is burned in at step `burn_in_step`: samples x_t of later steps
-  enter its window and running mean. Fixed `burn_in = N` discards x_1..x_N; auto burn-in
-  waits until the activation is stable over `burn_in_window` steps (see `SamplerConfig`).
+  and moves to x_t. A chain's `burn_in_step` b is the number of steps it discarded: samples
+  x_t with t > b enter its window and running mean, and `burn_in_step >= 0` holds exactly
+  when the current `x` is such a sample. Fixed `burn_in = N` discards x_1..x_N (b = N); auto
+  burn-in waits until the activation is stable over `burn_in_window` steps (`SamplerConfig`).
 - Hot path: no Python loop over chains, one host sync per step (the divergence check), noise
   and averaging buffers allocated once.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,7 +129,7 @@ def langevin_step(
 
 # ------------------------------------------------------------------------------- settings
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SamplerError(f"{name} must be a number or a list of numbers, got {value!r}.")
     value = float(value)
     if not math.isfinite(value):
@@ -281,7 +283,7 @@ class StepInfo:
             from, i.e. of the sample before this update.
         terms: per-term energies `[N]` at that state, by term name; a term whose weight is 0 for
             every chain, or that is inactive, is not evaluated and not listed.
-        burned_in: `[N]` bool, whether each chain is burned in after this step.
+        burned_in: `[N]` bool, whether each chain's new sample is a kept, post-burn-in one.
         reset: `[N]` bool, the chains re-initialized this step because they diverged.
         step_size: the step size used (float, or `[N]` when set per chain).
     """
@@ -310,8 +312,9 @@ class Sampler:
         t: steps taken.
         age: `[N]` int64, steps since each chain was (re)initialized.
         resets: `[N]` int64, how many times each chain diverged (NaN/Inf) and was re-initialized.
-        burn_in_step: `[N]` int64, the step at which each chain burned in (the samples of later
-            steps are averaged), -1 while not burned in.
+        burn_in_step: `[N]` int64, the steps each chain discarded (the samples of later steps
+            are averaged; for a re-initialized chain, counted from the start of the run), -1
+            while its current sample is not yet a kept one.
         config: the effective settings (live changes from `set` included once applied).
     """
 
@@ -499,10 +502,9 @@ class Sampler:
         self._mean_total[idx] = 0
         self._mean_count[idx] = 0
         self._hist[:, idx] = 0
-        burned = cfg.burn_in == 0
-        self._burned[idx] = burned
-        self.burn_in_step[idx] = self.t if burned else -1
-        self._all_burned = burned and self._all_burned if idx.numel() < cfg.chains else burned
+        self._burned[idx] = False
+        self.burn_in_step[idx] = -1
+        self._all_burned = False
 
     # -------------------------------------------------------------------------- reading
     def window_mean(self) -> Tensor:
@@ -545,11 +547,11 @@ class Sampler:
                 # Fast path for the common regularizer: one pass for ||x_i||^2 gives the value
                 # and the RMS, and -lam x is added straight into g with no -x tensor.
                 flat = x.flatten(1)
-                sq = torch.linalg.vecdot(flat, flat)
-                values[term.name] = sq * -0.5
+                norm = torch.linalg.vector_norm(flat, dim=1)  # one reduction kernel
+                values[term.name] = norm.square().mul_(-0.5)
                 coef = -_bcast(self._p[wp], x)
                 if norm_reg:
-                    rms = sq.div(flat.shape[1]).sqrt_()
+                    rms = norm.div(math.sqrt(flat.shape[1]))
                     coef = coef / _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), x)
                 regs.append((x, coef))
                 continue
@@ -601,11 +603,12 @@ class Sampler:
                 x.clamp_(*cfg.clamp)
             self.t += 1
             self.age += 1
-            self._record(self._burned)
             self._update_burn_in(activation)
+            self._record(self._burned)
             # NaN/Inf anywhere in a chain makes its pixel sum non-finite (so does an overflowing
-            # sum, ~1e38, which is divergence too): one pass over x instead of two.
-            bad = ~torch.isfinite(activation + x.flatten(1).sum(1))
+            # sum, ~1e38, which is divergence too): one pass over x instead of two. And
+            # `s * 0 != 0` is True exactly for non-finite s, in two small kernels, not isfinite's four.
+            bad = (activation + x.flatten(1).sum(1)).mul_(0).ne(0)
             # The one host sync per step: whether any chain diverged (and, until every chain
             # is burned in, whether all are now, so burn-in bookkeeping can stop).
             if self._all_burned:
@@ -663,7 +666,7 @@ class Sampler:
             return
         cfg = self.config
         if cfg.burn_in is not None:
-            newly = ~self._burned & (self.age >= cfg.burn_in)
+            newly = ~self._burned & (self.age > cfg.burn_in)
         else:
             ring = self._hist.shape[0]
             half = ring // 2
@@ -681,4 +684,5 @@ class Sampler:
             if self._threshold is not None:
                 newly &= activation >= self._threshold
         self._burned |= newly
-        self.burn_in_step.masked_fill_(newly, self.t)
+        # burn_in_step counts the discarded steps: this step's new sample is the first kept.
+        self.burn_in_step.masked_fill_(newly, self.t - 1)

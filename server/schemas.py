@@ -59,16 +59,18 @@ class SamplerParams(BaseModel):
 
     model_config = _STRICT
 
-    # Langevin dynamics (paper Algorithm 1): noise scale, beta_t, gamma.
-    temperature: float = Field(default=0.1, ge=0.0, le=100.0)
-    step_size: float = Field(default=0.1, ge=1e-6, le=100.0)
-    momentum: float = Field(default=0.9, ge=0.0, le=0.999)
+    # Langevin dynamics (paper Algorithm 1): T, beta_t, gamma. The defaults are those of
+    # `ldam sample` (`server.sampler.SamplerConfig`), so both show the same chains.
+    temperature: float = Field(default=0.01, ge=0.0, le=100.0)
+    step_size: float = Field(default=0.05, ge=1e-6, le=100.0)
+    momentum: float = Field(default=0.0, ge=0.0, le=0.999)
     # Regularization weights lambda_i (paper section 4).
     l2_weight: float = Field(default=0.1, ge=0.0, le=100.0)
     disc_weight: float = Field(default=0.0, ge=0.0, le=1.0)
     # Moving window of the sample average, in steps.
-    window: int = Field(default=50, ge=1, le=1000)
-    grad_norm: bool = True
+    window: int = Field(default=200, ge=1, le=1000)
+    # Normalized gradients (Algorithm 1 line 6) are a display aid: off samples exactly.
+    grad_norm: bool = False
     show: Show = "average"
     disc_training: bool = True
     paused: bool = False

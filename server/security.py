@@ -327,18 +327,6 @@ def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
     return hosts
 
 
-# --- messages --------------------------------------------------------------------------------
-
-
-def check_message_size(raw: str | bytes) -> None:
-    """Raise SecurityError when a websocket message is over MAX_MESSAGE_BYTES (UTF-8 bytes)."""
-    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise SecurityError(
-            f"The message is {size} bytes, over the {MAX_MESSAGE_BYTES}-byte limit."
-        )
-
-
 # --- checkpoints -----------------------------------------------------------------------------
 
 

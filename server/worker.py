@@ -144,6 +144,7 @@ class Worker:
         self.stopping = False
         # Browsers watching; with none, frames are made once a second (for a late joiner).
         self.clients = 0
+        self.next_frame = 0.0
 
     # --- building ---------------------------------------------------------------------
 
@@ -201,7 +202,8 @@ class Worker:
         first, last = min(units), max(units)
         spec = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
         try:
-            target = Target(loaded.module, spec, cells, batch_size=loaded.batch_size)
+            target = Target(loaded.module, spec, cells, batch_size=loaded.batch_size,
+                            input_shape=loaded.input_shape)
         except TargetError as err:
             field = "compare" if which == "compare" else _field_of(str(err), "layer")
             raise BuildError(field, str(err)) from None
@@ -233,11 +235,11 @@ class Worker:
         self.sources = dict(sources)
         try:
             main = self._load(self._path("checkpoint") or "", "checkpoint")
-            layers = list_layers(main.module, main.input_shape)
+            layers = target_layers(main)
             if not layers:
                 raise BuildError("layer", "The model has no layer that can be a target.")
             names = {info.name: info for info in layers}
-            layer = params.layer or layers[-1].name
+            layer = params.layer or _default_layer(layers)
             if layer not in names:
                 raise BuildError("layer", f"The model has no layer named {layer!r}.")
             units = names[layer].units
@@ -316,6 +318,7 @@ class Worker:
                 self.trainer.restart()
         elif kind == "clients":
             self.clients = int(command[1])
+            self.next_frame = 0.0  # back to the full frame rate (or the idle one) at once
         elif kind == "stop":
             self.stopping = True
 
@@ -439,7 +442,7 @@ class Worker:
         """The loop; returns when told to stop or when the server is gone."""
         frame_every = 1.0 / self.config.frame_rate
         metrics_every = 1.0 / self.config.metrics_rate
-        next_frame = next_metrics = 0.0
+        next_metrics = 0.0
         shaking = False
         while not self.stopping:
             try:
@@ -456,9 +459,11 @@ class Worker:
             if not self.params.paused:
                 self.step_all()
             now = time.monotonic()
-            if self.dirty or (not self.params.paused and now >= next_frame):
+            if self.dirty or (not self.params.paused and now >= self.next_frame):
                 self.publish_frame()
-                next_frame = now + (frame_every if self.clients else IDLE_FRAME_EVERY_S)
+                # Keep the cadence: a frame that came a step late does not delay the next one.
+                every = frame_every if self.clients else IDLE_FRAME_EVERY_S
+                self.next_frame = max(self.next_frame + every, now)
             if now >= next_metrics:
                 self.publish_metrics()
                 next_metrics = now + metrics_every
@@ -487,6 +492,25 @@ class _Reordered:
         return out[self.order.to(out.device)]
 
 
+def target_layers(loaded: LoadedModel) -> list[Any]:
+    """The layers the picker offers: those with units, the output as ``output`` (listed only
+    when it differs from the last layer, as for a model ending in a functional call)."""
+    try:
+        layers = list_layers(loaded.module, loaded.input_shape, batch_size=loaded.batch_size)
+    except TargetError as err:
+        raise BuildError("checkpoint", str(err)) from None
+    named = [info for info in layers if info.name and info.units > 0]
+    out = [info for info in layers if not info.name and info.units > 0]
+    if out and (not named or tuple(named[-1].shape) != tuple(out[0].shape)):
+        named.append(type(out[0])("output", out[0].shape, out[0].units))
+    return named
+
+
+def _default_layer(layers: list[Any]) -> str:
+    # The last layer: for a classifier the pre-softmax logits (paper section 5.1).
+    return str(layers[-1].name)
+
+
 def check_window(window: int, cells: int, input_shape: tuple[int, ...], panels: int) -> None:
     """Raise BuildError (field ``window``) when the windows would pass `WINDOW_BUDGET_BYTES`."""
     need = window * cells * math.prod(input_shape) * 4 * panels
@@ -503,6 +527,13 @@ def _field_of(message: str, default: str) -> str:
         if name in message:
             return name
     return default
+
+
+def warm_up() -> None:
+    """Import what loading a `torch.export` checkpoint needs (seconds of imports), for a
+    standby worker that should start sampling the moment it is handed a configuration."""
+    import torch.export  # noqa: F401
+    from torch._export.serde import serialize  # noqa: F401
 
 
 def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:

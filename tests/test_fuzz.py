@@ -29,9 +29,17 @@ FUZZ_MESSAGES = 2000
 # A message the server always answers with the same error: sent after each fuzz message, its
 # answer proves the fuzz message before it was handled (answers keep their order).
 PROBE = '{"type":"probe"}'
-PROBE_ERROR = MessageError(
-    "type", "The field 'type' must be one of: set, ack, reset, shake, disc_restart."
-).payload()
+
+
+def _probe_error() -> dict[str, str]:
+    try:
+        parse_client_message(PROBE)
+    except MessageError as err:
+        return err.payload()
+    raise AssertionError("the probe must be a message the schema refuses")
+
+
+PROBE_ERROR = _probe_error()
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +66,22 @@ scalars = (
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=8,
 )
 kinds = st.one_of(
-    st.sampled_from(KINDS), st.sampled_from(KINDS), st.sampled_from(["", "SET", "frame", "error"]), json_values
+    st.sampled_from(KINDS),
+    st.sampled_from(KINDS),
+    st.sampled_from(["", "SET", "frame", "error"]),
+    json_values,
 )
 field_names = st.one_of(
-    st.sampled_from(FIELDS), st.sampled_from(FIELDS), st.sampled_from(["extra", "__proto__", "type", ""]), st.text(max_size=12)
+    st.sampled_from(FIELDS),
+    st.sampled_from(FIELDS),
+    st.sampled_from(["extra", "__proto__", "type", ""]),
+    st.text(max_size=12),
 )
 
 # In-bounds values, so that a good share of messages is valid and reaches the worker.
@@ -91,7 +107,11 @@ valid_set = st.fixed_dictionaries(
 valid_other = st.one_of(
     st.builds(lambda s: {"type": "ack", "seq": s}, st.integers(0, 2**53)),
     st.just({"type": "reset"}),
-    st.builds(lambda f, s: {"type": "shake", "factor": f, "seconds": s}, st.floats(1.0, 5.0), st.floats(0.05, 0.5)),
+    st.builds(
+        lambda f, s: {"type": "shake", "factor": f, "seconds": s},
+        st.floats(1.0, 5.0),
+        st.floats(0.05, 0.5),
+    ),
     st.just({"type": "disc_restart"}),
 )
 # A known kind with random fields and values: wrong types, NaN, extra fields.
@@ -101,11 +121,33 @@ wrong_fields = st.builds(
     st.dictionaries(field_names, json_values, max_size=5),
 )
 bad_number_literals = st.sampled_from(
-    ["NaN", "-NaN", "Infinity", "-Infinity", "1e309", "-1e309", "1e-400", "0x10", "+1", ".5",
-     '"0.5"', "null", "true", "[]", "{}", "1" + "0" * 400, "01", "1_000", "\"nan\"", "\"inf\""]
+    [
+        "NaN",
+        "-NaN",
+        "Infinity",
+        "-Infinity",
+        "1e309",
+        "-1e309",
+        "1e-400",
+        "0x10",
+        "+1",
+        ".5",
+        '"0.5"',
+        "null",
+        "true",
+        "[]",
+        "{}",
+        "1" + "0" * 400,
+        "01",
+        "1_000",
+        '"nan"',
+        '"inf"',
+    ]
 )
 bad_numbers = st.builds(
-    lambda field, literal: f'{{"type":"set","{field}":{literal}}}', st.sampled_from(FIELDS), bad_number_literals
+    lambda field, literal: f'{{"type":"set","{field}":{literal}}}',
+    st.sampled_from(FIELDS),
+    bad_number_literals,
 )
 
 
@@ -115,9 +157,13 @@ def _dumps(message: Any) -> str:
 
 valid_text = st.one_of(valid_set, valid_other).map(_dumps)
 as_text = st.one_of(valid_set, valid_other, wrong_fields).map(_dumps)
-truncated = st.builds(lambda text, cut: text[: max(0, int(len(text) * cut))], as_text, st.floats(0.0, 0.99))
+truncated = st.builds(
+    lambda text, cut: text[: max(0, int(len(text) * cut))], as_text, st.floats(0.0, 0.99)
+)
 nested = st.builds(
-    lambda depth, opener: '{"type":"set","layer":' + opener * depth, st.integers(1, 4000), st.sampled_from(["[", '{"a":'])
+    lambda depth, opener: '{"type":"set","layer":' + opener * depth,
+    st.integers(1, 4000),
+    st.sampled_from(["[", '{"a":']),
 ).map(lambda text: text[:MAX_MESSAGE_BYTES])
 oversized = st.builds(
     lambda message, size: _dumps({**message, "pad": "x" * size}),
@@ -126,8 +172,16 @@ oversized = st.builds(
 )
 random_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=300)
 text_messages = st.one_of(
-    valid_text, valid_text, wrong_fields.map(_dumps), wrong_fields.map(_dumps), bad_numbers, bad_numbers,
-    truncated, nested, oversized, random_text,
+    valid_text,
+    valid_text,
+    wrong_fields.map(_dumps),
+    wrong_fields.map(_dumps),
+    bad_numbers,
+    bad_numbers,
+    truncated,
+    nested,
+    oversized,
+    random_text,
 )
 binary_messages = st.one_of(
     st.binary(max_size=300),
@@ -146,10 +200,26 @@ def expected_error(raw: str | bytes) -> dict[str, str] | None:
     try:
         parse_client_message(raw)
     except MessageError as err:
+        if _max_depth(raw) > 100:
+            # Whether json hits the recursion limit before a syntax error depends on the
+            # caller's stack depth (hypothesis raises the limit here): only the field is fixed.
+            return {"type": "error", "field": err.field}
         return err.payload()
-    except RecursionError:  # deep nesting: the server must still answer with an error
+    except RecursionError:  # the server must still answer with an error
         return {"type": "error", "field": "message"}
     return None
+
+
+def _max_depth(raw: str | bytes) -> int:
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def answer(v: Viewer, raw: str | bytes) -> dict[str, Any] | None:
@@ -183,6 +253,7 @@ def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
     return all(got.get(k) == v for k, v in want.items())
 
 
+@pytest.mark.slow
 def test_fuzz_control_messages(server: LiveServer) -> None:
     start_state = server.state()
     counts = {"sent": 0, "text": 0, "binary": 0, "refused": 0, "accepted": 0, "oversized": 0}
@@ -204,7 +275,9 @@ def test_fuzz_control_messages(server: LiveServer) -> None:
         try:
             error = answer(v, raw)
         except ConnectionClosed as closed:
-            raise AssertionError(f"the server closed the websocket after {raw[:200]!r}: {closed}") from None
+            raise AssertionError(
+                f"the server closed the websocket after {raw[:200]!r}: {closed}"
+            ) from None
         counts["sent"] += 1
         counts["binary" if isinstance(raw, bytes) else "text"] += 1
         counts["refused" if error is not None else "accepted"] += 1
@@ -223,7 +296,9 @@ def test_fuzz_control_messages(server: LiveServer) -> None:
     assert counts["refused"] > 0.3 * counts["sent"] and counts["accepted"] > 0.05 * counts["sent"]
     # The stream still runs: restore sane settings and watch frames on the same socket.
     v.ack = True
-    v.set(paused=False, temperature=0.1, step_size=0.1, layout="range", unit=0, unit_end=9, chains=16)
+    v.set(
+        paused=False, temperature=0.1, step_size=0.1, layout="range", unit=0, unit_end=9, chains=16
+    )
     frames = v.frames_for(3.0)
     v.close()
     end_state = server.state()

@@ -64,7 +64,13 @@ def snapshot(live: LiveServer) -> dict[str, Any]:
 
 def _open(live: LiveServer) -> connect:
     return connect(
-        live.ws_url, origin=live.origin, compression=None, proxy=None, max_size=2**24, open_timeout=60  # type: ignore[arg-type]
+        live.ws_url,
+        origin=live.origin,  # type: ignore[arg-type]
+        compression=None,
+        proxy=None,
+        max_size=2**24,
+        open_timeout=60,
+        close_timeout=2,
     )
 
 
@@ -83,17 +89,20 @@ async def _read(ws: ClientConnection, until: float, counts: list[int], i: int) -
 
 
 async def _load_phase(live: LiveServer) -> tuple[list[float], float]:
-    readers = [await _open(live) for _ in range(READERS)]
-    idle = [await _open(live) for _ in range(IDLE)]
+    readers = list(await asyncio.gather(*(_open(live) for _ in range(READERS))))
+    idle = list(await asyncio.gather(*(_open(live) for _ in range(IDLE))))
     counts = [0] * READERS
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await asyncio.gather(*(_read(ws, start + READ_SECONDS, counts, i) for i, ws in enumerate(readers)))
+    await asyncio.gather(
+        *(_read(ws, start + READ_SECONDS, counts, i) for i, ws in enumerate(readers))
+    )
     elapsed = loop.time() - start
     # The idle clients never read a byte; they are still connected (the server kept them).
     idle_open = sum(ws.state.name == "OPEN" for ws in idle)
-    for ws in readers + idle:
-        await ws.close()
+    # The idle clients' buffers are full, so they may not see the server's close frame: their
+    # close gives up after close_timeout. Close everyone at once.
+    await asyncio.gather(*(ws.close() for ws in readers + idle))
     assert idle_open == IDLE
     return [c / elapsed for c in counts], elapsed
 
@@ -108,7 +117,9 @@ async def _cycle(live: LiveServer, polite: bool) -> None:
 async def _cycles(live: LiveServer) -> float:
     start = time.monotonic()
     for batch in range(CYCLES // 10):
-        await asyncio.gather(*(_cycle(live, polite=(batch + k) % 2 == 0) for k in range(10)), return_exceptions=False)
+        await asyncio.gather(
+            *(_cycle(live, polite=(batch + k) % 2 == 0) for k in range(10)), return_exceptions=False
+        )
     return time.monotonic() - start
 
 
@@ -141,7 +152,9 @@ def test_load_32_readers_8_idle_then_500_cycles(server: LiveServer, tmp_path: Pa
     assert end["clients"] == 0
     assert end["rss_kib"] <= 1.10 * start["rss_kib"], (start, end)
     assert end["fds"] <= start["fds"] + max(2, start["fds"] // 10), (start, end)
-    assert start["tasks"] is not None, "GET /api/state must report the event loop's task count as 'tasks'"
+    assert start["tasks"] is not None, (
+        "GET /api/state must report the event loop's task count as 'tasks'"
+    )
     assert end["tasks"] <= 1.10 * start["tasks"] + 1, (start, end)
     log = server.output()
     assert "Traceback" not in log, log[-3000:]

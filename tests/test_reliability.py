@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from server.schemas import decode_frame
+from server.security import SEND_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parent.parent
 # Starting the worker imports torch and loads the model: slow on a busy 2-core machine.
@@ -92,7 +94,9 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
+                raise AssertionError(
+                    f"the server exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
+                )
             try:
                 state = self.state()
             except httpx.HTTPError:
@@ -101,7 +105,9 @@ class LiveServer:
             if state["status"]["worker"] == "running" and state["frame_seq"] >= 0:
                 return state
             time.sleep(0.3)
-        raise AssertionError(f"the server was not ready after {timeout} s:\n{self.output()}")
+        raise AssertionError(
+            f"the server was not ready after {timeout} s:\n{self.output()[-3000:]}"
+        )
 
     def rss_kib(self) -> int:
         """The server process's resident memory in KiB (from /proc)."""
@@ -124,17 +130,6 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One dashboard (the default model) shared by the tests of a module."""
-    live = LiveServer(tmp_path_factory.mktemp("server"))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
 
 
 class Viewer:
@@ -222,8 +217,9 @@ class Viewer:
         """Send ``set`` and wait for the frames made with it; returns the new version."""
         self.send({"type": "set", **params})
         state = self.wait_for(
-            lambda m: m["type"] == "state"
-            and all(m["params"].get(k) == v for k, v in params.items()),
+            lambda m: (
+                m["type"] == "state" and all(m["params"].get(k) == v for k, v in params.items())
+            ),
             timeout,
             f"state with {params}",
         )
@@ -279,7 +275,9 @@ class RawClient:
         self.sock.close()
 
 
-def worker_metrics(v: Viewer, timeout: float, what: str, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def worker_metrics(
+    v: Viewer, timeout: float, what: str, predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     """The first ``metrics`` message satisfying `predicate`."""
     return v.wait_for(lambda m: m["type"] == "metrics" and predicate(m), timeout, what)
 
@@ -287,6 +285,33 @@ def worker_metrics(v: Viewer, timeout: float, what: str, predicate: Callable[[di
 def fps(frames: list[dict[str, Any]], seconds: float) -> float:
     """Frames per second over a reading period."""
     return len(frames) / seconds
+
+
+# --- the server for this module -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real images for the discriminator, one of 500 NaN: a D step that draws it (about 6% of
+    steps, 32 real images each) gets a NaN loss and the training thread raises. A real fault in
+    user data, not an injected one; and rare enough that a restarted D trains a while first."""
+    path = tmp_path_factory.mktemp("data") / "nan_digits.npz"
+    images = np.random.default_rng(0).random((500, 28, 28), dtype=np.float32)
+    images[123] = np.nan
+    np.savez(path, images=images)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(nan_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One dashboard (the default model) for this module's tests; its discriminator, once the
+    discriminator test turns it on, trains on `nan_data`. The SIGTERM test ends it."""
+    live = LiveServer(tmp_path_factory.mktemp("disc"), "--data", str(nan_data))
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()
 
 
 # --- worker killed ---------------------------------------------------------------------------
@@ -303,7 +328,11 @@ def test_worker_sigkill_restarts_with_last_parameters(server: LiveServer) -> Non
         killed = time.monotonic()
         # The same websocket sees the worker come back: no reconnect, no reload.
         status = v.wait_for(
-            lambda m: m["type"] == "status" and m["worker"] == "running" and m["pid"] not in (None, old_pid),
+            lambda m: (
+                m["type"] == "status"
+                and m["worker"] == "running"
+                and m["pid"] not in (None, old_pid)
+            ),
             60,
             "status of a restarted worker",
         )
@@ -311,7 +340,9 @@ def test_worker_sigkill_restarts_with_last_parameters(server: LiveServer) -> Non
             lambda m: m["type"] == "frame" and m["received"] > killed, 60, "frame after restart"
         )
         restart_s = frame["received"] - killed
-        print(f"worker SIGKILL -> first new frame on the same websocket after {restart_s:.2f} s (goal 5 s)")
+        print(
+            f"worker SIGKILL -> first new frame on the same websocket after {restart_s:.2f} s (goal 5 s)"
+        )
         assert status["restarts"] == restarts + 1
         assert frame["version"] == version  # made with the last parameters
         after = server.state()
@@ -330,25 +361,37 @@ def test_worker_sigkill_restarts_with_last_parameters(server: LiveServer) -> Non
 
 def test_diverging_step_size_resets_chains(server: LiveServer) -> None:
     with server.viewer() as v:
-        v.set(step_size=0.1, temperature=0.1)
+        v.set(step_size=0.1, temperature=0.1, grad_norm=False)
         first = worker_metrics(v, 30, "metrics", lambda m: "resets" in m)
-        pid = server.state()["status"]["pid"]
-        restarts = server.state()["status"]["restarts"]
-        v.set(step_size=100.0)  # 1000 times the default
+        status = server.state()["status"]
+        # 1000 times the step size, on raw gradients: x grows ~9-fold a step until it overflows
+        # (with gradient normalization on, a step is bounded and x only drifts, see the report).
+        v.set(step_size=100.0)
         diverged = worker_metrics(
-            v, 60, "metrics with more resets", lambda m: _total(m["resets"]) > _total(first["resets"])
+            v,
+            60,
+            "metrics with more resets",
+            lambda m: _total(m["resets"]) > _total(first["resets"]),
         )
         frames = v.frames_for(2.0)
         print(
-            f"step size x1000: resets {_total(first['resets'])} -> {_total(diverged['resets'])}, "
-            f"{len(frames)} frames in the next 2 s"
+            f"step size x1000: resets {_total(first['resets'])} -> {_total(diverged['resets'])} "
+            f"after {diverged['step'] - first['step']} steps, {len(frames)} frames in the next 2 s"
         )
         assert len(frames) >= 2
-        state = server.state()
-        assert state["status"]["pid"] == pid and state["status"]["restarts"] == restarts
-        assert state["status"]["worker"] == "running"
+        after = server.state()["status"]
+        assert (after["worker"], after["pid"], after["restarts"]) == (
+            "running",
+            status["pid"],
+            status["restarts"],
+        )
         assert not any(m["type"] == "error" for m in v.texts)
-        v.set(step_size=0.1)
+        assert all(
+            a is None or math.isfinite(a)
+            for panel in v.latest["metrics"]["activation"]
+            for a in panel
+        ), "metrics stay JSON-safe"
+        v.set(step_size=0.1, grad_norm=True)
 
 
 def _total(resets: Any) -> int:
@@ -359,6 +402,7 @@ def _total(resets: Any) -> int:
 # --- clients that stall or vanish ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stalled_and_vanished_clients_do_not_affect_others(server: LiveServer) -> None:
     with server.viewer() as reader:
         reader.set(paused=False)
@@ -373,72 +417,57 @@ def test_stalled_and_vanished_clients_do_not_affect_others(server: LiveServer) -
         for raw in vanishers:
             raw.vanish()
         steps_before = reader.latest.get("metrics", {}).get("step")
-        during = reader.frames_for(SECURITY_SEND_TIMEOUT + 3.0)
+        during = reader.frames_for(SEND_TIMEOUT_S + 3.0)
         print(
             f"reader: {fps(before, 3.0):.1f} frames/s alone, "
-            f"{fps(during, SECURITY_SEND_TIMEOUT + 3.0):.1f} frames/s beside a stalled and vanished clients"
+            f"{fps(during, SEND_TIMEOUT_S + 3.0):.1f} frames/s beside a stalled and vanished clients"
         )
-        # The flooder stalled for longer than the send timeout: dropped, like the vanished ones.
+        # The flooder's sends block for longer than the send timeout and the vanished ones are
+        # gone: all three are dropped. (`silent` may be dropped too, once it misses a ping.)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            clients = server.state()["status"]["clients"]
-            if clients == baseline_clients + 1:  # only `silent` is left besides the reader
-                break
+        while (
+            server.state()["status"]["clients"] > baseline_clients + 1
+            and time.monotonic() < deadline
+        ):
             reader.frames_for(0.5)
-        assert server.state()["status"]["clients"] == baseline_clients + 1
-        assert len(during) >= 0.5 * len(before) * (SECURITY_SEND_TIMEOUT + 3.0) / 3.0
+        dropped_s = time.monotonic() - (deadline - 30)
+        print(f"stalled and vanished clients dropped within {dropped_s:.1f} s")
+        assert server.state()["status"]["clients"] <= baseline_clients + 1
+        assert len(during) >= 0.25 * len(before) * (SEND_TIMEOUT_S + 3.0) / 3.0
         assert during[-1]["seq"] > before[-1]["seq"]
         if steps_before is not None:
             assert reader.latest["metrics"]["step"] > steps_before
         silent.close()
         flooder.sock.close()
         deadline = time.monotonic() + 10
-        while server.state()["status"]["clients"] != baseline_clients and time.monotonic() < deadline:
+        while (
+            server.state()["status"]["clients"] != baseline_clients and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert server.state()["status"]["clients"] == baseline_clients
-
-
-SECURITY_SEND_TIMEOUT = 5.0
+        assert reader.frames_for(1.0), "the reader still gets frames"
 
 
 # --- discriminator thread --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def nan_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real images for the discriminator, one of 500 NaN: a D step that draws it (about 6% of
-    steps, 32 real images each) gets a NaN loss and the training thread raises. A real fault in
-    user data, not an injected one; and rare enough that a restarted D trains a while first."""
-    path = tmp_path_factory.mktemp("data") / "nan_digits.npz"
-    images = np.random.default_rng(0).random((500, 28, 28), dtype=np.float32)
-    images[123] = np.nan
-    np.savez(path, images=images)
-    return path
-
-
-@pytest.fixture(scope="module")
-def disc_server(nan_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A dashboard whose discriminator trains on `nan_data`; the SIGTERM test ends it."""
-    live = LiveServer(tmp_path_factory.mktemp("disc"), "--data", str(nan_data))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
-
-
-def test_discriminator_failure_is_reported_and_restartable(disc_server: LiveServer) -> None:
-    live = disc_server
+def test_discriminator_failure_is_reported_and_restartable(server: LiveServer) -> None:
+    live = server
     with live.viewer() as v:
+        restarts = live.state()["status"]["restarts"]
         v.set(disc_training=True, disc_weight=0.5)
-        failed = worker_metrics(v, 90, "metrics reporting the D failure", lambda m: bool(_disc_error(m)))
-        print(f"discriminator thread failure reported after {_disc_steps(failed)} D steps: {_disc_error(failed)!r}")
+        failed = worker_metrics(
+            v, 90, "metrics reporting the D failure", lambda m: bool(_disc_error(m))
+        )
+        print(
+            f"discriminator thread failure reported after {_disc_steps(failed)} D steps: {_disc_error(failed)!r}"
+        )
         frames = v.frames_for(2.0)
         assert len(frames) >= 2, "sampling goes on without D"
         assert v.latest["metrics"]["step"] > failed["step"]
         assert _disc_error(v.latest["metrics"]) == _disc_error(failed)  # stays reported
         status = live.state()["status"]
-        assert status["worker"] == "running" and status["restarts"] == 0
+        assert status["worker"] == "running" and status["restarts"] == restarts
         # A restart may draw the NaN image at once (about 6%): allow a few tries.
         tries = 0
         while tries < 5:
@@ -453,7 +482,9 @@ def test_discriminator_failure_is_reported_and_restartable(disc_server: LiveServ
             break
         else:
             raise AssertionError("disc_restart never got D training again")
-        print(f"disc_restart (try {tries}): D steps {_disc_steps(failed)} -> {_disc_steps(restarted)}")
+        print(
+            f"disc_restart (try {tries}): D steps {_disc_steps(failed)} -> {_disc_steps(restarted)}"
+        )
         assert live.state()["status"]["pid"] == status["pid"]
 
 
@@ -464,7 +495,9 @@ def _disc_error(metrics: dict[str, Any]) -> str | None:
 
 def _disc_steps(metrics: dict[str, Any]) -> int:
     disc = metrics.get("disc") or {}
-    return int(disc.get("steps", 0)) if isinstance(disc, dict) else int(metrics.get("disc_steps", 0))
+    return (
+        int(disc.get("steps", 0)) if isinstance(disc, dict) else int(metrics.get("disc_steps", 0))
+    )
 
 
 # --- SIGTERM ---------------------------------------------------------------------------------
@@ -481,22 +514,28 @@ def _sigterm_check(live: LiveServer) -> None:
     while proc_alive(worker) and time.monotonic() - start < 30:
         time.sleep(0.05)
     worker_s = time.monotonic() - start
-    print(f"SIGTERM: server exited in {server_s:.2f} s (code {code}), worker gone after {worker_s:.2f} s")
-    assert code == 0, live.output()
+    print(
+        f"SIGTERM: server exited in {server_s:.2f} s (code {code}), worker gone after {worker_s:.2f} s"
+    )
+    # uvicorn re-raises the signal after its graceful shutdown, so -15 is a clean exit too.
+    assert code in (0, -signal.SIGTERM), live.output()
     assert not proc_alive(worker)
     assert "Traceback" not in live.output(), live.output()
     assert worker_s < 15
 
 
-def test_sigterm_shuts_down_cleanly(disc_server: LiveServer) -> None:
-    # The server of the discriminator test: a worker with D's training thread to stop too.
-    live = disc_server
+def test_sigterm_shuts_down_cleanly(server: LiveServer) -> None:
+    # Last in this module: a worker with D's training thread (from the test above) to stop too.
+    live = server
     with live.viewer() as v:
         v.set(disc_training=True, disc_weight=0.5)
         v.send({"type": "disc_restart"})
         v.frames_for(1.0)
         _sigterm_check(live)
-        # The open websocket was closed by the server, not left hanging.
-        with pytest.raises(ConnectionClosed):
-            for _ in range(100):
+        # The open websocket was closed by the server with a close frame, not left hanging.
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(1000):
                 v.ws.recv(timeout=5)
+        rcvd = closed.value.rcvd
+        print(f"SIGTERM: the open websocket was closed with code {rcvd.code if rcvd else None}")
+        assert rcvd is not None and rcvd.code in (1000, 1001, 1012)

@@ -1,0 +1,290 @@
+"""Targets: which unit of which layer each chain maximizes, read through a forward hook.
+
+A target string is `LAYER:UNIT`:
+
+    fc3:7          unit 7 of a 2-D output [N, K] (pre-softmax logit of class 7)
+    conv1:3        channel 3 of a 4-D output [N, C, H, W], mean over all positions
+    conv1:3@12,12  channel 3 at row 12, column 12
+    fc3:0-9        a range: the chains split into equal contiguous groups, one per unit
+    :7, output:7   the network's output
+
+LAYER is the dotted path of `named_modules()` (native names, resolved exactly, no `_` joining).
+The hook sits on the target module only, for one forward, and is removed in `finally`; the
+forward stops right after the target module ran, so a shallow target does not pay for the
+layers above it. A module called several times in one forward is read at its first call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+OUTPUT_NAMES = ("", "output")
+_UNIT = re.compile(r"^(\d+)(?:-(\d+))?(?:@(\d+),(\d+))?$")
+
+
+class TargetError(ValueError):
+    """A target cannot be used with this model; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A parsed target: `layer` ("" = output), units `first..last` (inclusive), optional
+    spatial `position` (row, column) for a 4-D layer."""
+
+    layer: str
+    first: int
+    last: int
+    position: tuple[int, int] | None = None
+
+    @property
+    def units(self) -> list[int]:
+        """The unit (or channel) indices in order."""
+        return list(range(self.first, self.last + 1))
+
+    @property
+    def is_output(self) -> bool:
+        """Whether the target is the network's output (no hook needed)."""
+        return self.layer == ""
+
+    def __str__(self) -> str:
+        units = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        where = f"@{self.position[0]},{self.position[1]}" if self.position else ""
+        return f"{self.layer or 'output'}:{units}{where}"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer that can be a target: dotted `name` ("" = output), output `shape` without the
+    batch dimension, and `units` (K of [K], C of [C, H, W]; 0 if the shape cannot be a target)."""
+
+    name: str
+    shape: tuple[int, ...]
+    units: int
+
+
+def parse_target(spec: str) -> TargetSpec:
+    """Parse `LAYER:UNIT` (see the module docstring) into a `TargetSpec`; `TargetError` if malformed."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise TargetError(f"A target is LAYER:UNIT, such as fc3:7 or conv1:3@12,12; got {spec!r}.")
+    layer, _, unit = spec.strip().rpartition(":")
+    layer = layer.strip()
+    match = _UNIT.match(unit.strip())
+    if match is None:
+        raise TargetError(
+            f"The unit in {spec!r} must be K, A-B, C@Y,X or A-B@Y,X with whole numbers, such as 7, 0-9 or 3@12,12."
+        )
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if last < first:
+        raise TargetError(f"The unit range in {spec!r} runs backwards; write it as {last}-{first}.")
+    position = (int(match.group(3)), int(match.group(4))) if match.group(3) is not None else None
+    return TargetSpec("" if layer in OUTPUT_NAMES else layer, first, last, position)
+
+
+class _Stop(Exception):
+    """Raised by the hook to end the forward once the target module has run."""
+
+
+def _layer_names(module: nn.Module) -> list[str]:
+    return [name for name, _ in module.named_modules() if name]
+
+
+def _is_torchscript(module: nn.Module) -> bool:
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+class Target:
+    """The activation of each chain's target unit: `x [N, C, H, W] -> [N]`, differentiable in x.
+
+    `spec` is a target string or `TargetSpec`; `chains` is N. With a unit range the chains are
+    split into equal contiguous groups, one per unit (`units_per_chain`). `batch_size` is a
+    fixed export batch: the chains then run in chunks of it (the last chunk padded with zeros).
+    `input_shape` (C, H, W), when given, checks the layer and units now with one forward of
+    one image instead of at the first call.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: str | TargetSpec,
+        chains: int,
+        batch_size: int | None = None,
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        self.module = module
+        self.spec = spec if isinstance(spec, TargetSpec) else parse_target(spec)
+        self.batch_size = batch_size
+        if chains < 1:
+            raise TargetError(f"The number of chains must be at least 1, got {chains}.")
+        units = self.spec.units
+        if chains % len(units):
+            raise TargetError(
+                f"{chains} chains cannot be split evenly over the {len(units)} units "
+                f"{self.spec.first}-{self.spec.last}; use a multiple of {len(units)} chains."
+            )
+        per_unit = chains // len(units)
+        self.units_per_chain: list[int] = [units[i // per_unit] for i in range(chains)]
+        self._units = torch.tensor(self.units_per_chain)
+        self.layer: nn.Module | None = None
+        if not self.spec.is_output:
+            if _is_torchscript(module):
+                raise TargetError(
+                    "A TorchScript model allows only output targets (such as output:7); export it with "
+                    "torch.export (.pt2) to target inner layers."
+                )
+            names = _layer_names(module)
+            if self.spec.layer not in names:
+                raise TargetError(
+                    f"No layer named {self.spec.layer!r}; the layers are: {', '.join([*names, 'output'])}."
+                )
+            self.layer = module.get_submodule(self.spec.layer)
+        if input_shape is not None:
+            probe = torch.zeros(batch_size or 1, *input_shape)
+            with torch.no_grad():
+                self._check(self._forward(probe))
+
+    @property
+    def chains(self) -> int:
+        """The number of chains N this target was set up for."""
+        return len(self.units_per_chain)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Activation `[N]` of each chain's unit for images `x [N, C, H, W]` (N = chains)."""
+        if x.shape[0] != self.chains:
+            raise TargetError(
+                f"The target was set up for {self.chains} chains but got a batch of {x.shape[0]}."
+            )
+        if self.batch_size is None or self.batch_size == x.shape[0]:
+            out = self._forward(x)
+        else:
+            parts = []
+            for start in range(0, x.shape[0], self.batch_size):
+                chunk = x[start : start + self.batch_size]
+                real = chunk.shape[0]
+                if real < self.batch_size:
+                    pad = chunk.new_zeros((self.batch_size - real, *chunk.shape[1:]))
+                    chunk = torch.cat([chunk, pad])
+                parts.append(self._forward(chunk)[:real])
+            out = torch.cat(parts)
+        self._check(out)
+        return self._select(out)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.layer is None:
+            out = self.module(x)
+            if not isinstance(out, Tensor):
+                raise TargetError(
+                    f"The model returns a {type(out).__name__}, not one tensor, so its output cannot be a target."
+                )
+            return out
+        box: list[Any] = []
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            box.append(output)
+            raise _Stop
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            self.module(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not box:
+            raise TargetError(f"Layer {self.spec.layer!r} did not run in the model's forward pass.")
+        if not isinstance(box[0], Tensor):
+            raise TargetError(
+                f"Layer {self.spec.layer!r} returns a {type(box[0]).__name__}, not one tensor."
+            )
+        return box[0]
+
+    def _check(self, out: Tensor) -> None:
+        name = self.spec.layer or "the output"
+        spec = self.spec
+        if out.ndim == 2:
+            if spec.position is not None:
+                raise TargetError(
+                    f"{name} has a 2-D output with {out.shape[1]} units, so its unit takes no @Y,X position."
+                )
+            if spec.last >= out.shape[1]:
+                raise TargetError(
+                    f"Unit {spec.last} is out of range for {name} (units 0-{out.shape[1] - 1})."
+                )
+        elif out.ndim == 4:
+            channels, height, width = out.shape[1:]
+            if spec.last >= channels:
+                raise TargetError(
+                    f"Channel {spec.last} is out of range for {name} (channels 0-{channels - 1})."
+                )
+            if spec.position is not None and (
+                spec.position[0] >= height or spec.position[1] >= width
+            ):
+                raise TargetError(
+                    f"Position {spec.position[0]},{spec.position[1]} is out of range for {name} "
+                    f"(rows 0-{height - 1}, columns 0-{width - 1})."
+                )
+        else:
+            raise TargetError(
+                f"{name} outputs shape {list(out.shape[1:])} per image; a target needs a layer with "
+                "a 2-D [N, K] or 4-D [N, C, H, W] output."
+            )
+
+    def _select(self, out: Tensor) -> Tensor:
+        if self._units.device != out.device:
+            self._units = self._units.to(out.device)  # once, not every step
+        rows = torch.arange(out.shape[0], device=out.device)
+        units = self._units
+        if out.ndim == 2:
+            return out[rows, units]
+        if self.spec.position is None:
+            return out[rows, units].mean(dim=(1, 2))
+        y, x = self.spec.position
+        return out[rows, units, y, x]
+
+
+def list_layers(
+    module: nn.Module, input_shape: Sequence[int], batch_size: int | None = None
+) -> list[LayerInfo]:
+    """Every layer that ran in one forward of zeros `[batch, *input_shape]`, in call order,
+    then the output (name ""), with output shapes and unit counts. Hooks are removed after.
+
+    For TorchScript (which refuses hooks) only the output is listed.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def record(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if name not in shapes and isinstance(output, Tensor):
+                shapes[name] = tuple(output.shape[1:])
+
+        return hook
+
+    try:
+        if not _is_torchscript(module):
+            for name, sub in module.named_modules():
+                if name:
+                    handles.append(sub.register_forward_hook(record(name)))
+        with torch.no_grad():
+            out = module(torch.zeros(batch_size or 1, *input_shape))
+    except Exception as error:
+        shape = ",".join(str(s) for s in input_shape)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200].rstrip(". ")
+        raise TargetError(f"The model does not accept input of shape {shape} ({first}).") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = [LayerInfo(name, shape, _units(shape)) for name, shape in shapes.items()]
+    if isinstance(out, Tensor):
+        layers.append(LayerInfo("", tuple(out.shape[1:]), _units(tuple(out.shape[1:]))))
+    return layers
+
+
+def _units(shape: tuple[int, ...]) -> int:
+    return shape[0] if len(shape) in (1, 3) else 0

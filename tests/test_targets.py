@@ -1,0 +1,241 @@
+"""Targets: parsing, analytic activations and gradients, chain groups, hooks, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from models.lenet import LeNet
+from server.targets import LayerInfo, Target, TargetError, TargetSpec, list_layers, parse_target
+
+LENET_LAYERS = (
+    "conv1, relu1, pool1, conv2, relu2, pool2, flatten, fc1, relu3, fc2, relu4, fc3, output"
+)
+
+
+class Tiny(nn.Module):
+    """x [N,1,2,2] -> conv (1x1, two channels with known weights) -> flatten -> linear (3 units)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, kernel_size=1)
+        self.flat = nn.Flatten()
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([2.0, -1.0]).view(2, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([0.5, 0.0]))
+            self.head.weight.copy_(torch.arange(24, dtype=torch.float32).view(3, 8) / 10)
+            self.head.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.flat(self.conv(x)))
+
+
+class Exploding(nn.Module):
+    """Raises if it ever runs: proves the forward stops after the target layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the layers after the target ran")
+
+
+def all_hooks(module: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in module.modules())
+
+
+@pytest.fixture(scope="module")
+def lenet() -> nn.Module:
+    torch.manual_seed(0)
+    model = LeNet().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "canonical"),
+    [
+        ("fc3:7", TargetSpec("fc3", 7, 7), "fc3:7"),
+        ("fc3:0-9", TargetSpec("fc3", 0, 9), "fc3:0-9"),
+        ("conv1:3", TargetSpec("conv1", 3, 3), "conv1:3"),
+        ("conv1:3@12,4", TargetSpec("conv1", 3, 3, (12, 4)), "conv1:3@12,4"),
+        ("conv2:0-3@1,2", TargetSpec("conv2", 0, 3, (1, 2)), "conv2:0-3@1,2"),
+        ("layer1.0.conv1:5", TargetSpec("layer1.0.conv1", 5, 5), "layer1.0.conv1:5"),
+        (":4", TargetSpec("", 4, 4), "output:4"),
+        ("output:2-3", TargetSpec("", 2, 3), "output:2-3"),
+    ],
+)
+def test_parse_target(text: str, expected: TargetSpec, canonical: str) -> None:
+    spec = parse_target(text)
+    assert spec == expected
+    assert str(spec) == canonical
+    assert parse_target(canonical) == expected
+
+
+@given(
+    layer=st.from_regex(r"[a-z_][a-z0-9_]{0,6}(\.[0-9a-z_]{1,4}){0,3}", fullmatch=True),
+    first=st.integers(0, 5000),
+    extra=st.integers(0, 50),
+    position=st.none() | st.tuples(st.integers(0, 300), st.integers(0, 300)),
+)
+def test_parse_target_round_trips(
+    layer: str, first: int, extra: int, position: tuple[int, int] | None
+) -> None:
+    spec = TargetSpec("" if layer == "output" else layer, first, first + extra, position)
+    assert parse_target(str(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fc3", "A target is LAYER:UNIT, such as fc3:7 or conv1:3@12,12; got 'fc3'."),
+        (
+            "fc3:x",
+            "The unit in 'fc3:x' must be K, A-B, C@Y,X or A-B@Y,X with whole numbers, such as 7, 0-9 or 3@12,12.",
+        ),
+        (
+            "fc3:-1",
+            "The unit in 'fc3:-1' must be K, A-B, C@Y,X or A-B@Y,X with whole numbers, such as 7, 0-9 or 3@12,12.",
+        ),
+        ("fc3:5-2", "The unit range in 'fc3:5-2' runs backwards; write it as 2-5."),
+    ],
+)
+def test_parse_target_errors(text: str, message: str) -> None:
+    with pytest.raises(TargetError) as info:
+        parse_target(text)
+    assert str(info.value) == message
+
+
+def test_analytic_values_and_gradients() -> None:
+    model = Tiny().eval()
+    x = torch.randn(2, 1, 2, 2, requires_grad=True)
+    # conv channel 0 at (1, 0): 2*x + 0.5
+    value = Target(model, "conv:0@1,0", 2)(x)
+    torch.testing.assert_close(value, 2 * x[:, 0, 1, 0] + 0.5)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    expected = torch.zeros_like(x)
+    expected[:, 0, 1, 0] = 2.0
+    torch.testing.assert_close(grad, expected)
+    # conv channel 1, mean over positions: -mean(x)
+    torch.testing.assert_close(Target(model, "conv:1", 2)(x), -x.mean(dim=(1, 2, 3)))
+    # output unit 2: w2 . flatten(conv(x)) + b2
+    conv = torch.cat([2 * x + 0.5, -x], dim=1).flatten(1)
+    w = torch.arange(24, dtype=torch.float32).view(3, 8) / 10
+    torch.testing.assert_close(Target(model, "output:2", 2)(x), conv @ w[2] + 3.0)
+    torch.testing.assert_close(Target(model, "head:2", 2)(x), conv @ w[2] + 3.0)
+
+
+def test_range_splits_chains_into_groups(lenet: nn.Module) -> None:
+    target = Target(lenet, "fc3:0-9", 20)
+    assert target.units_per_chain == [k // 2 for k in range(20)]
+    x = torch.randn(20, 1, 28, 28)
+    logits = lenet(x)
+    torch.testing.assert_close(target(x), logits[torch.arange(20), torch.arange(20) // 2])
+    assert Target(lenet, "conv2:4-6", 3).units_per_chain == [4, 5, 6]
+    with pytest.raises(TargetError) as info:
+        Target(lenet, "fc3:0-9", 15)
+    assert str(info.value) == (
+        "15 chains cannot be split evenly over the 10 units 0-9; use a multiple of 10 chains."
+    )
+
+
+def test_chains_must_match_batch(lenet: nn.Module) -> None:
+    with pytest.raises(TargetError) as info:
+        Target(lenet, "fc3:1", 4)(torch.zeros(3, 1, 28, 28))
+    assert str(info.value) == "The target was set up for 4 chains but got a batch of 3."
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fc9:1", f"No layer named 'fc9'; the layers are: {LENET_LAYERS}."),
+        ("fc3:10", "Unit 10 is out of range for fc3 (units 0-9)."),
+        ("output:12", "Unit 12 is out of range for the output (units 0-9)."),
+        ("conv1:6", "Channel 6 is out of range for conv1 (channels 0-5)."),
+        ("conv1:2@24,0", "Position 24,0 is out of range for conv1 (rows 0-23, columns 0-23)."),
+        ("fc2:3@1,1", "fc2 has a 2-D output with 84 units, so its unit takes no @Y,X position."),
+    ],
+)
+def test_target_errors(lenet: nn.Module, text: str, message: str) -> None:
+    # With input_shape the check happens at construction; without it, at the first call.
+    with pytest.raises(TargetError) as info:
+        Target(lenet, text, 1, input_shape=(1, 28, 28))
+    assert str(info.value) == message
+    if not text.startswith("fc9"):
+        target = Target(lenet, text, 1)
+        with pytest.raises(TargetError) as info:
+            target(torch.zeros(1, 1, 28, 28))
+        assert str(info.value) == message
+    assert all_hooks(lenet) == 0
+
+
+def test_layer_with_other_rank_is_refused() -> None:
+    model = nn.Sequential(nn.Flatten(0), nn.Identity())  # [N,1,2,2] -> 1-D
+    with pytest.raises(TargetError) as info:
+        Target(model, "1:0", 1)(torch.zeros(1, 1, 2, 2))
+    assert str(info.value) == (
+        "1 outputs shape [] per image; a target needs a layer with a 2-D [N, K] or 4-D [N, C, H, W] output."
+    )
+
+
+def test_hooks_removed_after_run_and_after_error(lenet: nn.Module) -> None:
+    target = Target(lenet, "conv2:3", 2)
+    target(torch.randn(2, 1, 28, 28))
+    assert all_hooks(lenet) == 0
+    with pytest.raises(RuntimeError):
+        target(torch.randn(2, 3, 28, 28))  # wrong channel count: conv1 raises inside the forward
+    assert lenet.conv2._forward_hooks == {}
+    assert all_hooks(lenet) == 0
+    list_layers(lenet, (1, 28, 28))
+    assert all_hooks(lenet) == 0
+    with pytest.raises(TargetError):
+        list_layers(lenet, (1, 5, 5))
+    assert all_hooks(lenet) == 0
+
+
+def test_forward_stops_after_target_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Exploding())
+    value = Target(model, "0:1@0,0", 3)(torch.ones(3, 1, 4, 4))
+    conv = model[0]
+    expected = conv.weight[1].sum() + conv.bias[1]
+    torch.testing.assert_close(value, expected.expand(3))
+
+
+def test_chunked_fixed_batch_equals_one_batch(lenet: nn.Module) -> None:
+    x = torch.randn(7, 1, 28, 28, requires_grad=True)
+    whole = Target(lenet, "fc3:2", 7)(x)
+    chunked = Target(lenet, "fc3:2", 7, batch_size=3)(x)
+    torch.testing.assert_close(chunked, whole)
+    (grad,) = torch.autograd.grad(chunked.sum(), x)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), x)
+    torch.testing.assert_close(grad, grad_whole)
+
+
+def test_list_layers_lenet(lenet: nn.Module) -> None:
+    layers = list_layers(lenet, (1, 28, 28))
+    assert [layer.name for layer in layers] == [*LENET_LAYERS.split(", ")[:-1], ""]
+    table = {layer.name: layer for layer in layers}
+    assert table["conv1"] == LayerInfo("conv1", (6, 24, 24), 6)
+    assert table["pool2"] == LayerInfo("pool2", (16, 4, 4), 16)
+    assert table["flatten"] == LayerInfo("flatten", (256,), 256)
+    assert table["fc2"] == LayerInfo("fc2", (84,), 84)
+    assert table[""] == LayerInfo("", (10,), 10)
+
+
+def test_torchscript_allows_output_targets_only(lenet: nn.Module) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        scripted = torch.jit.trace(lenet, torch.zeros(1, 1, 28, 28))
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(Target(scripted, "output:3", 2)(x), lenet(x)[:, 3])
+    with pytest.raises(TargetError) as info:
+        Target(scripted, "conv1:0", 2)
+    assert str(info.value) == (
+        "A TorchScript model allows only output targets (such as output:7); export it with "
+        "torch.export (.pt2) to target inner layers."
+    )
+    assert list_layers(scripted, (1, 28, 28)) == [LayerInfo("", (10,), 10)]
