@@ -215,6 +215,16 @@ def report(r: dict[str, Any], chains: int) -> str:
         f"| sampler steps/s, 8 clients streaming (mean of 2 periods) | {r['steps_streaming']:.0f} | |",
         f"| ratio streaming / not streaming | {ratio:.2f} | >= 0.9 |",
     ]
+    # Neighbours' load changes how much CPU the worker gets from period to period; steps per
+    # CPU-second of the worker itself show what streaming costs the sampler.
+    idle_cpu = statistics.fmean(CPU.get("idle worker", [float("nan")]))
+    stream_cpu = statistics.fmean(CPU.get("8 clients worker", [float("nan")]))
+    per_cpu_idle = r["steps_idle"] / idle_cpu
+    per_cpu_stream = r["steps_streaming"] / stream_cpu
+    rows += [
+        f"| worker steps per CPU-second, no client / 8 clients | {per_cpu_idle:.0f} / {per_cpu_stream:.0f} | |",
+        f"| ratio per CPU-second streaming / not streaming | {per_cpu_stream / per_cpu_idle:.2f} | >= 0.9 |",
+    ]
     for phase, shares in CPU.items():
         rows.append(f"| CPU share of one core, {phase} process | {100 * statistics.fmean(shares):.0f}% | |")
     load = os.getloadavg()[0]

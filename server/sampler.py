@@ -202,6 +202,8 @@ class SamplerConfig:
             means of the two halves of the last `burn_in_window` steps, below this (or that
             change within 2 standard errors of zero, for activations near zero under noise).
         burn_in_window: the number of recent steps the auto burn-in test looks at (>= 2).
+        divergence_limit: a chain with any |pixel| above this (in input units) or a NaN/Inf
+            pixel or activation has diverged: it is re-initialized and counted in `resets`.
         seed: seeds the init and noise generators: same seed, same device -> same samples.
         device: where chains live, e.g. "cpu" or "cuda".
     """
@@ -221,6 +223,7 @@ class SamplerConfig:
     burn_in_threshold: PerChain | None = None
     burn_in_epsilon: float = 0.02
     burn_in_window: int = 50
+    divergence_limit: float = 1e6
     seed: int = 0
     device: str | torch.device = field(default="cpu")
 
@@ -248,6 +251,9 @@ class SamplerConfig:
                 f"normalize must be one of none, regularizers, all, got {self.normalize!r}."
             )
         self.window = _int("window", self.window, 1)
+        self.divergence_limit = _number("divergence_limit", self.divergence_limit)
+        if not self.divergence_limit > 0:
+            raise SamplerError(f"divergence_limit must be > 0, got {self.divergence_limit}.")
         self.init_std = _number("init_std", self.init_std)
         if self.init_std < 0:
             raise SamplerError(f"init_std must be >= 0, got {self.init_std}.")
@@ -605,10 +611,13 @@ class Sampler:
             self.age += 1
             self._update_burn_in(activation)
             self._record(self._burned)
-            # NaN/Inf anywhere in a chain makes its pixel sum non-finite (so does an overflowing
-            # sum, ~1e38, which is divergence too): one pass over x instead of two. And
-            # `s * 0 != 0` is True exactly for non-finite s, in two small kernels, not isfinite's four.
-            bad = (activation + x.flatten(1).sum(1)).mul_(0).ne(0)
+            # A chain diverged when its activation is NaN/Inf or any pixel is NaN/Inf or beyond
+            # `divergence_limit`: a step size far too large under gradient normalization drifts
+            # to huge but finite values (seen: activations ~1e8) that a finiteness test misses.
+            # amax propagates NaN and `not (peak <= limit)` is True for NaN, so one comparison
+            # covers all three cases.
+            peak = x.flatten(1).abs().amax(1)
+            bad = (peak <= cfg.divergence_limit).logical_and_(activation.isfinite()).logical_not_()
             # The one host sync per step: whether any chain diverged (and, until every chain
             # is burned in, whether all are now, so burn-in bookkeeping can stop).
             if self._all_burned:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -56,6 +57,8 @@ LOGIN_PATH = "/login"
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CHECKPOINT_SUFFIXES = (".pt2", ".pt", ".pth", ".ts", ".safetensors")
+# A checkpoint name the picker offers: a plain file name (the same rule as server/schemas.py).
+CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
@@ -363,19 +366,21 @@ def resolve_checkpoint(root: Path, name: str) -> Path:
 
 
 def list_checkpoints(root: Path) -> list[str]:
-    """Names (relative, ``/``-separated, sorted) of the checkpoint files `resolve_checkpoint`
-    would accept under `root`: what the UI's picker may offer."""
+    """Names (sorted) of the files directly in `root` that `resolve_checkpoint` accepts and
+    whose name matches CHECKPOINT_NAME: what the UI's picker may offer and then send back in a
+    ``set`` message. Subfolders are not searched (a ``set`` names a plain file)."""
     base = Path(root).resolve()
     if not base.is_dir():
         return []
     names = []
-    for path in base.rglob("*"):
-        name = path.relative_to(base).as_posix()
+    for path in base.iterdir():
+        if not CHECKPOINT_NAME.fullmatch(path.name):
+            continue
         try:
-            resolve_checkpoint(base, name)
+            resolve_checkpoint(base, path.name)
         except SecurityError:
             continue
-        names.append(name)
+        names.append(path.name)
     return sorted(names)
 
 

@@ -215,9 +215,14 @@ class Worker:
         # simply row-major; `order` maps cells back to the target's chains.
         rows = cells // columns
         settings = self._settings(params, cells, rows)
-        terms: list[Any] = [ActivationTerm(_Reordered(target, order)), L2Term()]
-        if self.trainer is not None:
-            terms.append(DiscriminatorTerm(self.trainer.current))
+        # The discriminator term is always there; it is inactive (skipped) while no trainer
+        # runs for this input shape, so turning D on later needs no rebuild.
+        shape = tuple(loaded.input_shape)
+        terms: list[Any] = [
+            ActivationTerm(_Reordered(target, order)),
+            L2Term(),
+            DiscriminatorTerm(lambda: self._published_disc(shape)),
+        ]
         try:
             config = SamplerConfig(chains=cells, seed=params.seed, device=self.device, **settings)
             sampler = Sampler(terms, loaded.input_shape, config)
@@ -284,6 +289,12 @@ class Worker:
             except DiscriminatorError as err:
                 self.disc_note = str(err)
 
+    def _published_disc(self, shape: tuple[int, ...]) -> Any:
+        """The trainer's newest D for images of `shape`, or None (no trainer, other shape)."""
+        if self.trainer is None or self.trainer_shape != shape:
+            return None
+        return self.trainer.current()
+
     def info(self) -> dict[str, Any]:
         """What the page's pickers need: layers, device, panels."""
         main = self.panels[0].loaded
@@ -315,7 +326,12 @@ class Worker:
             self._apply_live()
         elif kind == "disc_restart":
             if self.trainer is not None:
-                self.trainer.restart()
+                from server.disc import DiscriminatorError
+
+                try:
+                    self.trainer.restart()
+                except DiscriminatorError as err:
+                    self.end.outbox.put_event(("error", {"field": "disc_restart", "message": str(err)}))
         elif kind == "clients":
             self.clients = int(command[1])
             self.next_frame = 0.0  # back to the full frame rate (or the idle one) at once
@@ -324,11 +340,8 @@ class Worker:
 
     def _set(self, version: int, params: SamplerParams, sources: dict[str, str | None]) -> None:
         changed = {k for k, v in params.model_dump().items() if getattr(self.params, k) != v}
-        needs_trainer = self.trainer is None and self.disc_note is None and (
-            params.disc_weight > 0 or (params.layout == "sweep" and params.sweep_param == "disc_weight")
-        )
         try:
-            if changed & STRUCTURAL_FIELDS or sources != self.sources or needs_trainer:
+            if changed & STRUCTURAL_FIELDS or sources != self.sources:
                 params = self.build(params, sources)
                 self.end.outbox.put_event(("ready", {
                     "version": version, "params": params.model_dump(), "info": self.info()}))
@@ -344,6 +357,10 @@ class Worker:
             return
         self.params = params
         self.version = version
+        had_note = self.disc_note
+        self._ensure_trainer(self.panels[0].loaded, params)
+        if self.disc_note != had_note:
+            self.end.outbox.put_event(("error", {"field": "disc_weight", "message": self.disc_note}))
         self._apply_live()
         self.dirty = True
 

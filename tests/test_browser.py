@@ -166,12 +166,37 @@ def test_target_picker_switches_units(served: Served, page: Any) -> None:
     assert (params["layer"], params["unit"], params["layout"]) == ("fc1", 7, "chains")
 
 
+def test_space_pauses_and_resumes(served: Served, page: Any) -> None:
+    page.locator("h1").click()  # keyboard focus on the page, not in a form field
+
+    def paused_becomes(value: bool) -> None:
+        deadline = time.monotonic() + 30
+        while served.state()["params"]["paused"] is not value:
+            assert time.monotonic() < deadline, f"paused never became {value}"
+            time.sleep(0.1)
+
+    page.keyboard.press(" ")
+    paused_becomes(True)
+    page.wait_for_function("document.getElementById('pause').textContent === 'Resume'")
+    page.keyboard.press(" ")
+    paused_becomes(False)
+
+
 def test_compare_view_shows_two_panels(served: Served, page: Any) -> None:
     page.get_by_label("Compare with").select_option(PAIR[1])
     page.wait_for_function("document.querySelectorAll('#panels canvas').length === 2", timeout=60_000)
     captions = page.locator("#panels figcaption").all_text_contents()
     assert captions[0].startswith(PAIR[0]) and captions[1].startswith(PAIR[1])
-    time.sleep(1.0)  # let a few frames and metrics reach the charts
+    # For the screenshot, the paper's Figure 5 view: the ten logits, plain against averaged.
+    page.get_by_label("Layout").select_option("range")
+    page.get_by_label("Target layer").select_option("fc3")
+    page.get_by_label("Temperature T").fill("-2")
+    page.wait_for_function(
+        "window.ldam.header.panels.length === 2 && window.ldam.header.panels[0].target === 'fc3:0-9'",
+        timeout=60_000,
+    )
+    step = page.evaluate("window.ldam.header.step")
+    page.wait_for_function(f"window.ldam.header.step >= {step + 150}", timeout=60_000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

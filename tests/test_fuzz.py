@@ -20,7 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from server.schemas import MAX_MESSAGE_BYTES, MessageError, SetMessage, parse_client_message
+from server.schemas import (
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    SamplerParams,
+    SetMessage,
+    parse_client_message,
+)
 from server.security import WS_MAX_SIZE
 from tests.test_reliability import LiveServer, Viewer
 
@@ -296,9 +302,10 @@ def test_fuzz_control_messages(server: LiveServer) -> None:
     assert counts["refused"] > 0.3 * counts["sent"] and counts["accepted"] > 0.05 * counts["sent"]
     # The stream still runs: restore sane settings and watch frames on the same socket.
     v.ack = True
-    v.set(
-        paused=False, temperature=0.1, step_size=0.1, layout="range", unit=0, unit_end=9, chains=16
-    )
+    defaults = SamplerParams().model_dump()
+    live_fields = ["temperature", "step_size", "momentum", "l2_weight", "disc_weight", "window"]
+    live_fields += ["grad_norm", "show", "disc_training", "paused", "layout", "chains"]
+    v.set(**{name: defaults[name] for name in live_fields}, unit=0, unit_end=9)
     frames = v.frames_for(3.0)
     v.close()
     end_state = server.state()

@@ -154,6 +154,8 @@ class Viewer:
             compression=None,
             proxy=None,
             open_timeout=20,
+            # A client that stopped reading never sees the server's close frame: don't wait long.
+            close_timeout=2,
             max_size=2**24,
         )
         self.ack = ack

@@ -488,3 +488,24 @@ def test_clamp_keeps_samples_in_range() -> None:
     assert float(sampler.x.min()) == -0.5 and float(sampler.x.max()) == 0.25
     run(sampler, 5)
     assert float(sampler.x.min()) >= -0.5 and float(sampler.x.max()) <= 0.25
+
+
+def test_a_huge_but_finite_chain_counts_as_diverged() -> None:
+    # Under gradient normalization a step size far too large never overflows: x drifts to
+    # huge finite values. Past divergence_limit the chain is reset like a NaN one.
+    term = ActivationTerm(lambda x: x.flatten(1).sum(1))
+    config = SamplerConfig(
+        chains=3, temperature=0.0, step_size=[1e-3, 4e5, 1e-3], l2_weight=0.0,
+        normalize="all", divergence_limit=1e6, burn_in=0, seed=0,
+    )
+    s = Sampler([term], (1, 2, 2), config)
+    for _ in range(10):
+        s.step()
+    # Chain 1 moves 4e5 per pixel and step: beyond 1e6 on its 3rd step, so reset on steps 3, 6, 9.
+    assert s.resets.tolist() == [0, 3, 0]
+    assert float(s.x.abs().max()) < 1e6
+
+
+def test_divergence_limit_must_be_positive() -> None:
+    with pytest.raises(SamplerError, match=r"^divergence_limit must be > 0, got 0.0.$"):
+        SamplerConfig(divergence_limit=0)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -24,6 +25,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from server.security import (
     MIN_TOKEN_LENGTH,
@@ -40,6 +43,7 @@ from server.security import (
     require_token_for_bind,
     resolve_checkpoint,
 )
+from tests.test_reliability import LiveServer, free_port
 
 TOKEN = "t0ken-for-tests_0123456789abcdef"
 
@@ -224,7 +228,8 @@ def test_resolve_checkpoint_refuses(ckpt_root: Path, name: str, message: str) ->
 
 
 def test_list_checkpoints_offers_only_what_resolves(ckpt_root: Path) -> None:
-    assert list_checkpoints(ckpt_root) == ["a.pt2", "inside_link.pt", "runs/b.pt"]
+    (ckpt_root / "with space.pt").write_bytes(b"c")  # a name a `set` message cannot carry
+    assert list_checkpoints(ckpt_root) == ["a.pt2", "inside_link.pt"]
     assert list_checkpoints(ckpt_root / "nope") == []
 
 
@@ -436,8 +441,6 @@ def test_pickle_that_runs_code_is_refused_by_the_loader(tmp_path: Path) -> None:
 
 def test_pickle_that_runs_code_is_refused_by_ldam_serve(tmp_path: Path) -> None:
     path, marker = evil_checkpoint(tmp_path)
-    from tests.test_reliability import free_port
-
     r = run_cli("serve", str(path), "--port", str(free_port()), timeout=120)
     assert r.returncode == 2, r.stderr
     assert (
@@ -479,10 +482,8 @@ def trap_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def guarded(
     tmp_path_factory: pytest.TempPathFactory, trap_folder: tuple[Path, Path]
-) -> Iterator[Any]:
+) -> Iterator[LiveServer]:
     """`ldam serve --token TOKEN --checkpoints TRAPS` on a free loopback port."""
-    from tests.test_reliability import LiveServer
-
     live = LiveServer(
         tmp_path_factory.mktemp("guarded"), "--checkpoints", str(trap_folder[0]), token=TOKEN
     )
@@ -493,11 +494,8 @@ def guarded(
         live.stop()
 
 
-def _ws_status(live: Any, **kwargs: Any) -> int:
+def _ws_status(live: LiveServer, **kwargs: Any) -> int:
     """The HTTP status of a websocket handshake (101 when accepted)."""
-    from websockets.exceptions import InvalidStatus
-    from websockets.sync.client import connect
-
     try:
         with connect(live.ws_url, compression=None, proxy=None, open_timeout=20, **kwargs) as ws:
             ws.recv(timeout=20)
@@ -506,7 +504,7 @@ def _ws_status(live: Any, **kwargs: Any) -> int:
         return err.response.status_code
 
 
-def test_default_bind_is_loopback(guarded: Any) -> None:
+def test_default_bind_is_loopback(guarded: LiveServer) -> None:
     from server.cli import build_parser
 
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
@@ -520,9 +518,7 @@ def test_default_bind_is_loopback(guarded: Any) -> None:
     assert listening == [f"0100007F:{port}"]
 
 
-def test_real_server_token_required(guarded: Any) -> None:
-    import httpx
-
+def test_real_server_token_required(guarded: LiveServer) -> None:
     origin = guarded.origin
     with httpx.Client(base_url=guarded.base, trust_env=False) as anon:
         r = anon.get("/api/state")
@@ -549,7 +545,7 @@ def test_real_server_token_required(guarded: Any) -> None:
     )
 
 
-def test_real_server_cross_origin_websocket_refused(guarded: Any) -> None:
+def test_real_server_cross_origin_websocket_refused(guarded: LiveServer) -> None:
     bearer = {"authorization": f"Bearer {TOKEN}"}
     refused = [
         "https://evil.example",
@@ -564,7 +560,7 @@ def test_real_server_cross_origin_websocket_refused(guarded: Any) -> None:
     print(f"cross-origin websocket: {len(refused)} foreign origins refused with 403")
 
 
-def test_real_server_rebinding_host_refused(guarded: Any) -> None:
+def test_real_server_rebinding_host_refused(guarded: LiveServer) -> None:
     r = guarded.http.get("/api/state", headers={"host": f"evil.example:{guarded.port}"})
     assert (r.status_code, r.text) == (400, "Invalid host header")
     assert (
@@ -573,7 +569,7 @@ def test_real_server_rebinding_host_refused(guarded: Any) -> None:
     )
 
 
-def test_real_server_refuses_path_outside_checkpoint_folder(guarded: Any) -> None:
+def test_real_server_refuses_path_outside_checkpoint_folder(guarded: LiveServer) -> None:
     with guarded.viewer() as v:
         info = v.wait_for(lambda m: m["type"] == "info", 30, "info")
         assert "escape.pt" not in info["checkpoints"] and "evil.pt" in info["checkpoints"]
@@ -592,7 +588,7 @@ def test_real_server_refuses_path_outside_checkpoint_folder(guarded: Any) -> Non
 
 
 def test_real_server_refuses_malicious_checkpoint_from_picker(
-    guarded: Any, trap_folder: tuple[Path, Path]
+    guarded: LiveServer, trap_folder: tuple[Path, Path]
 ) -> None:
     _, marker = trap_folder
     with guarded.viewer() as v:
