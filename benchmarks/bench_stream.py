@@ -86,8 +86,13 @@ class Client:
 async def open_clients(port: int, n: int) -> tuple[list[Client], list[asyncio.Task[None]]]:
     clients = []
     for _ in range(n):
-        ws = await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
-                           compression=None, max_size=2**24, proxy=None)
+        ws = await connect(
+            f"ws://127.0.0.1:{port}/ws",
+            origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+            compression=None,
+            max_size=2**24,
+            proxy=None,
+        )
         clients.append(Client(ws))
     return clients, [asyncio.create_task(c.read()) for c in clients]
 
@@ -118,8 +123,11 @@ CPU: dict[str, list[float]] = {}
 async def steps_per_s(http: httpx.AsyncClient, seconds: float, phase: str = "") -> float:
     """The worker's steps per second over `seconds`, from its step counter; the CPU share of
     the server and worker processes in that time goes to CPU[phase]."""
-    pids = {"server": SERVER_PID, "worker": (await http.get("/api/state")).json()["status"]["pid"],
-            "benchmark clients": os.getpid()}
+    pids = {
+        "server": SERVER_PID,
+        "worker": (await http.get("/api/state")).json()["status"]["pid"],
+        "benchmark clients": os.getpid(),
+    }
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     w0 = time.monotonic()
     t0, s0 = await worker_step(http)
@@ -172,7 +180,9 @@ async def measure(port: int, quick: bool) -> dict[str, Any]:
             version = client.state_version
             client.new_frame.clear()
             t0 = time.perf_counter()
-            await client.ws.send(json.dumps({"type": "set", "temperature": 0.01 if i % 2 else 0.02}))
+            await client.ws.send(
+                json.dumps({"type": "set", "temperature": 0.01 if i % 2 else 0.02})
+            )
             deadline = t0 + 5.0
             while client.version <= version and time.perf_counter() < deadline:
                 client.new_frame.clear()
@@ -209,7 +219,9 @@ def report(r: dict[str, Any], chains: int) -> str:
     ]
     for n, (mean, low) in r["fps"].items():
         goal = ">= 25" if n == 8 else ""
-        rows.append(f"| frames/s per client, {n} client{'s' if n > 1 else ''} (mean, min) | {mean:.1f}, {low:.1f} | {goal} |")
+        rows.append(
+            f"| frames/s per client, {n} client{'s' if n > 1 else ''} (mean, min) | {mean:.1f}, {low:.1f} | {goal} |"
+        )
     rows += [
         f"| sampler steps/s, no client (mean of 4 periods) | {r['steps_idle']:.0f} | |",
         f"| sampler steps/s, 8 clients streaming (mean of 2 periods) | {r['steps_streaming']:.0f} | |",
@@ -226,10 +238,14 @@ def report(r: dict[str, Any], chains: int) -> str:
         f"| ratio per CPU-second streaming / not streaming | {per_cpu_stream / per_cpu_idle:.2f} | >= 0.9 |",
     ]
     for phase, shares in CPU.items():
-        rows.append(f"| CPU share of one core, {phase} process | {100 * statistics.fmean(shares):.0f}% | |")
+        rows.append(
+            f"| CPU share of one core, {phase} process | {100 * statistics.fmean(shares):.0f}% | |"
+        )
     load = os.getloadavg()[0]
-    head = (f"LeNet, {chains} chains, CPU, {os.cpu_count()} cores (load average {load:.1f}), "
-            "loopback websockets\n\n")
+    head = (
+        f"LeNet, {chains} chains, CPU, {os.cpu_count()} cores (load average {load:.1f}), "
+        "loopback websockets\n\n"
+    )
     return head + "\n".join(rows)
 
 
@@ -245,7 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     port = free_port()
-    cmd = [sys.executable, "-m", "benchmarks.bench_stream", "--serve", str(port), "--chains", str(args.chains)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_stream",
+        "--serve",
+        str(port),
+        "--chains",
+        str(args.chains),
+    ]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     proc = subprocess.Popen(cmd, cwd=REPO)

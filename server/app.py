@@ -50,7 +50,10 @@ FRONTEND = REPO / "frontend"
 DEFAULT_CHECKPOINTS = REPO / "models" / "checkpoints"
 # Served when no checkpoint is named: the plain LeNet beside its parameter-averaged twin (the
 # paper's section 5.2 comparison).
-DEFAULT_PAIR = (DEFAULT_CHECKPOINTS / "lenet_mnist.pt2", DEFAULT_CHECKPOINTS / "lenet_mnist_avg.pt2")
+DEFAULT_PAIR = (
+    DEFAULT_CHECKPOINTS / "lenet_mnist.pt2",
+    DEFAULT_CHECKPOINTS / "lenet_mnist_avg.pt2",
+)
 # The only files served from node_modules: the chart library's built script and styles.
 VENDOR_FILES = {
     "uPlot.iife.min.js": FRONTEND / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js",
@@ -82,7 +85,12 @@ def parse_target_option(target: str | None) -> dict[str, Any]:
     first = int(match["first"])
     if match["last"] is None:
         return {"layer": match["layer"], "unit": first, "unit_end": first, "layout": "chains"}
-    return {"layer": match["layer"], "unit": first, "unit_end": int(match["last"]), "layout": "range"}
+    return {
+        "layer": match["layer"],
+        "unit": first,
+        "unit_end": int(match["last"]),
+        "layout": "range",
+    }
 
 
 class Client:
@@ -205,7 +213,9 @@ class Hub:
             return
         link = self.link
         quick = link is not None and time.monotonic() - link.started_at < _QUICK_DEATH_S
-        self._restart_pause = min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2 + 0.25) if quick else 0.0
+        self._restart_pause = (
+            min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2 + 0.25) if quick else 0.0
+        )
         self.restarts += 1
         self.worker_state = "restarting"
         self.last_error = f"The worker stopped (exit code {exitcode}); restarting it."
@@ -250,8 +260,12 @@ class Hub:
             self.broadcast_status()
         elif kind == "rejected":
             payload = message[1]
-            self.post_all("error", json.dumps({"type": "error", "field": payload["field"],
-                                               "message": payload["message"]}))
+            self.post_all(
+                "error",
+                json.dumps(
+                    {"type": "error", "field": payload["field"], "message": payload["message"]}
+                ),
+            )
             if payload.get("params") is None:
                 # The worker could not start at all (bad checkpoint or target on the command
                 # line): `run_server` reports it; a browser sees the error.
@@ -279,21 +293,25 @@ class Hub:
 
     def state_text(self) -> str:
         """The ``state`` message: the full parameters and their version."""
-        return json.dumps({
-            "type": "state",
-            "version": self.version,
-            "params": self.params.model_dump(),
-            # The page keeps only settings that differ from these in its URL.
-            "defaults": _DEFAULTS,
-        })
+        return json.dumps(
+            {
+                "type": "state",
+                "version": self.version,
+                "params": self.params.model_dump(),
+                # The page keeps only settings that differ from these in its URL.
+                "defaults": _DEFAULTS,
+            }
+        )
 
     def info_text(self) -> str:
         """The ``info`` message: the model's layers, the checkpoints to pick from, the device."""
-        return json.dumps({
-            "type": "info",
-            **(self.info or {}),
-            "checkpoints": security.list_checkpoints(self.checkpoints_dir),
-        })
+        return json.dumps(
+            {
+                "type": "info",
+                **(self.info or {}),
+                "checkpoints": security.list_checkpoints(self.checkpoints_dir),
+            }
+        )
 
     def status_payload(self) -> dict[str, Any]:
         """Worker state, restarts, clients: the page's status line."""
@@ -466,7 +484,9 @@ class Hub:
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             pass
 
-    async def _send_to(self, client: Client, text: str | None = None, data: bytes | None = None) -> None:
+    async def _send_to(
+        self, client: Client, text: str | None = None, data: bytes | None = None
+    ) -> None:
         # A client whose socket stays full this long is gone; dropping it frees its memory.
         if text is not None:
             await asyncio.wait_for(client.websocket.send_text(text), security.SEND_TIMEOUT_S)
@@ -475,7 +495,9 @@ class Hub:
             await asyncio.wait_for(client.websocket.send_bytes(data), security.SEND_TIMEOUT_S)
 
 
-def _initial_params(target: str | None, compare_name: str | None, checkpoint_name: str | None) -> SamplerParams:
+def _initial_params(
+    target: str | None, compare_name: str | None, checkpoint_name: str | None
+) -> SamplerParams:
     return SamplerParams.model_validate(
         {**parse_target_option(target), "checkpoint": checkpoint_name, "compare": compare_name}
     )
@@ -583,9 +605,16 @@ def create_app(
     async def static(name: str) -> Response:
         file = FRONTEND / name
         suffix = file.suffix
-        if "/" in name or name.startswith(".") or suffix not in _STATIC_SUFFIXES or not file.is_file():
+        if (
+            "/" in name
+            or name.startswith(".")
+            or suffix not in _STATIC_SUFFIXES
+            or not file.is_file()
+        ):
             return Response("Not found.", status_code=404, media_type="text/plain")
-        return FileResponse(file, media_type=_STATIC_SUFFIXES[suffix], headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            file, media_type=_STATIC_SUFFIXES[suffix], headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/vendor/{name}")
     async def vendor(name: str) -> Response:
@@ -596,23 +625,27 @@ def create_app(
 
     @app.get("/api/state")
     async def state() -> JSONResponse:
-        return JSONResponse({
-            "version": hub.version,
-            "params": hub.params.model_dump(),
-            "info": hub.info,
-            "status": hub.status_payload(),
-            "frame_seq": hub.frame_seq,
-            "metrics": json.loads(hub.texts["metrics"]) if "metrics" in hub.texts else None,
-            # The event loop's task count: the load test checks it returns to where it was.
-            "tasks": len(asyncio.all_tasks()),
-        })
+        return JSONResponse(
+            {
+                "version": hub.version,
+                "params": hub.params.model_dump(),
+                "info": hub.info,
+                "status": hub.status_payload(),
+                "frame_seq": hub.frame_seq,
+                "metrics": json.loads(hub.texts["metrics"]) if "metrics" in hub.texts else None,
+                # The event loop's task count: the load test checks it returns to where it was.
+                "tasks": len(asyncio.all_tasks()),
+            }
+        )
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await hub.serve_client(websocket)
 
     app.add_middleware(security.SecurityMiddleware, auth=auth, host=host, port=port)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=security.allowed_hosts(host, extra_hosts))
+    app.add_middleware(
+        TrustedHostMiddleware, allowed_hosts=security.allowed_hosts(host, extra_hosts)
+    )
     return app
 
 
@@ -624,7 +657,9 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise ServeError(f"Port {port} on {host} is already in use; pick another with --port.") from None
+                raise ServeError(
+                    f"Port {port} on {host} is already in use; pick another with --port."
+                ) from None
             raise ServeError(f"Cannot listen on {host}:{port} ({err.strerror}).") from None
 
 
@@ -673,8 +708,18 @@ def run_server(
     _check_port(host, port)
     if not Path(checkpoints_dir).is_dir():
         raise ServeError(f"The checkpoint folder {checkpoints_dir} does not exist.")
-    app = create_app(checkpoint, compare, target, data, checkpoints_dir, host, port, device,
-                     trust_checkpoint, token)
+    app = create_app(
+        checkpoint,
+        compare,
+        target,
+        data,
+        checkpoints_dir,
+        host,
+        port,
+        device,
+        trust_checkpoint,
+        token,
+    )
     hub: Hub = app.state.hub
     server = uvicorn.Server(uvicorn_config(app, host, port))
 

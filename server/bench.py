@@ -52,8 +52,20 @@ def cases(which: str) -> list[Case]:
         "lenet-1": Case("LeNet 1x28x28, 1 chain", _lenet, (1, 28, 28), "fc3:3", 1),
         "lenet-16": Case("LeNet 1x28x28, 16 chains", _lenet, (1, 28, 28), "fc3:3", 16),
         "lenet-256": Case("LeNet 1x28x28, 256 chains", _lenet, (1, 28, 28), "fc3:3", 256),
-        "resnet18-64": Case("resnet18 (random) 3x64x64, 16 chains", _torchvision("resnet18"), (3, 64, 64), "fc:1", 16),
-        "resnet50-224": Case("resnet50 (random) 3x224x224, 16 chains", _torchvision("resnet50"), (3, 224, 224), "fc:1", 16),
+        "resnet18-64": Case(
+            "resnet18 (random) 3x64x64, 16 chains",
+            _torchvision("resnet18"),
+            (3, 64, 64),
+            "fc:1",
+            16,
+        ),
+        "resnet50-224": Case(
+            "resnet50 (random) 3x224x224, 16 chains",
+            _torchvision("resnet50"),
+            (3, 224, 224),
+            "fc:1",
+            16,
+        ),
     }
     if which == "default":
         names = ["lenet-1", "lenet-16", "lenet-256", "resnet18-64"]
@@ -65,7 +77,9 @@ def cases(which: str) -> list[Case]:
     if unknown:
         from server.cli import UsageError
 
-        raise UsageError(f"Unknown benchmark case {unknown[0]!r}; known cases: {', '.join(all_cases)}.")
+        raise UsageError(
+            f"Unknown benchmark case {unknown[0]!r}; known cases: {', '.join(all_cases)}."
+        )
     return [all_cases[n] for n in names]
 
 
@@ -83,7 +97,9 @@ def _rate(step: Callable[[], object], n: int, device: str) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run_case(case: Case, device: str, rounds: int, seconds_per_round: float) -> dict[str, float | str]:
+def run_case(
+    case: Case, device: str, rounds: int, seconds_per_round: float
+) -> dict[str, float | str]:
     """Measure one case; returns the medians and the paired ratio."""
     from server.energy import ActivationTerm, L2Term
     from server.sampler import Sampler, SamplerConfig
@@ -151,10 +167,15 @@ def main(args: argparse.Namespace) -> int:
     rounds = 3 if args.quick else 7
     seconds = 0.3 if args.quick else 1.5
     chosen = cases(args.cases)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} rounds")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} rounds"
+    )
     print("| case | bare fwd+bwd steps/s | sampler steps/s | ratio (median of paired rounds) |")
     print("| --- | ---: | ---: | ---: |")
     for case in chosen:
         r = run_case(case, device, rounds, seconds)
-        print(f"| {r['case']} | {r['bare']:,.1f} | {r['sampler']:,.1f} | {r['ratio']:.3f} |", flush=True)
+        print(
+            f"| {r['case']} | {r['bare']:,.1f} | {r['sampler']:,.1f} | {r['ratio']:.3f} |",
+            flush=True,
+        )
     return 0

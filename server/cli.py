@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "lenet_mnist.pt2"
+DEFAULT_CHECKPOINT = (
+    Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "lenet_mnist.pt2"
+)
 
 
 class UsageError(Exception):
@@ -35,7 +37,9 @@ def per_chain(text: str, name: str) -> float | list[float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise UsageError(f"--{name} must be a number or a comma-separated list of numbers, not {text!r}.") from None
+        raise UsageError(
+            f"--{name} must be a number or a comma-separated list of numbers, not {text!r}."
+        ) from None
     if not all(math.isfinite(v) for v in values):
         raise UsageError(f"--{name} must be finite, not {text!r}.")
     return values[0] if len(values) == 1 else values
@@ -48,9 +52,13 @@ def int_triple(text: str | None, name: str) -> tuple[int, int, int] | None:
     try:
         c, h, w = (int(p) for p in text.split(","))
     except ValueError:
-        raise UsageError(f"--{name} must be three positive integers C,H,W such as 1,28,28, not {text!r}.") from None
+        raise UsageError(
+            f"--{name} must be three positive integers C,H,W such as 1,28,28, not {text!r}."
+        ) from None
     if min(c, h, w) <= 0:
-        raise UsageError(f"--{name} must be three positive integers C,H,W such as 1,28,28, not {text!r}.")
+        raise UsageError(
+            f"--{name} must be three positive integers C,H,W such as 1,28,28, not {text!r}."
+        )
     return (c, h, w)
 
 
@@ -74,7 +82,9 @@ def burn_in_value(text: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise UsageError(f"--burn-in must be 'auto' or a whole number of steps, not {text!r}.") from None
+        raise UsageError(
+            f"--burn-in must be 'auto' or a whole number of steps, not {text!r}."
+        ) from None
     if value < 0:
         raise UsageError(f"--burn-in must be 'auto' or a whole number of steps, not {text!r}.")
     return value
@@ -87,7 +97,9 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but this machine has no CUDA device; use --device cpu.")
+        raise UsageError(
+            "--device cuda was asked for, but this machine has no CUDA device; use --device cpu."
+        )
     return name
 
 
@@ -134,7 +146,6 @@ def save_png(images: Any, units: int, path: str) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     """Run LDAM headless and write the npz (and optionally the PNG grid)."""
     import numpy as np
-    import torch
 
     from models.loading import load_checkpoint
     from server.diagnostics import effective_sample_size, split_rhat
@@ -168,7 +179,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     disc_weight = per_chain(args.disc_weight, "disc-weight")
     trainer = None
-    uses_disc = any(w > 0 for w in (disc_weight if isinstance(disc_weight, list) else [disc_weight]))
+    uses_disc = any(
+        w > 0 for w in (disc_weight if isinstance(disc_weight, list) else [disc_weight])
+    )
     if uses_disc or args.disc_checkpoint or args.save_disc:
         from server.disc import build_discriminator_for
         from server.energy import DiscriminatorTerm
@@ -232,7 +245,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     shape = (chains, *loaded.input_shape)
     samples = np.stack(recorded) if recorded else np.zeros((0, *shape), dtype=np.float32)
     burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
-    diagnostics = chain_diagnostics(activation, burn_in_step, target.units_per_chain, split_rhat, effective_sample_size)
+    diagnostics = chain_diagnostics(
+        activation, burn_in_step, target.units_per_chain, split_rhat, effective_sample_size
+    )
     params = {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "format": loaded.format,
@@ -313,18 +328,27 @@ def chain_diagnostics(
     return out
 
 
-def print_summary(params: dict[str, Any], burn_in_step: Any, resets: Any, out: Path, png: str | None) -> None:
+def print_summary(
+    params: dict[str, Any], burn_in_step: Any, resets: Any, out: Path, png: str | None
+) -> None:
     """One short report on stderr: speed, burn-in, resets, mixing."""
     rate = params.get("steps_per_second") or 0.0
-    lines = [f"wrote {out} ({params['steps']} steps x {params['chains']} chains, {rate:,.1f} steps/s)"]
+    lines = [
+        f"wrote {out} ({params['steps']} steps x {params['chains']} chains, {rate:,.1f} steps/s)"
+    ]
     if png:
         lines.append(f"wrote {png}")
     lines.append("burn-in step per chain: " + " ".join(str(int(b)) for b in burn_in_step))
     if int(sum(int(r) for r in resets)):
-        lines.append("resets per chain (diverged and re-initialized): " + " ".join(str(int(r)) for r in resets))
+        lines.append(
+            "resets per chain (diverged and re-initialized): "
+            + " ".join(str(int(r)) for r in resets)
+        )
     for d in params["diagnostics"]:
         if "rhat" in d:
-            lines.append(f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of {d['draws']} draws")
+            lines.append(
+                f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of {d['draws']} draws"
+            )
         elif "note" in d:
             lines.append(f"unit {d['unit']}: {d['note']}")
     sys.stderr.write("\n".join(lines) + "\n")
@@ -364,7 +388,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dataset != "mnist":
         raise UsageError(f"ldam train knows only 'mnist', not {args.dataset!r}.")
     result = train_mnist(args.out, steps=args.steps, seed=args.seed, progress=True)
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f} s; held-out accuracy on 2,000 digits:")
+    print(
+        f"trained {result['steps']} steps in {result['seconds']:.0f} s; held-out accuracy on 2,000 digits:"
+    )
     for key in ["plain", "averaged", "prediction_averaged"]:
         print(f"  {key:<20} {100 * float(result[key]):.2f}%")
     for path in result.get("files", []):
@@ -402,13 +428,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", help="built-in network for a state dict: lenet, a torchvision name, or package.module:factory")
+    p.add_argument(
+        "--arch",
+        help="built-in network for a state dict: lenet, a torchvision name, or package.module:factory",
+    )
     p.add_argument("--input-shape", help="C,H,W when the checkpoint carries no metadata")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow full pickles (runs code from the file)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full pickles (runs code from the file)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldam", description="Langevin Dynamics Activation Maximization.")
+    parser = argparse.ArgumentParser(
+        prog="ldam", description="Langevin Dynamics Activation Maximization."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample images that drive a unit, headless")
@@ -431,9 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="run.npz")
     s.add_argument("--png")
-    s.add_argument("--disc-weight", default="0", help="discriminator weight w in [0, 1], or one per chain")
+    s.add_argument(
+        "--disc-weight", default="0", help="discriminator weight w in [0, 1], or one per chain"
+    )
     s.add_argument("--disc-data", help="real images for the discriminator: a folder or an .npz")
-    s.add_argument("--disc-steps", type=int, default=0, help="warm-up steps, then train online during the run")
+    s.add_argument(
+        "--disc-steps", type=int, default=0, help="warm-up steps, then train online during the run"
+    )
     s.add_argument("--disc-checkpoint", help="load a saved discriminator")
     s.add_argument("--save-disc", help="write the discriminator after the run")
     add_checkpoint_options(s)
@@ -454,7 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="sampler steps/s against a bare forward+backward loop")
     b.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
     b.add_argument("--device", default="auto")
-    b.add_argument("--cases", default="default", help="'default', 'gpu' (adds resnet50 at 224) or a comma list of names")
+    b.add_argument(
+        "--cases",
+        default="default",
+        help="'default', 'gpu' (adds resnet50 at 224) or a comma list of names",
+    )
     b.set_defaults(func=cmd_bench)
 
     v = sub.add_parser("serve", help="start the live dashboard")

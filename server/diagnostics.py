@@ -21,7 +21,9 @@ def _split_chains(draws: np.ndarray) -> np.ndarray:
     """`[M, n]` -> `[2M, n // 2]`: first and last halves (the middle draw dropped for odd n)."""
     draws = np.asarray(draws, dtype=np.float64)
     if draws.ndim != 2:
-        raise DiagnosticsError(f"Draws must be a 2-D array [chains, draws], got shape {draws.shape}.")
+        raise DiagnosticsError(
+            f"Draws must be a 2-D array [chains, draws], got shape {draws.shape}."
+        )
     if draws.shape[0] < 1 or draws.shape[1] < 4:
         raise DiagnosticsError(
             f"Diagnostics need at least 1 chain of at least 4 draws, got shape {draws.shape}."

@@ -7,7 +7,9 @@ run `max_age` steps in a small pool of generated samples, and takes one optimize
 generated (label 0) and half real (label 1) images: at most one D step per offer, as the paper's
 implementation did one D step per sampling call. After every step it publishes a fresh copy of
 the weights: the sampler reads D only through `current()`, which returns a published module that
-nobody writes to again (copy, then swap a reference under a lock).
+nobody writes to again (copy, then swap a reference under a lock). An untrained D is never
+handed out: `current()` answers None (the sampler skips the term) until D has been warmed up
+on real images against the chains (`warm_up`, or automatically on the first offer) or loaded.
 
 Threads: on CPU, `torch.set_num_threads` with the OpenMP backend sets the calling thread's own
 intra-op team size (and the default for threads that start later). D's thread sets its own
@@ -83,13 +85,16 @@ class DiscriminatorTrainer:
         tau: float = 0.9,
         max_age: int = 200,
         batch_size: int = 64,
+        warm_up_steps: int = 50,
         device: str | torch.device = "cpu",
         seed: int = 0,
         threads: int = 1,
         share_cores: bool = True,
         on_publish: Callable[[int, nn.Module], None] | None = None,
     ) -> None:
-        """`threads`: intra-op threads of D's thread on CPU; `share_cores`: see `start()`.
+        """`warm_up_steps`: a D that never trained is first warmed up this many steps against
+        the first chains it is offered (0 = never). `threads`: intra-op threads of D's thread
+        on CPU; `share_cores`: see `start()`.
         `on_publish(version, module)`, if given, is called with each new published copy just
         before `current()` can return it (from the trainer's thread, or the caller's for
         warm-up and load)."""
@@ -103,6 +108,8 @@ class DiscriminatorTrainer:
             raise DiscriminatorError(f"max_age must be a step count of 0 or more, got {max_age}.")
         if threads < 1:
             raise DiscriminatorError(f"threads must be at least 1, got {threads}.")
+        if warm_up_steps < 0:
+            raise DiscriminatorError(f"Warm-up steps must be 0 or more, got {warm_up_steps}.")
         self.device = torch.device(device)
         self.input_shape: tuple[int, int, int] = tuple(real_images.shape[1:])  # type: ignore[assignment]
         expected = getattr(discriminator, "input_shape", None)
@@ -112,6 +119,7 @@ class DiscriminatorTrainer:
             )
         self.max_age = int(max_age)
         self.batch_size = int(batch_size)
+        self.warm_up_steps = int(warm_up_steps)
         self.threads = int(threads)
         self.share_cores = bool(share_cores)
         self._caller: tuple[int, int] | None = None  # (thread id, its thread count) for stop()
@@ -157,15 +165,18 @@ class DiscriminatorTrainer:
         """The newest published D: eval mode, no parameter gradients, never written to again.
 
         It has an integer attribute `version` and maps `[N, C, H, W]` to `[N]` logits. None
-        after the training thread failed (see `metrics()['error']`): the sampler then goes on
-        without the discriminator term until `restart()`.
+        while D has never trained (version 0, random weights would only add noise) and after
+        the training thread failed (see `metrics()['error']`): the sampler then goes on
+        without the discriminator term (until warm-up, or `restart()`).
         """
         with self._publish_lock:
-            return None if self._error is not None else self._published
+            if self._error is not None or self._version == 0:
+                return None
+            return self._published
 
     @property
     def version(self) -> int:
-        """How many times weights were published (0 = the initial weights)."""
+        """How many times weights were published (0 = the initial, untrained weights)."""
         with self._publish_lock:
             return self._version
 
@@ -351,8 +362,11 @@ class DiscriminatorTrainer:
         """What the thread does with one offer, in the calling thread: score chains `x [N, C,
         H, W]` (sets `mean_d`), pool those with `sigmoid(D(x)) > tau` or `ages [N] >= max_age`,
         and, when training is on and the pool is not empty, take one step on up to half a
-        batch from the pool against as many real images. Returns whether a step was taken."""
+        batch from the pool against as many real images. A D that never trained is warmed up
+        against `x` first (`warm_up_steps`). Returns whether a step was taken."""
         x = x.detach().to(self.device, torch.float32)
+        if self._training and self._steps == 0 and self.warm_up_steps > 0:
+            self.warm_up(x, self.warm_up_steps)
         with self._train_lock:
             with torch.no_grad():
                 p_real = torch.sigmoid(self._model(x))
@@ -438,7 +452,8 @@ class DiscriminatorTrainer:
     # ----------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the published weights with metadata (input shape, steps, tau, lr) to `path`."""
-        module = self.current()
+        with self._publish_lock:
+            module = self._published
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         payload = {
             "format": FORMAT,
@@ -488,7 +503,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         raise DiscriminatorError(f"{path} is not a readable discriminator checkpoint.") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != FORMAT
+        or not isinstance(payload.get("state_dict"), dict)
+        or not isinstance(payload.get("input_shape"), list)
+    ):
         raise DiscriminatorError(f"{path} is not a discriminator checkpoint written by ldam.")
     return payload
 

@@ -35,8 +35,7 @@ class Progress:
         filled = int(width * done / self.total)
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(
-            f"\r{self.label} [{bar}] {done}/{self.total} {self.unit} "
-            f"{rate:,.1f}/s eta {eta:4.0f}s"
+            f"\r{self.label} [{bar}] {done}/{self.total} {self.unit} {rate:,.1f}/s eta {eta:4.0f}s"
         )
         self.stream.flush()
         self._drawn = True

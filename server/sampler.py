@@ -237,7 +237,9 @@ class SamplerConfig:
             )
         if self.step_decay is not None:
             if not isinstance(self.step_decay, Sequence) or len(self.step_decay) != 3:
-                raise SamplerError(f"step_decay must be (a, b, mu) or None, got {self.step_decay!r}.")
+                raise SamplerError(
+                    f"step_decay must be (a, b, mu) or None, got {self.step_decay!r}."
+                )
             a, b, mu = (_number("step_decay", v) for v in self.step_decay)
             if a <= 0:
                 raise SamplerError(f"step_decay a must be > 0, got {a}.")
@@ -262,12 +264,16 @@ class SamplerConfig:
                 raise SamplerError(f"clamp must be (low, high) or None, got {self.clamp!r}.")
             low, high = (_number("clamp", v) for v in self.clamp)
             if not low < high:
-                raise SamplerError(f"clamp must be (low, high) with low < high, got ({low}, {high}).")
+                raise SamplerError(
+                    f"clamp must be (low, high) with low < high, got ({low}, {high})."
+                )
             self.clamp = (low, high)
         if self.burn_in is not None and (
             isinstance(self.burn_in, bool) or not isinstance(self.burn_in, int) or self.burn_in < 0
         ):
-            raise SamplerError(f"burn_in must be None (auto) or an integer >= 0, got {self.burn_in!r}.")
+            raise SamplerError(
+                f"burn_in must be None (auto) or an integer >= 0, got {self.burn_in!r}."
+            )
         self.burn_in_epsilon = _number("burn_in_epsilon", self.burn_in_epsilon)
         if self.burn_in_epsilon < 0:
             raise SamplerError(f"burn_in_epsilon must be >= 0, got {self.burn_in_epsilon}.")

@@ -114,8 +114,18 @@ class SamplerParams(BaseModel):
 
 # Fields that change what is sampled: changing one rebuilds the chains in the worker.
 STRUCTURAL_FIELDS = frozenset(
-    {"layer", "unit", "unit_end", "layout", "chains", "sweep_param", "sweep_values", "seed",
-     "checkpoint", "compare"}
+    {
+        "layer",
+        "unit",
+        "unit_end",
+        "layout",
+        "chains",
+        "sweep_param",
+        "sweep_values",
+        "seed",
+        "checkpoint",
+        "compare",
+    }
 )
 
 

@@ -126,7 +126,10 @@ class Worker:
         self.device = pick_device(config.device)
         self.params = SamplerParams.model_validate(config.params)
         self.version = config.version
-        self.sources: dict[str, str | None] = {"checkpoint": config.checkpoint, "compare": config.compare}
+        self.sources: dict[str, str | None] = {
+            "checkpoint": config.checkpoint,
+            "compare": config.compare,
+        }
         self.models: dict[str, LoadedModel] = {}
         self.panels: list[Panel] = []
         self.layers: list[Any] = []
@@ -202,15 +205,22 @@ class Worker:
         first, last = min(units), max(units)
         spec = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
         try:
-            target = Target(loaded.module, spec, cells, batch_size=loaded.batch_size,
-                            input_shape=loaded.input_shape)
+            target = Target(
+                loaded.module,
+                spec,
+                cells,
+                batch_size=loaded.batch_size,
+                input_shape=loaded.input_shape,
+            )
         except TargetError as err:
             field = "compare" if which == "compare" else _field_of(str(err), "layer")
             raise BuildError(field, str(err)) from None
         unit_columns = sorted(set(units))
         order = grid_order(list(target.units_per_chain), unit_columns)
         if len(order) != cells:
-            raise BuildError("chains", f"The target gave {len(order)} grid cells for {cells} chains.")
+            raise BuildError(
+                "chains", f"The target gave {len(order)} grid cells for {cells} chains."
+            )
         # The sampler's chains are put in grid order, so that per-chain sweep settings are
         # simply row-major; `order` maps cells back to the target's chains.
         rows = cells // columns
@@ -249,10 +259,14 @@ class Worker:
                 raise BuildError("layer", f"The model has no layer named {layer!r}.")
             units = names[layer].units
             if not params.layer:
-                params = params.model_copy(update={"layer": layer, "unit_end": min(params.unit_end, units - 1)})
+                params = params.model_copy(
+                    update={"layer": layer, "unit_end": min(params.unit_end, units - 1)}
+                )
             for name in ("unit", "unit_end"):
                 if getattr(params, name) >= units:
-                    raise BuildError(name, f"Layer {layer!r} has {units} units; {name} must be below {units}.")
+                    raise BuildError(
+                        name, f"Layer {layer!r} has {units} units; {name} must be below {units}."
+                    )
             panel_count = 2 if self.sources["compare"] is not None else 1
             check_window(params.window, len(params.grid()[0]), main.input_shape, panel_count)
             self._ensure_trainer(main, params)
@@ -272,7 +286,9 @@ class Worker:
 
     def _ensure_trainer(self, main: LoadedModel, params: SamplerParams) -> None:
         """Create the discriminator trainer for the model's input shape once it is needed."""
-        wanted = params.disc_weight > 0 or (params.layout == "sweep" and params.sweep_param == "disc_weight")
+        wanted = params.disc_weight > 0 or (
+            params.layout == "sweep" and params.sweep_param == "disc_weight"
+        )
         shape = tuple(main.input_shape)
         if self.trainer is not None and self.trainer_shape != shape:
             self.trainer.stop()
@@ -282,7 +298,10 @@ class Worker:
 
             try:
                 self.trainer = build_discriminator_for(
-                    main.input_shape, main.normalization, data=self.config.data, device=self.device,
+                    main.input_shape,
+                    main.normalization,
+                    data=self.config.data,
+                    device=self.device,
                     seed=params.seed,
                 )
                 self.trainer_shape = shape
@@ -300,7 +319,9 @@ class Worker:
         main = self.panels[0].loaded
         return {
             "device": str(self.device),
-            "layers": [{"name": i.name, "shape": list(i.shape), "units": i.units} for i in self.layers],
+            "layers": [
+                {"name": i.name, "shape": list(i.shape), "units": i.units} for i in self.layers
+            ],
             "input_shape": list(main.input_shape),
             "class_names": main.class_names,
             "panels": [{"label": p.label, "format": p.loaded.format} for p in self.panels],
@@ -331,7 +352,9 @@ class Worker:
                 try:
                     self.trainer.restart()
                 except DiscriminatorError as err:
-                    self.end.outbox.put_event(("error", {"field": "disc_restart", "message": str(err)}))
+                    self.end.outbox.put_event(
+                        ("error", {"field": "disc_restart", "message": str(err)})
+                    )
         elif kind == "clients":
             self.clients = int(command[1])
             self.next_frame = 0.0  # back to the full frame rate (or the idle one) at once
@@ -343,24 +366,42 @@ class Worker:
         try:
             if changed & STRUCTURAL_FIELDS or sources != self.sources:
                 params = self.build(params, sources)
-                self.end.outbox.put_event(("ready", {
-                    "version": version, "params": params.model_dump(), "info": self.info()}))
+                self.end.outbox.put_event(
+                    (
+                        "ready",
+                        {"version": version, "params": params.model_dump(), "info": self.info()},
+                    )
+                )
             elif "window" in changed:
                 main = self.panels[0]
-                check_window(params.window, main.sampler.config.chains, main.loaded.input_shape,
-                             len(self.panels))
+                check_window(
+                    params.window,
+                    main.sampler.config.chains,
+                    main.loaded.input_shape,
+                    len(self.panels),
+                )
         except BuildError as err:
-            self.end.outbox.put_event(("rejected", {
-                "version": version, "field": err.field, "message": str(err),
-                "params": self.params.model_dump(), "sources": dict(self.sources),
-            }))
+            self.end.outbox.put_event(
+                (
+                    "rejected",
+                    {
+                        "version": version,
+                        "field": err.field,
+                        "message": str(err),
+                        "params": self.params.model_dump(),
+                        "sources": dict(self.sources),
+                    },
+                )
+            )
             return
         self.params = params
         self.version = version
         had_note = self.disc_note
         self._ensure_trainer(self.panels[0].loaded, params)
         if self.disc_note != had_note:
-            self.end.outbox.put_event(("error", {"field": "disc_weight", "message": self.disc_note}))
+            self.end.outbox.put_event(
+                ("error", {"field": "disc_weight", "message": self.disc_note})
+            )
         self._apply_live()
         self.dirty = True
 
@@ -373,7 +414,12 @@ class Worker:
                 self.params.layout == "sweep" and self.params.sweep_param == "disc_weight"
             )
             self.trainer.set(training=self.params.disc_training)
-            if uses and self.params.disc_training and not self.trainer.running and not self._disc_failed():
+            if (
+                uses
+                and self.params.disc_training
+                and not self.trainer.running
+                and not self._disc_failed()
+            ):
                 self.trainer.start()
             elif not uses and self.trainer.running:
                 # D's training thread shares the CPU with the sampler: only run it while used.
@@ -405,14 +451,16 @@ class Worker:
                 x = sampler.window_mean() if self.params.show == "average" else sampler.x
                 grid = tile(to_display(x), columns=panel.columns)
                 images.append(encode_jpeg(grid, self.config.jpeg_quality))
-                panels.append({
-                    "label": panel.label,
-                    "target": panel.target_text,
-                    "width": int(grid.shape[2]),
-                    "height": int(grid.shape[1]),
-                    "columns": panel.columns,
-                    "rows": sampler.config.chains // panel.columns,
-                })
+                panels.append(
+                    {
+                        "label": panel.label,
+                        "target": panel.target_text,
+                        "width": int(grid.shape[2]),
+                        "height": int(grid.shape[1]),
+                        "columns": panel.columns,
+                        "rows": sampler.config.chains // panel.columns,
+                    }
+                )
         self.seq += 1
         header = {
             "seq": self.seq,
@@ -447,7 +495,8 @@ class Worker:
             "activation": activation,
             "chains": main.config.chains,
             "burned_in": int((main.burn_in_step >= 0).sum()),
-            "resets": int(sum(int(p.sampler.resets.sum()) for p in self.panels)) + self.resets_before,
+            "resets": int(sum(int(p.sampler.resets.sum()) for p in self.panels))
+            + self.resets_before,
             "shaking": time.monotonic() < self.shake_until,
             "disc": disc,
             "disc_note": self.disc_note,
@@ -567,18 +616,30 @@ def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
     try:
         params = worker.build(worker.params, worker.sources)
     except BuildError as err:
-        end.outbox.put_event(("rejected", {"version": config.version, "field": err.field,
-                                           "message": str(err), "params": None}))
+        end.outbox.put_event(
+            (
+                "rejected",
+                {
+                    "version": config.version,
+                    "field": err.field,
+                    "message": str(err),
+                    "params": None,
+                },
+            )
+        )
         end.outbox.close()
         return
-    end.outbox.put_event(("ready", {"version": config.version, "params": params.model_dump(),
-                                    "info": worker.info()}))
+    end.outbox.put_event(
+        ("ready", {"version": config.version, "params": params.model_dump(), "info": worker.info()})
+    )
     worker._apply_live()
     try:
         worker.run()
     except Exception as err:  # noqa: BLE001 - reported, then the server restarts the worker
         traceback.print_exc()
-        end.outbox.put_event(("error", {"field": "worker", "message": f"The worker failed: {err}."}))
+        end.outbox.put_event(
+            ("error", {"field": "worker", "message": f"The worker failed: {err}."})
+        )
         raise
     finally:
         worker.close()

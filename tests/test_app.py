@@ -36,7 +36,9 @@ class Socket:
     """A TestClient websocket with the page's habits: decode frames, keep the newest texts."""
 
     def __init__(self, client: TestClient) -> None:
-        self.context = client.websocket_connect(WS_URL, headers={"origin": ORIGIN}, subprotocols=["ldam"])
+        self.context = client.websocket_connect(
+            WS_URL, headers={"origin": ORIGIN}, subprotocols=["ldam"]
+        )
         self.ws = self.context.__enter__()
         self.latest: dict[str, dict[str, Any]] = {}
         self.errors: list[dict[str, Any]] = []
@@ -160,7 +162,10 @@ def test_bad_messages_get_an_error_naming_the_field_and_the_stream_goes_on(sock:
         sock.send(raw)
         error = sock.until(lambda m: m["type"] == "error")
         assert error["field"] == field, (raw, error)
-    assert sock.errors[-1]["message"] == "Checkpoint 'missing.pt2' does not exist in the checkpoint folder."
+    assert (
+        sock.errors[-1]["message"]
+        == "Checkpoint 'missing.pt2' does not exist in the checkpoint folder."
+    )
     assert sock.errors[-3]["message"] == "Layer 'fc3' has 10 units; unit must be below 10."
     assert sock.errors[-4]["message"] == "The model has no layer named 'conv9'."
     before = sock.frame()["header"]["seq"]
@@ -173,7 +178,9 @@ def test_layer_picker_switches_units(sock: Socket) -> None:
     assert layers["fc3"]["units"] == 10 and layers["fc1"]["units"] == 120
     assert set(info["checkpoints"]) >= set(PAIR)
     sock.send({"type": "set", "layer": "fc1", "unit": 17})
-    version = sock.until(lambda m: m["type"] == "state" and m["params"]["layer"] == "fc1")["version"]
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["layer"] == "fc1")[
+        "version"
+    ]
     frame = sock.frame(min_version=version)
     assert frame["header"]["panels"][0]["target"] == "fc1:17"
     sock.send({"type": "set", "layer": "fc3", "unit": 1})
@@ -182,27 +189,39 @@ def test_layer_picker_switches_units(sock: Socket) -> None:
 
 def test_compare_view_shows_two_panels(sock: Socket) -> None:
     sock.send({"type": "set", "compare": PAIR[1]})
-    version = sock.until(lambda m: m["type"] == "state" and m["params"]["compare"] == PAIR[1])["version"]
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["compare"] == PAIR[1])[
+        "version"
+    ]
     frame = sock.frame(min_version=version)
     assert [p["label"] for p in frame["header"]["panels"]] == list(PAIR)
     assert len(frame["images"]) == 2
     sock.send({"type": "set", "compare": ""})
-    version = sock.until(lambda m: m["type"] == "state" and m["params"]["compare"] is None)["version"]
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["compare"] is None)[
+        "version"
+    ]
     assert len(sock.frame(min_version=version)["images"]) == 1
 
 
-def test_killed_worker_is_restarted_with_the_last_parameters(client: TestClient, sock: Socket) -> None:
+def test_killed_worker_is_restarted_with_the_last_parameters(
+    client: TestClient, sock: Socket
+) -> None:
     sock.send({"type": "set", "l2_weight": 0.33})
-    version = sock.until(lambda m: m["type"] == "state" and m["params"]["l2_weight"] == 0.33)["version"]
+    version = sock.until(lambda m: m["type"] == "state" and m["params"]["l2_weight"] == 0.33)[
+        "version"
+    ]
     before = sock.frame(min_version=version)["header"]
     pid = client.get("/api/state").json()["status"]["pid"]
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     sock.until(lambda m: m["type"] == "status" and m["worker"] == "restarting")
-    status = sock.until(lambda m: m["type"] == "status" and m["worker"] == "running" and m["pid"] != pid)
+    status = sock.until(
+        lambda m: m["type"] == "status" and m["worker"] == "running" and m["pid"] != pid
+    )
     assert status["restarts"] >= 1
     frame = sock.frame(min_version=version)
-    print(f"worker SIGKILL -> first frame of its replacement after {time.monotonic() - killed:.2f} s")
+    print(
+        f"worker SIGKILL -> first frame of its replacement after {time.monotonic() - killed:.2f} s"
+    )
     header = frame["header"]
     assert header["version"] == version and header["seq"] > before["seq"]
     assert header["worker_seq"] <= before["worker_seq"]  # numbered afresh by the new worker
@@ -215,34 +234,57 @@ def test_pages_and_libraries_are_served_but_nothing_else(client: TestClient) -> 
     assert client.get("/static/main.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/vendor/uPlot.iife.min.js").status_code == 200
     assert client.get("/vendor/uPlot.min.css").status_code == 200
-    for path in ["/static/package.json", "/static/..%2Fserver%2Fapp.py", "/vendor/uPlot.cjs.js",
-                 "/static/node_modules"]:
+    for path in [
+        "/static/package.json",
+        "/static/..%2Fserver%2Fapp.py",
+        "/vendor/uPlot.cjs.js",
+        "/static/node_modules",
+    ]:
         assert client.get(path).status_code == 404, path
 
 
 def test_cross_origin_websocket_is_refused(client: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect), client.websocket_connect(
-        WS_URL, headers={"origin": "https://evil.example"}
-    ) as ws:
+    with (
+        pytest.raises(WebSocketDisconnect),
+        client.websocket_connect(WS_URL, headers={"origin": "https://evil.example"}) as ws,
+    ):
         ws.receive()
 
 
 def test_target_option() -> None:
-    assert parse_target_option("fc3:4") == {"layer": "fc3", "unit": 4, "unit_end": 4, "layout": "chains"}
+    assert parse_target_option("fc3:4") == {
+        "layer": "fc3",
+        "unit": 4,
+        "unit_end": 4,
+        "layout": "chains",
+    }
     assert parse_target_option("fc1:0-9")["layout"] == "range"
-    with pytest.raises(ServeError, match=r"^The target 'fc3' must look like LAYER:UNIT or LAYER:FIRST-LAST\.$"):
+    with pytest.raises(
+        ServeError, match=r"^The target 'fc3' must look like LAYER:UNIT or LAYER:FIRST-LAST\.$"
+    ):
         parse_target_option("fc3")
 
 
 def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:
     folder = str(lenet_folder())
-    base = dict(compare=None, target=None, data=None, checkpoints_dir=folder, host="127.0.0.1",
-                device="cpu", trust_checkpoint=False, token=None)
+    base = dict(
+        compare=None,
+        target=None,
+        data=None,
+        checkpoints_dir=folder,
+        host="127.0.0.1",
+        device="cpu",
+        trust_checkpoint=False,
+        token=None,
+    )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ServeError, match=rf"^Port {port} on 127.0.0.1 is already in use; pick another with --port\.$"):
+        with pytest.raises(
+            ServeError,
+            match=rf"^Port {port} on 127.0.0.1 is already in use; pick another with --port\.$",
+        ):
             run_server(checkpoint=None, port=port, **base)  # type: ignore[arg-type]
     with pytest.raises(ServeError, match=r"^The checkpoint .*nothing.pt2 does not exist\.$"):
         run_server(checkpoint=str(tmp_path / "nothing.pt2"), port=0, **base)  # type: ignore[arg-type]

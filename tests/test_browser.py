@@ -49,9 +49,22 @@ class Served:
         self.log = tmp / "serve.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", str(folder / PAIR[0]),
-                 "--checkpoints", str(folder), "--port", str(self.port), "--device", "cpu"],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "serve",
+                    str(folder / PAIR[0]),
+                    "--checkpoints",
+                    str(folder),
+                    "--port",
+                    str(self.port),
+                    "--device",
+                    "cpu",
+                ],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self.http = httpx.Client(base_url=self.base, trust_env=False, timeout=10)
 
@@ -101,8 +114,14 @@ def page(served: Served) -> Iterator[Any]:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
@@ -184,7 +203,9 @@ def test_space_pauses_and_resumes(served: Served, page: Any) -> None:
 
 def test_compare_view_shows_two_panels(served: Served, page: Any) -> None:
     page.get_by_label("Compare with").select_option(PAIR[1])
-    page.wait_for_function("document.querySelectorAll('#panels canvas').length === 2", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelectorAll('#panels canvas').length === 2", timeout=60_000
+    )
     captions = page.locator("#panels figcaption").all_text_contents()
     assert captions[0].startswith(PAIR[0]) and captions[1].startswith(PAIR[1])
     # For the screenshot, the paper's Figure 5 view: the ten logits, plain against averaged.

@@ -18,7 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "server.cli", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -28,10 +32,34 @@ def sampled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     npz, png = out / "run.npz", out / "grid.png"
     code = main(
         [
-            "sample", str(DEFAULT_CHECKPOINT), "--target", "fc3:0-9", "--chains", "20", "--steps", "120",
-            "--burn-in", "20", "--temperature", "0.01", "--step-size", "0.05", "--l2", "0.1",
-            "--window", "50", "--record-every", "10", "--seed", "0", "--device", "cpu",
-            "--out", str(npz), "--png", str(png),
+            "sample",
+            str(DEFAULT_CHECKPOINT),
+            "--target",
+            "fc3:0-9",
+            "--chains",
+            "20",
+            "--steps",
+            "120",
+            "--burn-in",
+            "20",
+            "--temperature",
+            "0.01",
+            "--step-size",
+            "0.05",
+            "--l2",
+            "0.1",
+            "--window",
+            "50",
+            "--record-every",
+            "10",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(npz),
+            "--png",
+            str(png),
         ]
     )
     assert code == 0
@@ -41,7 +69,16 @@ def sampled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_sample_writes_exactly_the_documented_keys(sampled: tuple[Path, Path]) -> None:
     data = np.load(sampled[0])
     assert sorted(data.files) == sorted(
-        ["samples", "final", "mean", "window_mean", "activation", "burn_in_step", "resets", "params"]
+        [
+            "samples",
+            "final",
+            "mean",
+            "window_mean",
+            "activation",
+            "burn_in_step",
+            "resets",
+            "params",
+        ]
     )
     # 120 steps, burn-in 20: recorded at steps 20, 30, ..., 110 -> 10 records.
     assert data["samples"].shape == (10, 20, 1, 28, 28)
@@ -92,12 +129,18 @@ def test_inspect_lists_layers() -> None:
     ("argv", "message"),
     [
         (["sample", "/nonexistent/model.pt2"], None),
-        (["sample", str(DEFAULT_CHECKPOINT), "--temperature", "hot"],
-         "ldam: --temperature must be a number or a comma-separated list of numbers, not 'hot'.\n"),
-        (["sample", str(DEFAULT_CHECKPOINT), "--burn-in", "-3"],
-         "ldam: --burn-in must be 'auto' or a whole number of steps, not '-3'.\n"),
-        (["sample", str(DEFAULT_CHECKPOINT), "--out", "/nonexistent/dir/run.npz"],
-         "ldam: The folder for --out does not exist: /nonexistent/dir.\n"),
+        (
+            ["sample", str(DEFAULT_CHECKPOINT), "--temperature", "hot"],
+            "ldam: --temperature must be a number or a comma-separated list of numbers, not 'hot'.\n",
+        ),
+        (
+            ["sample", str(DEFAULT_CHECKPOINT), "--burn-in", "-3"],
+            "ldam: --burn-in must be 'auto' or a whole number of steps, not '-3'.\n",
+        ),
+        (
+            ["sample", str(DEFAULT_CHECKPOINT), "--out", "/nonexistent/dir/run.npz"],
+            "ldam: The folder for --out does not exist: /nonexistent/dir.\n",
+        ),
         (["sample", str(DEFAULT_CHECKPOINT), "--target", "nolayer:3"], None),
         (["inspect", str(ROOT / "README.md")], None),
     ],

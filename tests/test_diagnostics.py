@@ -57,7 +57,8 @@ def test_constant_or_non_finite_draws_have_no_defined_value() -> None:
 
 def test_bad_shapes_are_one_sentence() -> None:
     with pytest.raises(
-        DiagnosticsError, match=r"^Draws must be a 2-D array \[chains, draws\], got shape \(10,\)\.$"
+        DiagnosticsError,
+        match=r"^Draws must be a 2-D array \[chains, draws\], got shape \(10,\)\.$",
     ):
         split_rhat(np.zeros(10))
     with pytest.raises(

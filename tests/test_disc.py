@@ -72,8 +72,11 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_warm_up_separates_held_out_digits_from_noise(digits) -> None:
-    trainer = _trainer(digits)
-    before = _state(trainer.current())
+    torch.manual_seed(0)
+    module = make_discriminator((1, 28, 28))
+    before = _state(module)
+    trainer = DiscriminatorTrainer(module, digits[0])
+    assert trainer.current() is None and trainer.version == 0  # untrained D is never handed out
     trainer.warm_up(torch.randn(256, 1, 28, 28), steps=30)
     d = trainer.current()
     assert d.version == 1 and trainer.version == 1 and trainer.steps == 30
@@ -88,14 +91,15 @@ def test_warm_up_separates_held_out_digits_from_noise(digits) -> None:
 
 def test_published_copy_is_frozen_and_separate(digits) -> None:
     trainer = _trainer(digits)
-    d0 = trainer.current()
-    assert d0.version == 0 and not d0.training
-    assert all(not p.requires_grad for p in d0.parameters())
-    frozen = _state(d0)
+    trainer.warm_up(torch.randn(64, 1, 28, 28), steps=3)
+    d1 = trainer.current()
+    assert d1.version == 1 and not d1.training
+    assert all(not p.requires_grad for p in d1.parameters())
+    frozen = _state(d1)
     trainer.warm_up(torch.randn(64, 1, 28, 28), steps=3)
     # Training changed the trainer's weights but not the copy the sampler may still hold.
-    assert all(torch.equal(frozen[k], v) for k, v in d0.state_dict().items())
-    assert trainer.current() is not d0 and trainer.current().version == 1
+    assert all(torch.equal(frozen[k], v) for k, v in d1.state_dict().items())
+    assert trainer.current() is not d1 and trainer.current().version == 2
 
 
 def test_process_pools_only_chains_that_fool_d_or_are_old(digits) -> None:
@@ -134,22 +138,24 @@ def test_process_pools_only_chains_that_fool_d_or_are_old(digits) -> None:
 
 def test_error_in_thread_is_reported_sampling_goes_on_and_restart_recovers(digits, lenet) -> None:
     class Flaky(nn.Module):
-        """A real discriminator whose training forward fails while `broken` is set (a fault,
-        not a mock); the published eval-mode copies keep working."""
+        """A real discriminator whose training-mode forward fails, while `broken` is set, after
+        its first `healthy` calls (a fault, not a mock); published eval copies keep working."""
 
-        def __init__(self) -> None:
+        def __init__(self, healthy: int) -> None:
             super().__init__()
             self.inner = make_discriminator((1, 28, 28))
             self.input_shape = (1, 28, 28)
-            self.broken = True
+            self.healthy, self.calls, self.broken = healthy, 0, True
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.training and self.broken:
-                raise RuntimeError("injected fault\nsecond line")
+            if self.training:
+                self.calls += 1
+                if self.broken and self.calls > self.healthy:
+                    raise RuntimeError("injected fault\nsecond line")
             return self.inner(x)
 
     torch.manual_seed(0)
-    flaky = Flaky()
+    flaky = Flaky(healthy=5)  # the 5 warm-up steps work, the thread's first offer fails
     trainer = DiscriminatorTrainer(flaky, digits[0], max_age=0)
     config = SamplerConfig(chains=4, disc_weight=0.5, seed=0)
     terms = [
@@ -166,7 +172,7 @@ def test_error_in_thread_is_reported_sampling_goes_on_and_restart_recovers(digit
             _wait(lambda: trainer.metrics()["error"] is not None)
 
     metrics = run_with_discriminator(
-        sampler, trainer, 40, warm_up_steps=0, progress_callback=progress
+        sampler, trainer, 40, warm_up_steps=5, progress_callback=progress
     )
     assert metrics["error"] == "Discriminator training stopped on RuntimeError: injected fault."
     assert len(used_d) == 40 and used_d[0] and not any(used_d[1:])  # went on without D
@@ -174,7 +180,7 @@ def test_error_in_thread_is_reported_sampling_goes_on_and_restart_recovers(digit
 
     flaky.broken = False
     trainer.restart()
-    assert trainer.metrics()["error"] is None and trainer.current() is not None
+    assert trainer.metrics()["error"] is None
 
     def wait_for_a_step(i: int, info) -> None:
         if i == 0:
@@ -184,6 +190,7 @@ def test_error_in_thread_is_reported_sampling_goes_on_and_restart_recovers(digit
         sampler, trainer, 40, warm_up_steps=0, progress_callback=wait_for_a_step
     )
     assert metrics["error"] is None and trainer.steps >= 1
+    assert trainer.current() is not None
     assert not trainer.running
 
 
@@ -228,6 +235,11 @@ def test_bad_inputs_are_one_sentence(digits, tmp_path: Path) -> None:
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(DiscriminatorError, match=r"is not a readable discriminator checkpoint\.$"):
         trainer.load(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(DiscriminatorError) as info:
+        trainer.load(other)
+    assert str(info.value) == f"{other} is not a discriminator checkpoint written by ldam."
 
 
 def test_save_and_load_round_trip(digits, tmp_path: Path) -> None:
@@ -258,11 +270,14 @@ def test_real_images_default_to_the_mnist_training_split(digits, tmp_path: Path)
     # The user's own .npz for another input shape, through models.data.load_images.
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "mine.npz", images=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
-    trainer = build_discriminator_for((3, 32, 32), None, data=str(tmp_path / "mine.npz"))
+    trainer = build_discriminator_for(
+        (3, 32, 32), None, data=str(tmp_path / "mine.npz"), warm_up_steps=2
+    )
     assert trainer.input_shape == (3, 32, 32)
-    assert trainer.current()(torch.zeros(2, 3, 32, 32)).shape == (2,)
+    # The first offer warms D up (2 steps) against it, then takes the online step.
     assert trainer.process(torch.randn(4, 3, 32, 32), torch.full((4,), 10**6))
-    assert (trainer.steps, trainer.version) == (1, 1)
+    assert (trainer.steps, trainer.version) == (3, 2)
+    assert trainer.current()(torch.zeros(2, 3, 32, 32)).shape == (2,)
 
 
 def test_start_shares_the_cores_and_stop_gives_them_back(digits) -> None:
@@ -297,10 +312,10 @@ def test_sampler_only_ever_reads_published_versions_while_d_trains(digits, lenet
             published[version] = _bits(module)
             published.pop(version - 100, None)  # bounded memory; reads lag by one step at most
 
-    trainer = DiscriminatorTrainer(
-        make_discriminator((1, 28, 28)), digits[0], max_age=5, on_publish=record
-    )
-    first = trainer.current()
+    torch.manual_seed(0)
+    module = make_discriminator((1, 28, 28))
+    first = _bits(module)
+    trainer = DiscriminatorTrainer(module, digits[0], max_age=5, on_publish=record)
     bad: list[int] = []
     seen: list[int] = []
     previous: list[nn.Module] = []
@@ -336,7 +351,7 @@ def test_sampler_only_ever_reads_published_versions_while_d_trains(digits, lenet
     assert len(seen) >= 300 and seen == sorted(seen)  # versions only move forward
     assert len(set(seen)) >= 3  # the sampler picked up weights published during the run
     assert trainer.steps >= 10 + 5 and metrics["steps"] == trainer.steps
-    assert not _same(_bits(trainer.current()), _bits(first))
+    assert not _same(_bits(trainer.current()), first)
     assert torch.isfinite(sampler.x).all()
 
 

@@ -17,13 +17,21 @@ from server.sampler import Sampler, SamplerConfig
 from server.targets import Target
 
 
-@pytest.mark.parametrize("checkpoint", [DEFAULT_CHECKPOINT, AVERAGED_CHECKPOINT], ids=["plain", "averaged"])
+@pytest.mark.parametrize(
+    "checkpoint", [DEFAULT_CHECKPOINT, AVERAGED_CHECKPOINT], ids=["plain", "averaged"]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mean_image_of_each_class_is_classified_as_that_class(checkpoint, seed: int) -> None:
     loaded = load_checkpoint(str(checkpoint))
     target = Target(loaded.module, "fc3:0-9", 20)
     config = SamplerConfig(
-        chains=20, temperature=0.01, step_size=0.05, l2_weight=0.3, window=100, burn_in=50, seed=seed
+        chains=20,
+        temperature=0.01,
+        step_size=0.05,
+        l2_weight=0.3,
+        window=100,
+        burn_in=50,
+        seed=seed,
     )
     sampler = Sampler([ActivationTerm(target), L2Term()], loaded.input_shape, config)
     first = sampler.step().activation.clone()

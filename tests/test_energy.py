@@ -98,7 +98,8 @@ def test_terms_compose_into_a_list_and_the_registry_holds_them() -> None:
 def test_activation_of_the_wrong_shape_is_one_sentence() -> None:
     term = ActivationTerm(lambda x: x.flatten(1))
     with pytest.raises(
-        TermError, match=r"^The activation function must return one value per chain, shape \[2\], got \[2, 4\]\.$"
+        TermError,
+        match=r"^The activation function must return one value per chain, shape \[2\], got \[2, 4\]\.$",
     ):
         term.value(torch.zeros(2, 1, 2, 2))
 

@@ -17,7 +17,11 @@ def test_each_image_is_scaled_symmetrically_by_its_own_peak() -> None:
 
 def test_the_peak_is_over_all_channels_and_sign_matters() -> None:
     x = torch.tensor([[[[2.0]], [[-4.0]], [[1.0]]]])  # [1, 3, 1, 1]
-    assert to_display(x).flatten().tolist() == [128 + 64, 1, 128 + 32]  # round(127/2)=64 (half-even 63.5)
+    assert to_display(x).flatten().tolist() == [
+        128 + 64,
+        1,
+        128 + 32,
+    ]  # round(127/2)=64 (half-even 63.5)
 
 
 def test_nan_and_inf_show_as_grey() -> None:
@@ -52,10 +56,13 @@ def test_tile_keeps_channels_and_default_padding() -> None:
 
 
 def test_bad_input_is_one_sentence() -> None:
-    with pytest.raises(ImageError, match=r"^to_display expects images \[N, C, H, W\], got shape \[2, 2\]\.$"):
+    with pytest.raises(
+        ImageError, match=r"^to_display expects images \[N, C, H, W\], got shape \[2, 2\]\.$"
+    ):
         to_display(torch.zeros(2, 2))
     with pytest.raises(
-        ImageError, match=r"^tile expects uint8 images \[N, C, H, W\], got torch\.float32 of shape \[1, 1, 2, 2\]\.$"
+        ImageError,
+        match=r"^tile expects uint8 images \[N, C, H, W\], got torch\.float32 of shape \[1, 1, 2, 2\]\.$",
     ):
         tile(torch.zeros(1, 1, 2, 2), columns=1)
     with pytest.raises(ImageError, match=r"^columns must be an integer >= 1, got 0\.$"):

@@ -75,8 +75,14 @@ def test_linear_unit_with_l2_samples_the_exact_gaussian(momentum: float, burn_in
     step, lam, temperature, chains, recorded = 0.2, 1.0, 0.5, 500, 300
     w = torch.tensor([1.0, -2.0, 0.5, 0.0])
     config = SamplerConfig(
-        chains=chains, temperature=temperature, step_size=step, momentum=momentum,
-        l2_weight=lam, burn_in=burn_in, window=1, seed=0,
+        chains=chains,
+        temperature=temperature,
+        step_size=step,
+        momentum=momentum,
+        l2_weight=lam,
+        burn_in=burn_in,
+        window=1,
+        seed=0,
     )
     sampler = Sampler([linear_unit(w, 3.0), L2Term()], (1, 2, 2), config)
     run(sampler, burn_in)
@@ -105,7 +111,9 @@ def test_first_layer_unit_at_t0_reproduces_its_filter_over_lambda() -> None:
     c, y, x0, lam = 1, 2, 1, 1.25
     term = ActivationTerm(lambda x: conv(x)[:, c, y, x0])
     # x_t - w / lam shrinks by 1 - beta lam = 0.5 per step.
-    config = SamplerConfig(chains=2, temperature=0.0, step_size=0.4, l2_weight=lam, burn_in_window=10)
+    config = SamplerConfig(
+        chains=2, temperature=0.0, step_size=0.4, l2_weight=lam, burn_in_window=10
+    )
     sampler = Sampler([term, L2Term()], (1, 9, 9), config)
     run(sampler, 60)
     expected = torch.zeros(2, 1, 9, 9)
@@ -283,8 +291,13 @@ def test_auto_burn_in_waits_until_the_activation_is_stable() -> None:
     w = torch.tensor([1.0, -1.0, 2.0, 0.5])
     limit = float(w @ w) + 1.0  # f(w / lam) at lam = 1, approached as 0.95^t at T = 0
     config = SamplerConfig(
-        chains=3, temperature=0.0, step_size=0.05, l2_weight=1.0, burn_in_window=20,
-        burn_in_epsilon=0.01, window=500,
+        chains=3,
+        temperature=0.0,
+        step_size=0.05,
+        l2_weight=1.0,
+        burn_in_window=20,
+        burn_in_epsilon=0.01,
+        window=500,
     )
     sampler = Sampler([linear_unit(w, 1.0), L2Term()], (1, 2, 2), config)
     activations, xs = [], []
@@ -303,14 +316,20 @@ def test_auto_burn_in_waits_until_the_activation_is_stable() -> None:
 def test_auto_burn_in_respects_the_threshold_and_noise() -> None:
     w = torch.tensor([1.0, -1.0, 2.0, 0.5])
     base = dict(chains=4, step_size=0.1, l2_weight=1.0, burn_in_window=20)
-    never = Sampler([linear_unit(w, 1.0), L2Term()], (1, 2, 2), SamplerConfig(
-        temperature=0.0, burn_in_threshold=[100.0, 100.0, 0.0, 0.0], **base))
+    never = Sampler(
+        [linear_unit(w, 1.0), L2Term()],
+        (1, 2, 2),
+        SamplerConfig(temperature=0.0, burn_in_threshold=[100.0, 100.0, 0.0, 0.0], **base),
+    )
     run(never, 100)
     assert [s >= 0 for s in never.burn_in_step.tolist()] == [False, False, True, True]
     # With noise and an activation hovering near 0 the relative change never gets small;
     # the trend test still declares the chains burned in.
-    noisy = Sampler([linear_unit(torch.zeros(4), 0.0), L2Term()], (1, 2, 2),
-                    SamplerConfig(temperature=0.5, **base))
+    noisy = Sampler(
+        [linear_unit(torch.zeros(4), 0.0), L2Term()],
+        (1, 2, 2),
+        SamplerConfig(temperature=0.5, **base),
+    )
     run(noisy, 200)
     assert (noisy.burn_in_step >= 0).all()
 
@@ -320,7 +339,9 @@ def test_auto_burn_in_respects_the_threshold_and_noise() -> None:
 def test_normalization_modes(normalize: str) -> None:
     w = torch.tensor([300.0, -400.0, 0.0, 0.0])
     lam, step = 0.5, 0.1
-    config = SamplerConfig(chains=2, temperature=0.0, step_size=step, l2_weight=lam, normalize=normalize)
+    config = SamplerConfig(
+        chains=2, temperature=0.0, step_size=step, l2_weight=lam, normalize=normalize
+    )
     sampler = Sampler([linear_unit(w, 0.0), L2Term()], (1, 2, 2), config)
     x0 = sampler.x.clone()
     info = sampler.step()
@@ -343,7 +364,9 @@ class CountingDisc(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(5)
-        self.net = frozen(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1)))
+        self.net = frozen(
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+        )
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -370,12 +393,17 @@ def test_disc_mixing_rule(normalize: str) -> None:
     lam, step = 0.2, 0.1
     weights = [0.0, 0.5, 1.0]
     config = SamplerConfig(
-        chains=3, temperature=0.0, step_size=step, l2_weight=lam, disc_weight=weights,
+        chains=3,
+        temperature=0.0,
+        step_size=step,
+        l2_weight=lam,
+        disc_weight=weights,
         normalize=normalize,
     )
     sampler = Sampler(
         [ActivationTerm(lambda x: net(x)[:, 0]), L2Term(), DiscriminatorTerm(lambda: disc)],
-        (1, 4, 4), config,
+        (1, 4, 4),
+        config,
     )
     x0 = sampler.x.clone()
     info = sampler.step()
@@ -390,7 +418,9 @@ def test_disc_mixing_rule(normalize: str) -> None:
     g = (1 - w) * g_a + w * rms(g_a) * g_d / rms(g_d) + lam * g_l2
     torch.testing.assert_close(sampler.x, x0 + step * g)
     assert disc.calls == 1
-    torch.testing.assert_close(info.terms["discriminator"], nn.functional.logsigmoid(disc.net(x0))[:, 0])
+    torch.testing.assert_close(
+        info.terms["discriminator"], nn.functional.logsigmoid(disc.net(x0))[:, 0]
+    )
 
 
 # ------------------------------------------------------------------------ step size
@@ -430,8 +460,10 @@ def test_live_settings_apply_at_the_next_step() -> None:
         (dict(temperature=-1), "temperature must be >= 0, got -1.0."),
         (dict(temperature=float("nan")), "temperature must be a finite number, got nan."),
         (dict(temperature="hot"), "temperature must be a number or a list of numbers, got 'hot'."),
-        (dict(chains=3, temperature=[0.1, 0.2]),
-         "temperature has 2 values but there are 3 chains; give one value or one per chain."),
+        (
+            dict(chains=3, temperature=[0.1, 0.2]),
+            "temperature has 2 values but there are 3 chains; give one value or one per chain.",
+        ),
         (dict(step_size=0), "step_size must be > 0, got 0.0."),
         (dict(momentum=1.0), "momentum must be in [0, 1), got 1.0."),
         (dict(disc_weight=1.5), "disc_weight must be in [0, 1], got 1.5."),
@@ -454,24 +486,42 @@ def test_bad_settings_are_one_sentence(kwargs: dict, message: str) -> None:
 def test_bad_sampler_input_is_one_sentence() -> None:
     sampler = Sampler([L2Term()], (1, 2, 2), SamplerConfig(chains=2))
     cases = [
-        (lambda: sampler.set(chains=3),
-         "Setting 'chains' cannot be changed while sampling; create a new sampler."),
-        (lambda: sampler.set(heat=3), "Unknown setting 'heat'; live settings are temperature, "
-         "step_size, step_decay, momentum, l2_weight, disc_weight, normalize, window, clamp."),
+        (
+            lambda: sampler.set(chains=3),
+            "Setting 'chains' cannot be changed while sampling; create a new sampler.",
+        ),
+        (
+            lambda: sampler.set(heat=3),
+            "Unknown setting 'heat'; live settings are temperature, "
+            "step_size, step_decay, momentum, l2_weight, disc_weight, normalize, window, clamp.",
+        ),
         (lambda: sampler.set(temperature=-2.0), "temperature must be >= 0, got -2.0."),
-        (lambda: Sampler([L2Term()], (1, 28), SamplerConfig()),
-         "input_shape must be three positive integers (C, H, W), got (1, 28)."),
-        (lambda: Sampler([L2Term(), L2Term()], (1, 2, 2)),
-         "Two energy terms are both named 'l2'; give them different names."),
-        (lambda: Sampler([L2Term()], (3, 224, 224), SamplerConfig(chains=16, window=200)),
-         "A window of 200 samples for 16 chains of shape (3, 224, 224) needs 1838 MiB, more "
-         "than the 1024 MiB limit; use a smaller window or fewer chains."),
+        (
+            lambda: Sampler([L2Term()], (1, 28), SamplerConfig()),
+            "input_shape must be three positive integers (C, H, W), got (1, 28).",
+        ),
+        (
+            lambda: Sampler([L2Term(), L2Term()], (1, 2, 2)),
+            "Two energy terms are both named 'l2'; give them different names.",
+        ),
+        (
+            lambda: Sampler([L2Term()], (3, 224, 224), SamplerConfig(chains=16, window=200)),
+            "A window of 200 samples for 16 chains of shape (3, 224, 224) needs 1838 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains.",
+        ),
         (lambda: sampler.reset([5]), "Chain indices must be in [0, 1], got [5]."),
-        (lambda: sampler.set(window=10**8), "A window of 100000000 samples for 2 chains of shape "
-         "(1, 2, 2) needs 3052 MiB, more than the 1024 MiB limit; use a smaller window or fewer "
-         "chains."),
-        (lambda: Sampler([DiscriminatorTerm(lambda: None), DiscriminatorTerm(lambda: None, "d2")],
-                         (1, 2, 2)), "Only one discriminator term is supported."),
+        (
+            lambda: sampler.set(window=10**8),
+            "A window of 100000000 samples for 2 chains of shape "
+            "(1, 2, 2) needs 3052 MiB, more than the 1024 MiB limit; use a smaller window or fewer "
+            "chains.",
+        ),
+        (
+            lambda: Sampler(
+                [DiscriminatorTerm(lambda: None), DiscriminatorTerm(lambda: None, "d2")], (1, 2, 2)
+            ),
+            "Only one discriminator term is supported.",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(SamplerError) as err:
@@ -483,7 +533,9 @@ def test_bad_sampler_input_is_one_sentence() -> None:
 
 
 def test_clamp_keeps_samples_in_range() -> None:
-    config = SamplerConfig(chains=4, temperature=1.0, step_size=0.5, clamp=(-0.5, 0.25), init_std=3.0)
+    config = SamplerConfig(
+        chains=4, temperature=1.0, step_size=0.5, clamp=(-0.5, 0.25), init_std=3.0
+    )
     sampler = Sampler([L2Term()], (1, 3, 3), config)
     assert float(sampler.x.min()) == -0.5 and float(sampler.x.max()) == 0.25
     run(sampler, 5)
@@ -495,8 +547,14 @@ def test_a_huge_but_finite_chain_counts_as_diverged() -> None:
     # huge finite values. Past divergence_limit the chain is reset like a NaN one.
     term = ActivationTerm(lambda x: x.flatten(1).sum(1))
     config = SamplerConfig(
-        chains=3, temperature=0.0, step_size=[1e-3, 4e5, 1e-3], l2_weight=0.0,
-        normalize="all", divergence_limit=1e6, burn_in=0, seed=0,
+        chains=3,
+        temperature=0.0,
+        step_size=[1e-3, 4e5, 1e-3],
+        l2_weight=0.0,
+        normalize="all",
+        divergence_limit=1e6,
+        burn_in=0,
+        seed=0,
     )
     s = Sampler([term], (1, 2, 2), config)
     for _ in range(10):

@@ -66,7 +66,7 @@ def test_other_kinds_parse() -> None:
         ('{"type": "ack"}', "seq"),
         ('{"type": "fly"}', "type"),
         ('{"seq": 1}', "type"),
-        ('[1, 2]', "message"),
+        ("[1, 2]", "message"),
         ("not json", "message"),
         (b"\xff\xfe\x00", "message"),
     ],
@@ -80,16 +80,23 @@ def test_bad_messages_name_the_field(raw: str | bytes, field: str) -> None:
 
 def test_the_error_text_is_one_sentence_naming_the_field() -> None:
     error = refused('{"type": "set", "temperature": -1}')
-    assert error.message == "The field 'temperature' is invalid: Input should be greater than or equal to 0."
+    assert (
+        error.message
+        == "The field 'temperature' is invalid: Input should be greater than or equal to 0."
+    )
     unknown = refused('{"type": "fly"}')
-    assert unknown.message == "The field 'type' must be one of: set, ack, reset, shake, disc_restart."
+    assert (
+        unknown.message == "The field 'type' must be one of: set, ack, reset, shake, disc_restart."
+    )
 
 
 def test_oversized_messages_are_refused_before_parsing() -> None:
     raw = json.dumps({"type": "set", "layer": "a" * MAX_MESSAGE_BYTES})
     error = refused(raw)
     assert error.field == "message"
-    assert error.message == f"The message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes."
+    assert (
+        error.message == f"The message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes."
+    )
 
 
 def test_grid_layouts() -> None:
@@ -107,7 +114,13 @@ def test_grid_layouts() -> None:
 
 
 def test_frames_round_trip() -> None:
-    header = {"seq": 5, "time": 1.5, "step": 40, "version": 2, "panels": [{"label": "a"}, {"label": "b"}]}
+    header = {
+        "seq": 5,
+        "time": 1.5,
+        "step": 40,
+        "version": 2,
+        "panels": [{"label": "a"}, {"label": "b"}],
+    }
     message = encode_frame(header, [b"\xff\xd8one", b"\xff\xd8second"])
     decoded, images = decode_frame(message)
     assert images == [b"\xff\xd8one", b"\xff\xd8second"]

@@ -159,8 +159,15 @@ def test_range_layout_columns_are_units() -> None:
 
 
 def test_sweep_sets_one_value_per_row() -> None:
-    h = Harness({"layout": "sweep", "unit": 4, "unit_end": 6, "sweep_param": "temperature",
-                 "sweep_values": [0.0, 0.25]})
+    h = Harness(
+        {
+            "layout": "sweep",
+            "unit": 4,
+            "unit_end": 6,
+            "sweep_param": "temperature",
+            "sweep_values": [0.0, 0.25],
+        }
+    )
     try:
         h.worker.step_all()
         sampler = h.worker.panels[0].sampler
@@ -198,7 +205,9 @@ def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
         assert [r["field"] for r in rejected] == ["layer", "unit", "window"]
         assert rejected[0]["message"] == "The model has no layer named 'nope'."
         assert rejected[1]["message"] == "Layer 'fc3' has 10 units; unit must be below 10."
-        assert rejected[2]["message"].startswith("A window of 1000 samples for 256 chains needs 765 MiB")
+        assert rejected[2]["message"].startswith(
+            "A window of 1000 samples for 256 chains needs 765 MiB"
+        )
         assert rejected[0]["params"]["layer"] == "fc3"
         assert h.worker.panels[0] is panel and h.worker.version == 3
         h.worker.step_all()
