@@ -4,11 +4,16 @@ The server never runs torch: it holds the parameters the browsers set (with a ve
 that grows on every change), forwards them to the worker process through `server.link`, and
 fans the worker's frames and metrics out to every browser.
 
+Worker faults: a worker that dies is restarted with the last parameters (browsers see a
+``status`` message with the reason and keep their connection); one that stays silent for
+`HEARTBEAT_TIMEOUT_S` once it has started (hung, or stopped with SIGSTOP) is killed and
+restarted the same way. Before the first worker was ever ready, `MAX_DEATHS_BEFORE_READY`
+deaths in a row end the start: `run_server` raises `ServeError` with the worker's last error.
+
 Per-client flow control: each websocket has one sender task that sends the newest frame only
 while fewer than `MAX_FRAMES_IN_FLIGHT` frames await the browser's ``ack``; a slow browser
 therefore skips frames (it always gets the newest one) and never slows other browsers or the
-worker. A worker that dies is restarted with the last parameters; browsers see a ``status``
-message and keep their connection.
+worker.
 """
 
 from __future__ import annotations
@@ -64,6 +69,15 @@ MAX_FRAMES_IN_FLIGHT = security.MAX_FRAMES_IN_FLIGHT
 # A worker that dies again this soon after its start is restarted after a growing pause.
 _QUICK_DEATH_S = 5.0
 _MAX_RESTART_PAUSE_S = 4.0
+# A started worker sends metrics 4 times a second, also while paused; silence this long means
+# it hangs (or was stopped with SIGSTOP): it is killed and restarted.
+HEARTBEAT_TIMEOUT_S = 10.0
+# Before its first message a worker imports torch and loads the checkpoint: allow it longer.
+WORKER_START_TIMEOUT_S = 120.0
+# How often the watchdog looks.
+_WATCHDOG_EVERY_S = 0.5
+# Until a first worker was ready, this many deaths in a row (each before "ready") end the start.
+MAX_DEATHS_BEFORE_READY = 3
 _DEFAULTS = SamplerParams().model_dump()
 _TARGET = re.compile(r"^(?P<layer>[A-Za-z0-9_.]+):(?P<first>\d+)(?:-(?P<last>\d+))?$")
 
@@ -156,7 +170,19 @@ class Hub:
         self.worker_state = "starting"
         self.restarts = 0
         self.last_error: str | None = None
+        # Why the newest restart happened (kept after the new worker runs, unlike last_error).
+        self.restart_reason: str | None = None
+        # Set when the first worker is ready, or when the start failed for good ("failed").
         self.ready = asyncio.Event()
+        # A worker has been ready at least once: from then on every death is restarted.
+        self.served = False
+        # The current worker has sent "ready"; deaths in a row of workers that had not.
+        self.link_ready = False
+        self.deaths_before_ready = 0
+        # The current worker's last error line (its "died" message or start refusal).
+        self.worker_error: str | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._hung_after = HEARTBEAT_TIMEOUT_S
         self.link: WorkerLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart_pause = 0.0
@@ -169,6 +195,7 @@ class Hub:
         """Start the worker with the current parameters (call from the event loop)."""
         self._loop = asyncio.get_running_loop()
         self._spawn()
+        self._watchdog = asyncio.create_task(self._watch())
 
     def _spawn(self) -> None:
         config = WorkerConfig(
@@ -182,6 +209,8 @@ class Hub:
         )
         link = WorkerLink(config, self._from_thread, self._exit_from_thread, self.worker_entry)
         self.link = link
+        self.link_ready = False
+        self.worker_error = None
         standby, self.standby = self.standby, None
         link.start(standby)
         link.send(("clients", len(self.clients)))
@@ -189,6 +218,11 @@ class Hub:
     async def stop(self) -> None:
         """Stop the worker (without restarting it) and close every client."""
         self._closing = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
         link, self.link = self.link, None
         if link is not None:
             await asyncio.to_thread(link.stop)
@@ -207,8 +241,26 @@ class Hub:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.on_worker_exit, exitcode)
 
+    async def _watch(self) -> None:
+        """Kill a started worker that has sent nothing (metrics, frames, heartbeats) for
+        `HEARTBEAT_TIMEOUT_S`; its exit then restarts it like any other death."""
+        while not self._closing:
+            await asyncio.sleep(_WATCHDOG_EVERY_S)
+            link = self.link
+            if link is None or link.hung or not link.alive():
+                continue
+            limit = HEARTBEAT_TIMEOUT_S if self.link_ready else WORKER_START_TIMEOUT_S
+            if time.monotonic() - link.last_message_at > limit:
+                self._hung_after = limit
+                link.hung = True
+                link.kill()
+
     def on_worker_exit(self, exitcode: int | None) -> None:
-        """The worker died: tell the browsers and start a new one with the last parameters."""
+        """The worker died: tell the browsers and start a new one with the last parameters.
+
+        Until a worker was ever ready, `MAX_DEATHS_BEFORE_READY` deaths in a row before
+        "ready" end the start instead (`worker_state` "failed", `ready` set, no restart).
+        """
         if self._closing:
             return
         link = self.link
@@ -216,9 +268,29 @@ class Hub:
         self._restart_pause = (
             min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2 + 0.25) if quick else 0.0
         )
+        hung = link is not None and link.hung
+        why = (self.worker_error or f"exit code {exitcode}").rstrip(".")
+        if not self.link_ready:
+            self.deaths_before_ready += 1
+        if not self.served and self.deaths_before_ready >= MAX_DEATHS_BEFORE_READY:
+            self.worker_state = "failed"
+            self.last_error = (
+                f"The worker stopped {self.deaths_before_ready} times before it was ready "
+                f"(last error: {why})."
+            )
+            self.ready.set()
+            self.broadcast_status()
+            return
         self.restarts += 1
         self.worker_state = "restarting"
-        self.last_error = f"The worker stopped (exit code {exitcode}); restarting it."
+        if hung:
+            self.last_error = (
+                f"The worker sent nothing for {self._hung_after:g} s and was stopped; "
+                "restarting it."
+            )
+        else:
+            self.last_error = f"The worker stopped ({why}); restarting it."
+        self.restart_reason = self.last_error
         self.broadcast_status()
         assert self._loop is not None
         self._loop.call_later(self._restart_pause, self._restart)
@@ -252,6 +324,9 @@ class Hub:
             self.info = payload["info"]
             if self.use_standby and (self.standby is None or not self.standby.alive()):
                 self.standby = Standby(self.worker_entry)
+            self.served = True
+            self.link_ready = True
+            self.deaths_before_ready = 0
             self.worker_state = "running"
             self.last_error = None
             self.ready.set()
@@ -270,6 +345,7 @@ class Hub:
                 # The worker could not start at all (bad checkpoint or target on the command
                 # line): `run_server` reports it; a browser sees the error.
                 self.last_error = payload["message"]
+                self.worker_error = payload["message"]
                 self.worker_state = "failed"
                 self.ready.set()
                 self.broadcast_status()
@@ -284,6 +360,10 @@ class Hub:
         elif kind == "error":
             payload = message[1]
             self.post_all("error", json.dumps({"type": "error", **payload}))
+        elif kind == "died":
+            # The worker's last words (its traceback's last line) before it exits.
+            self.worker_error = message[1]["message"]
+        # "heartbeat": nothing to do; the link noted the time (see `_watch`).
 
     def _send(self, command: Message) -> None:
         if self.link is not None:
@@ -324,6 +404,7 @@ class Hub:
             "worker": worker,
             "pid": link.pid if link is not None else None,
             "restarts": self.restarts,
+            "restart_reason": self.restart_reason,
             "clients": len(self.clients),
             "error": self.last_error,
         }
@@ -693,11 +774,13 @@ def run_server(
     device: str,
     trust_checkpoint: bool,
     token: str | None,
+    worker_entry: str = WORKER_ENTRY,
 ) -> None:
     """Serve the dashboard until interrupted (Ctrl-C or SIGTERM: a clean shutdown).
 
     Raises `ServeError` (one sentence) for a busy port, a missing or unreadable checkpoint, a
-    bad target or a worker that cannot start with them.
+    bad target or a worker that cannot start with them (refused, or dead
+    `MAX_DEATHS_BEFORE_READY` times before its first "ready"). `worker_entry` is for tests.
     """
     import uvicorn
 
@@ -719,6 +802,7 @@ def run_server(
         device,
         trust_checkpoint,
         token,
+        worker_entry=worker_entry,
     )
     hub: Hub = app.state.hub
     server = uvicorn.Server(uvicorn_config(app, host, port))

@@ -22,6 +22,9 @@ DEFAULT_CHECKPOINT = (
 )
 
 
+DEFAULT_DISC_STEPS = 100
+
+
 class UsageError(Exception):
     """A bad command-line value; the message is one sentence for the user."""
 
@@ -182,6 +185,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     uses_disc = any(
         w > 0 for w in (disc_weight if isinstance(disc_weight, list) else [disc_weight])
     )
+    disc_steps = args.disc_steps
+    if disc_steps is None:
+        # A loaded D is used as it is; otherwise D must learn before it can regularize.
+        disc_steps = 0 if args.disc_checkpoint or not uses_disc else DEFAULT_DISC_STEPS
+    if disc_steps < 0:
+        raise UsageError("--disc-steps must be 0 or more.")
+    if uses_disc and not args.disc_checkpoint and not disc_steps:
+        raise UsageError(
+            "--disc-weight above 0 needs a trained discriminator: give --disc-steps N or --disc-checkpoint FILE."
+        )
     if uses_disc or args.disc_checkpoint or args.save_disc:
         from server.disc import build_discriminator_for
         from server.energy import DiscriminatorTerm
@@ -213,8 +226,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     sampler = Sampler(terms, loaded.input_shape, config)
 
-    if trainer is not None and args.disc_steps > 0:
-        trainer.warm_up(sampler.x.detach().clone(), steps=args.disc_steps)
+    if trainer is not None and disc_steps:
+        trainer.warm_up(sampler.x.detach().clone(), steps=disc_steps)
         trainer.start()
 
     chains = args.chains
@@ -227,7 +240,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for t in range(args.steps):
             info = sampler.step()
             activation[t] = info.activation.detach().float().cpu().numpy()
-            if trainer is not None and args.disc_steps > 0:
+            if trainer is not None and disc_steps:
                 trainer.offer(sampler.x, sampler.age)
             if record_from is None:
                 burned = sampler.burn_in_step >= 0
@@ -263,7 +276,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "momentum": config.momentum,
         "l2_weight": config.l2_weight,
         "disc_weight": config.disc_weight,
-        "disc_steps": args.disc_steps,
+        "disc_steps": disc_steps,
         "normalize": config.normalize,
         "window": config.window,
         "init_std": config.init_std,
@@ -471,7 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--disc-data", help="real images for the discriminator: a folder or an .npz")
     s.add_argument(
-        "--disc-steps", type=int, default=0, help="warm-up steps, then train online during the run"
+        "--disc-steps",
+        type=int,
+        default=None,
+        help=f"discriminator warm-up steps, then it trains online during the run (default "
+        f"{DEFAULT_DISC_STEPS} with --disc-weight > 0 and no --disc-checkpoint; 0 keeps a loaded D frozen)",
     )
     s.add_argument("--disc-checkpoint", help="load a saved discriminator")
     s.add_argument("--save-disc", help="write the discriminator after the run")

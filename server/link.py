@@ -15,7 +15,11 @@ other:
 
 A dead worker is noticed two ways: the pipe reaches EOF (the process is gone, also after
 SIGKILL, because the server closes its copy of the worker's pipe end right after the start),
-and the reader thread checks ``Process.is_alive()`` whenever the pipe is quiet.
+and the reader thread checks ``Process.is_alive()`` whenever the pipe is quiet. A worker that
+raises sends ``("died", {"message": "RuntimeError: ..."})`` (the traceback's last line) as its
+last message, so the server can say why it stopped. A worker that is alive but silent (hung,
+or stopped with SIGSTOP) is found by the server's watchdog through `WorkerLink.last_message_at`
+and ended with `WorkerLink.kill`.
 
 Why not pyzmq: the "conflate" behaviour needed here is a one-slot buffer and a thread, which the
 standard library gives without a new dependency; the pipes also carry the spawn context's
@@ -82,6 +86,8 @@ class Outbox:
         self._metrics: Message | None = None
         self._frame: Message | None = None
         self._closed = False
+        # Set (under the lock) when the sender thread has sent its last message.
+        self._finished = False
         self.frames_dropped = 0
         self._thread = threading.Thread(target=self._run, name="ldam-outbox", daemon=True)
         self._thread.start()
@@ -113,6 +119,24 @@ class Outbox:
             self._lock.notify()
         self._thread.join(timeout)
 
+    def send_last(self, message: Message, timeout: float = 1.0) -> None:
+        """Send `message` after everything queued, also after `close`, then stop (used for the
+        worker's dying words: the sender thread may already have stopped)."""
+        with self._lock:
+            finished = self._finished
+            if not finished:
+                self._events.append(message)
+                self._closed = True
+                self._lock.notify()
+        if finished:
+            # The thread is gone (or about to return without touching the pipe again).
+            try:
+                self._conn.send(message)
+            except (OSError, EOFError, ValueError):
+                pass
+            return
+        self._thread.join(timeout)
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -125,10 +149,13 @@ class Outbox:
                 elif self._frame is not None:
                     message, self._frame = self._frame, None
                 else:
+                    self._finished = True
                     return  # closed and drained
             try:
                 self._conn.send(message)
             except (OSError, EOFError, ValueError):
+                with self._lock:
+                    self._finished = True
                 return  # the server is gone; the worker notices through its command pipe
 
 
@@ -160,21 +187,44 @@ def _child_main(
     events: Connection,
     config_conn: Connection | None,
 ) -> None:
-    module_name, _, function = entry.partition(":")
-    module = importlib.import_module(module_name)
-    if config is None:
-        # A standby: import and warm up now, then wait until the server hands over a config.
-        assert config_conn is not None
-        warm_up = getattr(module, "warm_up", None)
-        if warm_up is not None:
-            warm_up()
-        try:
-            config = config_conn.recv()
-        except (EOFError, OSError):
-            return  # the server went away or no longer needs a standby
+    end: WorkerEnd | None = None
+    try:
+        module_name, _, function = entry.partition(":")
+        module = importlib.import_module(module_name)
         if config is None:
-            return
-    getattr(module, function)(config, WorkerEnd(commands, events))
+            # A standby: import and warm up now, then wait until the server hands over a config.
+            assert config_conn is not None
+            warm_up = getattr(module, "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+            try:
+                config = config_conn.recv()
+            except (EOFError, OSError):
+                return  # the server went away or no longer needs a standby
+            if config is None:
+                return
+        end = WorkerEnd(commands, events)
+        getattr(module, function)(config, end)
+    except Exception as err:
+        # The traceback still goes to stderr (the process exits with status 1); the server
+        # gets the last line, to say why the worker stopped.
+        died: Message = ("died", {"message": error_line(err)})
+        if end is not None:
+            end.outbox.send_last(died)
+        else:
+            try:
+                events.send(died)
+            except (OSError, EOFError, ValueError):
+                pass
+        raise
+
+
+def error_line(err: BaseException) -> str:
+    """An exception as the last line of its traceback (``RuntimeError: text``), on one line
+    and at most 300 characters."""
+    text = " ".join(str(err).split())
+    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 class Standby:
@@ -242,6 +292,11 @@ class WorkerLink:
         self._event_conn: Connection | None = None
         self._threads: list[threading.Thread] = []
         self.started_at = 0.0
+        # time.monotonic() of the newest message from the worker (the start time until one
+        # comes): the server's watchdog restarts a worker that stays silent too long.
+        self.last_message_at = 0.0
+        # Set by the server when it killed the worker for silence, so the exit says why.
+        self.hung = False
 
     @property
     def pid(self) -> int | None:
@@ -284,6 +339,7 @@ class WorkerLink:
         self._command_conn = command_write
         self._event_conn = event_read
         self.started_at = time.monotonic()
+        self.last_message_at = self.started_at
         self._threads = [
             threading.Thread(target=self._write_commands, name="ldam-link-send", daemon=True),
             threading.Thread(target=self._read_events, name="ldam-link-recv", daemon=True),
@@ -294,6 +350,13 @@ class WorkerLink:
     def send(self, command: Message) -> None:
         """Queue a command for the worker; never blocks, never drops while the worker lives."""
         self._commands.put(command)
+
+    def kill(self) -> None:
+        """Kill the worker at once (SIGKILL, which also ends a stopped process); the reader
+        thread then sees the pipe close and reports the exit as for any other death."""
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
 
     def stop(self, timeout: float = 3.0) -> None:
         """Ask the worker to stop, wait up to `timeout` seconds, then kill it."""
@@ -338,6 +401,7 @@ class WorkerLink:
                 message = conn.recv()
             except (EOFError, OSError, ValueError):
                 break
+            self.last_message_at = time.monotonic()
             self._on_message(message)
         if self._stopping.is_set():
             return

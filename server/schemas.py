@@ -19,8 +19,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-# A control message is a few hundred bytes; anything larger is refused before parsing.
-MAX_MESSAGE_BYTES = 4096
+# The limits on a control message live with the app's other limits (see SECURITY.md).
+from server.security import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
+
 # The most chains one worker runs (rows x columns of the grid).
 MAX_CHAINS = 256
 # The most values a sweep can take (rows of the sweep layout).
@@ -28,7 +29,9 @@ MAX_SWEEP_VALUES = 8
 # The most units in one "range" layout (columns).
 MAX_RANGE_UNITS = 32
 
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+# Strict: no lax coercion ("0.5" or true for a number, "yes" or 1 for a boolean, 2.0 for an
+# integer). A JSON integer is still a valid float: JSON has no separate types for 1 and 1.0.
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 Layout = Literal["chains", "range", "sweep"]
 Show = Literal["sample", "average"]
@@ -227,6 +230,44 @@ class MessageError(ValueError):
 
 _FIELD_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+)$")
 
+NESTED_TOO_DEEPLY = (
+    f"The message is nested too deeply; the limit is {MAX_JSON_DEPTH} levels of brackets."
+)
+
+
+def _decode_json_bytes(raw: bytes) -> str:
+    # The same decoding as `json.loads` on bytes (UTF-8, -16 or -32, found from the first bytes).
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """True when the brackets (``[`` and ``{``) outside strings nest deeper than `limit`.
+
+    A linear scan that needs no valid JSON: a truncated or malformed text gets the same
+    verdict as its well-formed prefix would. Brackets inside strings (backslash escapes
+    included) do not count.
+    """
+    depth = 0
+    in_string = False
+    escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
 
 def parse_client_message(raw: str | bytes) -> BaseModel:
     """Parse one browser message (text or bytes) into its model, or raise `MessageError`.
@@ -243,11 +284,16 @@ def parse_client_message(raw: str | bytes) -> BaseModel:
             "message", f"The message is {size} bytes; the limit is {MAX_MESSAGE_BYTES} bytes."
         )
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        text = raw if isinstance(raw, str) else _decode_json_bytes(raw)
+    except UnicodeDecodeError:
         raise MessageError("message", "The message is not valid JSON.") from None
-    except RecursionError:
-        raise MessageError("message", "The message is nested too deeply.") from None
+    # Checked on the text before parsing, so the verdict never depends on the stack depth.
+    if json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise MessageError("message", NESTED_TOO_DEEPLY)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise MessageError("message", "The message is not valid JSON.") from None
     if not isinstance(data, dict):
         raise MessageError("message", "The message must be a JSON object with a 'type' field.")
     try:

@@ -36,6 +36,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 # MAX_MESSAGE_BYTES is answered with an error and dropped, anything above WS_MAX_SIZE makes the
 # websocket protocol itself close that one connection (1009) before the bytes are buffered.
 MAX_MESSAGE_BYTES = 4096
+# Brackets may nest this deep in a control message (the deepest valid one has 2 levels); deeper
+# is refused before parsing, so json's recursion limit is never reached.
+MAX_JSON_DEPTH = 8
 WS_MAX_SIZE = 64 * 1024
 # Frames sent to a client that it has not yet acknowledged; a slow client gets fewer frames.
 MAX_FRAMES_IN_FLIGHT = 2
@@ -57,7 +60,9 @@ LOGIN_PATH = "/login"
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CHECKPOINT_SUFFIXES = (".pt2", ".pt", ".pth", ".ts", ".safetensors")
-# A checkpoint name the picker offers: a plain file name (the same rule as server/schemas.py).
+# A checkpoint name the picker offers: a plain file name in the folder. (A `set` message may
+# also name a file in a subfolder, "runs/a.pt"; server/schemas.py checks that text, and
+# `resolve_checkpoint` confines both.)
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}

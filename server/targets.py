@@ -236,16 +236,21 @@ class Target:
             )
 
     def _select(self, out: Tensor) -> Tensor:
-        if self._units.device != out.device:
-            self._units = self._units.to(out.device)  # once, not every step
-        rows = torch.arange(out.shape[0], device=out.device)
-        units = self._units
+        if self.spec.first == self.spec.last:
+            # One unit for every chain (the common case): a plain slice, whose backward is a
+            # cheap strided copy, instead of advanced indexing, whose backward is a scatter.
+            picked = out[:, self.spec.first]
+        else:
+            if self._units.device != out.device:
+                self._units = self._units.to(out.device)  # once, not every step
+            index = self._units.view(-1, *([1] * (out.ndim - 1))).expand(-1, 1, *out.shape[2:])
+            picked = out.gather(1, index).squeeze(1)
         if out.ndim == 2:
-            return out[rows, units]
+            return picked
         if self.spec.position is None:
-            return out[rows, units].mean(dim=(1, 2))
+            return picked.mean(dim=(1, 2))
         y, x = self.spec.position
-        return out[rows, units, y, x]
+        return picked[:, y, x]
 
 
 def list_layers(

@@ -15,6 +15,10 @@ process of the dashboard that imports torch. Its loop, top to bottom:
    wins);
 4. `metrics_rate` times a second: activations, speed, burn-in, resets, D's figures.
 
+The metrics are also the worker's heartbeat (sent while paused too): the server restarts a
+worker it has not heard from for `server.app.HEARTBEAT_TIMEOUT_S`. Steps that take long
+without a loop turn (loading a checkpoint for a rebuild) send a ``("heartbeat",)`` around them.
+
 JPEG encoding uses Pillow: on this 2-core machine it takes about 170 us for the 16-chain grid
 (122x122) against 80 us for simplejpeg; at 30 frames/s that is 0.5% of a core, so a second
 JPEG library is not worth its dependency.
@@ -157,12 +161,19 @@ class Worker:
             return str(DEFAULT_CHECKPOINT)
         return source
 
+    def _beat(self) -> None:
+        # "Still alive" for the server's watchdog, around work that keeps the loop from turning.
+        self.end.outbox.put_event(("heartbeat",))
+
     def _load(self, path: str, field: str) -> LoadedModel:
         if path not in self.models:
+            self._beat()
             try:
                 loaded = load_checkpoint(path, trust=self.config.trust_checkpoint)
             except CheckpointError as err:
                 raise BuildError(field, str(err)) from None
+            finally:
+                self._beat()
             loaded.module.to(self.device)
             if len(self.models) >= MODEL_CACHE:
                 self.models.pop(next(iter(self.models)))

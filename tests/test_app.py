@@ -3,7 +3,12 @@
 Frames arrive with headers, a control changes the parameters and the frames made after it
 carry the new version, the ack window holds back a third frame, bad messages are answered
 with the field named while the stream goes on, a killed worker comes back, the layer picker
-and the compare view work, and `run_server` refuses bad starts with one sentence.
+and the compare view work, and `run_server` refuses bad starts with one sentence. Worker
+faults: a worker that dies before it is ever ready ends the start with its last error, one that
+dies after keeps being restarted with the error shown, and a hung one (SIGSTOP) is replaced.
+
+The module-level worker entries below run in spawned worker processes, which import this
+module: it imports no torch at the top (`lenet_folder` imports it when called).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,12 +30,41 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
+from server import app as app_module
 from server.app import ServeError, create_app, parse_target_option, run_server
 from server.schemas import decode_frame
-from tests.test_worker import PAIR, REPO, lenet_folder
+
+REPO = Path(__file__).resolve().parent.parent
+PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
 
 ORIGIN = "http://127.0.0.1:8000"
 WS_URL = "ws://127.0.0.1:8000/ws"  # TestClient sends the Host of the URL it is given
+
+
+def lenet_folder() -> Path:
+    """`tests.test_worker.lenet_folder`, imported on call (it imports torch)."""
+    from tests import test_worker
+
+    assert test_worker.PAIR == PAIR
+    return test_worker.lenet_folder()
+
+
+# --- worker entries for the fault tests (they run in the spawned worker process) ------------
+
+
+def crashing_worker(config: Any, end: Any) -> None:
+    """A worker that fails at once, before "ready" (as a broken CUDA setup or import would)."""
+    raise RuntimeError("no accelerator found\nfor this test")
+
+
+def ready_then_crashing_worker(config: Any, end: Any) -> None:
+    """A worker that reports ready, then fails: the server keeps restarting it."""
+    info = {"device": "cpu", "layers": [], "input_shape": [1, 28, 28], "panels": []}
+    end.outbox.put_event(
+        ("ready", {"version": config.version, "params": config.params, "info": info})
+    )
+    time.sleep(0.2)
+    raise RuntimeError("the sampler blew up")
 
 
 class Socket:
@@ -226,6 +261,95 @@ def test_killed_worker_is_restarted_with_the_last_parameters(
     assert header["version"] == version and header["seq"] > before["seq"]
     assert header["worker_seq"] <= before["worker_seq"]  # numbered afresh by the new worker
     assert client.get("/api/state").json()["params"]["l2_weight"] == 0.33
+
+
+@pytest.mark.slow
+def test_hung_worker_is_killed_and_replaced(client: TestClient, sock: Socket) -> None:
+    before = client.get("/api/state").json()
+    pid = before["status"]["pid"]
+    last = sock.frame()["header"]["seq"]
+    os.kill(pid, signal.SIGSTOP)  # alive, but silent: no metrics, no frames
+    stopped = time.monotonic()
+    try:
+        status = sock.until(
+            lambda m: m["type"] == "status" and m["worker"] == "running" and m["pid"] != pid
+        )
+        noticed = time.monotonic() - stopped
+        frame = sock.until(lambda m: m["type"] == "frame" and m["header"]["seq"] > last)
+        print(f"worker SIGSTOP -> replaced after {noticed:.1f} s, frames resume")
+        assert app_module.HEARTBEAT_TIMEOUT_S == 10.0
+        assert app_module.HEARTBEAT_TIMEOUT_S - 1 <= noticed <= app_module.HEARTBEAT_TIMEOUT_S + 8
+        assert frame["header"]["seq"] > last
+        state = client.get("/api/state").json()["status"]
+        assert state["pid"] == status["pid"] != pid and state["worker"] == "running"
+        assert state["restarts"] == before["status"]["restarts"] + 1
+        assert (
+            state["restart_reason"]
+            == "The worker sent nothing for 10 s and was stopped; restarting it."
+        )
+        assert not _pid_alive(pid)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_that_never_gets_ready_ends_the_start_with_its_error() -> None:
+    folder = lenet_folder()
+    t0 = time.monotonic()
+    with pytest.raises(ServeError) as err:
+        run_server(
+            checkpoint=str(folder / PAIR[0]),
+            compare=None,
+            target=None,
+            data=None,
+            checkpoints_dir=str(folder),
+            host="127.0.0.1",
+            port=_free_port(),
+            device="cpu",
+            trust_checkpoint=False,
+            token=None,
+            worker_entry="tests.test_app:crashing_worker",
+        )
+    print(f"a worker failing at start: ServeError after {time.monotonic() - t0:.1f} s")
+    assert str(err.value) == (
+        "The worker stopped 3 times before it was ready "
+        "(last error: RuntimeError: no accelerator found for this test)."
+    )
+
+
+def test_worker_failing_after_ready_is_restarted_and_its_error_shown() -> None:
+    folder = lenet_folder()
+    app = create_app(
+        checkpoint=str(folder / PAIR[0]),
+        checkpoints_dir=str(folder),
+        device="cpu",
+        worker_entry="tests.test_app:ready_then_crashing_worker",
+        standby=False,
+    )
+    with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
+        s = Socket(test_client)
+        try:
+            status = s.until(lambda m: m["type"] == "status" and m["restarts"] >= 2, limit=50)
+            assert status["worker"] == "restarting"
+            assert status["error"] == (
+                "The worker stopped (RuntimeError: the sampler blew up); restarting it."
+            )
+            state = test_client.get("/api/state").json()["status"]
+            assert state["restarts"] >= 2 and state["worker"] in ("restarting", "running")
+            assert state["restart_reason"] == status["error"]
+        finally:
+            s.close()
 
 
 def test_pages_and_libraries_are_served_but_nothing_else(client: TestClient) -> None:

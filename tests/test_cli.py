@@ -153,3 +153,49 @@ def test_bad_input_is_one_sentence_and_exit_2(argv: list[str], message: str | No
     assert len(lines) == 1 and lines[0].startswith("ldam: ") and lines[0].endswith(".")
     if message is not None:
         assert result.stderr == message
+
+
+def test_sample_with_discriminator_trains_saves_and_reloads(tmp_path: Path) -> None:
+    common = [
+        "sample",
+        str(DEFAULT_CHECKPOINT),
+        "--target",
+        "fc3:3",
+        "--chains",
+        "4",
+        "--steps",
+        "30",
+    ]
+    common += ["--burn-in", "5", "--device", "cpu", "--disc-weight", "0.5"]
+    saved = tmp_path / "d.pt"
+    assert (
+        main(
+            [
+                *common,
+                "--disc-steps",
+                "20",
+                "--out",
+                str(tmp_path / "a.npz"),
+                "--save-disc",
+                str(saved),
+            ]
+        )
+        == 0
+    )
+    first = json.loads(str(np.load(tmp_path / "a.npz")["params"]))
+    assert first["disc_steps"] == 20 and first["disc_weight"] == 0.5
+    assert saved.stat().st_size > 0
+    # A loaded discriminator is used frozen by default.
+    assert main([*common, "--disc-checkpoint", str(saved), "--out", str(tmp_path / "b.npz")]) == 0
+    second = np.load(tmp_path / "b.npz")
+    assert json.loads(str(second["params"]))["disc_steps"] == 0
+    assert np.isfinite(second["final"]).all() and second["resets"].tolist() == [0, 0, 0, 0]
+
+
+def test_disc_weight_without_a_trained_discriminator_is_refused() -> None:
+    result = run_cli("sample", str(DEFAULT_CHECKPOINT), "--disc-weight", "0.5", "--disc-steps", "0")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ldam: --disc-weight above 0 needs a trained discriminator: "
+        "give --disc-steps N or --disc-checkpoint FILE.\n"
+    )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from server import schemas, security
 from server.schemas import (
+    MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
+    NESTED_TOO_DEEPLY,
     AckMessage,
     MessageError,
     SamplerParams,
@@ -15,6 +21,7 @@ from server.schemas import (
     ShakeMessage,
     decode_frame,
     encode_frame,
+    json_depth_exceeds,
     parse_client_message,
 )
 
@@ -128,3 +135,128 @@ def test_frames_round_trip() -> None:
     assert int.from_bytes(message[:4], "big") == len(message) - 4 - 5 - 8
     with pytest.raises(ValueError, match="The header lists 2 panels but 1 images came."):
         encode_frame(header, [b"x"])
+
+
+# --- strict types ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        (
+            '{"type": "set", "temperature": "0.5"}',
+            "temperature",
+            "The field 'temperature' is invalid: Input should be a valid number.",
+        ),
+        (
+            '{"type": "set", "temperature": true}',
+            "temperature",
+            "The field 'temperature' is invalid: Input should be a valid number.",
+        ),
+        (
+            '{"type": "set", "grad_norm": "yes"}',
+            "grad_norm",
+            "The field 'grad_norm' is invalid: Input should be a valid boolean.",
+        ),
+        (
+            '{"type": "set", "paused": 1}',
+            "paused",
+            "The field 'paused' is invalid: Input should be a valid boolean.",
+        ),
+        (
+            '{"type": "set", "window": 20.0}',
+            "window",
+            "The field 'window' is invalid: Input should be a valid integer.",
+        ),
+        (
+            '{"type": "set", "sweep_values": [0, "1"]}',
+            "sweep_values.1",
+            "The field 'sweep_values.1' is invalid: Input should be a valid number.",
+        ),
+        (
+            '{"type": "ack", "seq": "3"}',
+            "seq",
+            "The field 'seq' is invalid: Input should be a valid integer.",
+        ),
+        (
+            '{"type": "shake", "factor": "2"}',
+            "factor",
+            "The field 'factor' is invalid: Input should be a valid number.",
+        ),
+    ],
+)
+def test_no_lax_coercion(raw: str, field: str, message: str) -> None:
+    error = refused(raw)
+    assert (error.field, error.message) == (field, message)
+
+
+def test_json_integers_are_valid_floats() -> None:
+    # JSON has no separate 1 and 1.0: a user typing 1 means the float 1.0.
+    message = parse_client_message('{"type": "set", "temperature": 1, "sweep_values": [0, 1]}')
+    assert isinstance(message, SetMessage)
+    assert message.changes() == {"temperature": 1.0, "sweep_values": [0.0, 1.0]}
+    assert isinstance(message.temperature, float)
+    shake = parse_client_message('{"type": "shake", "factor": 2, "seconds": 1}')
+    assert isinstance(shake, ShakeMessage) and shake.factor == 2.0
+    assert SamplerParams.model_validate({"temperature": 1}).temperature == 1.0
+
+
+def test_the_parameter_model_is_strict_too() -> None:
+    with pytest.raises(ValidationError, match="Input should be a valid number"):
+        SamplerParams.model_validate({"temperature": "0.5"})
+    with pytest.raises(ValidationError, match="Input should be a valid boolean"):
+        SamplerParams.model_validate({"paused": "yes"})
+
+
+# --- nesting depth ---------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return '{"type": "set", "layer": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def test_nesting_deeper_than_the_limit_is_refused_before_parsing() -> None:
+    assert MAX_JSON_DEPTH == 8
+    deep = refused(_nested(9))
+    assert (deep.field, deep.message) == ("message", NESTED_TOO_DEEPLY)
+    assert NESTED_TOO_DEEPLY == (
+        "The message is nested too deeply; the limit is 8 levels of brackets."
+    )
+    # 8 levels are parsed: the answer is about the field, not the nesting.
+    assert refused(_nested(8)).field == "layer"
+    # Brackets inside strings do not count, escaped quotes included.
+    inside = refused('{"type": "set", "layer": "[[[[[[[[[[\\"[[[[[[[[[["}')
+    assert inside.field == "layer"
+    # Unclosed (truncated) nesting gets the same verdict.
+    assert refused('{"type":"set","layer":' + "[" * 4000).message == NESTED_TOO_DEEPLY
+    assert refused(b'{"a":' * 9).message == NESTED_TOO_DEEPLY
+
+
+def test_depth_5000_is_refused_whatever_the_stack_depth() -> None:
+    text = '{"type":"set","layer":' + "[" * 5000
+    assert json_depth_exceeds(text, MAX_JSON_DEPTH)
+    assert not json_depth_exceeds(_nested(8), MAX_JSON_DEPTH)
+    # 5,000 brackets are over the size limit, which is checked first.
+    assert refused(text).message == (
+        f"The message is {len(text)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes."
+    )
+    # A 4,000-deep message within the size limit: the same answer near the top of the stack
+    # and near the recursion limit (json's own RecursionError would depend on that).
+    fits = text[:MAX_MESSAGE_BYTES]
+    answers = [refused(fits).payload()]
+
+    def deep_call(n: int) -> None:
+        if n:
+            deep_call(n - 1)
+        else:
+            answers.append(refused(fits).payload())
+
+    deep_call(sys.getrecursionlimit() - 200)
+    assert answers == [{"type": "error", "field": "message", "message": NESTED_TOO_DEEPLY}] * 2
+
+
+def test_message_limits_have_one_definition() -> None:
+    assert schemas.MAX_MESSAGE_BYTES is security.MAX_MESSAGE_BYTES == 4096
+    assert schemas.MAX_JSON_DEPTH is security.MAX_JSON_DEPTH
+    source = Path(schemas.__file__).read_text()
+    assert "MAX_MESSAGE_BYTES =" not in source and "MAX_JSON_DEPTH =" not in source

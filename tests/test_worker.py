@@ -244,3 +244,39 @@ def test_outbox_keeps_only_the_newest_frame() -> None:
     assert got == [("ready", 1), ("metrics", 2), ("frame", 4)]
     assert outbox.frames_dropped == 4
     outbox.close()
+
+
+def test_fixed_batch_export_other_than_one_builds_and_samples(tmp_path: Path) -> None:
+    # An export with a fixed batch of 4: the layer listing and the target must both run in
+    # chunks of 4 (a forward with another batch fails for such a program).
+    from models.lenet import LeNet
+
+    torch.manual_seed(0)
+    program = torch.export.export(LeNet().eval(), (torch.zeros(4, 1, 28, 28),))
+    path = tmp_path / "fixed4.pt2"
+    torch.export.save(program, path)
+    read, write = mp.get_context("spawn").Pipe(duplex=False)
+    end = WorkerEnd(mp.get_context("spawn").Pipe(duplex=False)[0], write)
+    config = WorkerConfig(
+        checkpoints_dir=str(tmp_path),
+        checkpoint=str(path),
+        device="cpu",
+        params=SamplerParams(layout="range", unit=0, unit_end=2, chains=6).model_dump(),
+    )
+    worker = Worker(config, end)
+    try:
+        with pytest.warns(UserWarning, match="fixed batch of 4"):
+            params = worker.build(worker.params, worker.sources)
+        assert worker.panels[0].loaded.batch_size == 4
+        assert params.layer == "fc3"
+        layers = {info.name: info.units for info in worker.layers}
+        assert layers["fc3"] == 10 and layers["fc1"] == 120
+        assert worker.panels[0].target.batch_size == 4
+        worker._apply_live()
+        worker.step_all()
+        assert worker.panels[0].last_activation is not None
+        assert worker.panels[0].last_activation.shape == (6,)
+    finally:
+        worker.close()
+        end.outbox.close()
+        read.close()
