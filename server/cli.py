@@ -381,7 +381,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         input_shape=int_triple(args.input_shape, "input-shape"),
         trust=args.trust_checkpoint,
     )
-    layers = list_layers(loaded.module, loaded.input_shape)
+    layers = list_layers(loaded.module, loaded.input_shape, batch_size=loaded.batch_size)
     print(f"{args.checkpoint}: {loaded.format}, input {'x'.join(map(str, loaded.input_shape))}")
     width = max([len(layer.name or "output") for layer in layers] + [5])
     print(f"{'layer':<{width}}  {'output shape':<20} units")

@@ -15,9 +15,9 @@ process of the dashboard that imports torch. Its loop, top to bottom:
    wins);
 4. `metrics_rate` times a second: activations, speed, burn-in, resets, D's figures.
 
-The metrics are also the worker's heartbeat (sent while paused too): the server restarts a
-worker it has not heard from for `server.app.HEARTBEAT_TIMEOUT_S`. Steps that take long
-without a loop turn (loading a checkpoint for a rebuild) send a ``("heartbeat",)`` around them.
+A heartbeat thread sends ``("heartbeat",)`` every `HEARTBEAT_EVERY_S`, also during a long
+step or checkpoint load: the server restarts a worker it has not heard from for
+`server.app.HEARTBEAT_TIMEOUT_S`, which then means a frozen process, not a slow network.
 
 JPEG encoding uses Pillow: on this 2-core machine it takes about 170 us for the 16-chain grid
 (122x122) against 80 us for simplejpeg; at 30 frames/s that is 0.5% of a core, so a second
@@ -30,6 +30,7 @@ import io
 import math
 import os
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from server.targets import Target, TargetError, list_layers
 DISC_OFFER_EVERY = 2
 # Models kept loaded, so that switching back and forth between checkpoints is instant.
 MODEL_CACHE = 4
+# Seconds between the heartbeat thread's "alive" messages (the server waits 10 s).
+HEARTBEAT_EVERY_S = 2.0
 # Seconds between frames while no browser watches.
 IDLE_FRAME_EVERY_S = 1.0
 # The moving windows of all panels together may take this much memory; more is refused.
@@ -515,8 +518,17 @@ class Worker:
         }
         self.end.outbox.put_metrics(("metrics", _finite(metrics)))
 
+    def _beat_forever(self) -> None:
+        # A step of a large network on a CPU can outlast the server's watchdog; this thread
+        # keeps saying "alive" meanwhile (torch releases the GIL inside its ops), so only a
+        # frozen process (stopped, or stuck holding the GIL) goes silent and is restarted.
+        while not self.stopping:
+            time.sleep(HEARTBEAT_EVERY_S)
+            self._beat()
+
     def run(self) -> None:
         """The loop; returns when told to stop or when the server is gone."""
+        threading.Thread(target=self._beat_forever, name="ldam-heartbeat", daemon=True).start()
         frame_every = 1.0 / self.config.frame_rate
         metrics_every = 1.0 / self.config.metrics_rate
         next_metrics = 0.0
