@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import pickle
 import warnings
 import zipfile
@@ -160,10 +161,67 @@ def _quiet_torch_export() -> Iterator[None]:
 # ----------------------------------------------------------------------------- per-format readers
 
 
-def _read_export(path: Path) -> tuple[nn.Module, dict[str, Any], tuple[int, ...]]:
-    extra = {METADATA_FILE: ""}
+def _pickled_members(path: Path) -> list[str]:
+    """Entries of a .pt2 archive whose config says they are stored as pickles.
+
+    torch.export.load unpickles such entries with weights_only=False, so a crafted program can
+    run code while loading; a program saved by torch.export.save never needs it for tensors.
+    """
+    found = []
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith("_config.json"):
+                continue
+            try:
+                config = json.loads(archive.read(name))
+            except (ValueError, UnicodeDecodeError):
+                continue
+            entries = config.get("config", {}) if isinstance(config, dict) else {}
+            if isinstance(entries, dict) and any(
+                isinstance(entry, dict) and entry.get("use_pickle") for entry in entries.values()
+            ):
+                found.append(name)
+    return found
+
+
+@contextlib.contextmanager
+def _weights_only_everywhere(enabled: bool) -> Iterator[None]:
+    # Belt and braces for code paths inside torch.export.load that call torch.load with
+    # weights_only=False (legacy artifacts): torch honours this variable in every torch.load.
+    name = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(name)
+    if enabled:
+        os.environ[name] = "1"
     try:
-        with _quiet_torch_export(), warnings.catch_warnings():
+        yield
+    finally:
+        if enabled:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+
+
+def _read_export(
+    path: Path, trust: bool = False
+) -> tuple[nn.Module, dict[str, Any], tuple[int, ...]]:
+    extra = {METADATA_FILE: ""}
+    if not trust:
+        try:
+            pickled = _pickled_members(path)
+        except (zipfile.BadZipFile, OSError):
+            pickled = []  # torch.export.load below gives the sentence for a damaged file
+        if pickled:
+            raise CheckpointError(
+                f"{path} is a torch.export program with pickled entries, which can run code "
+                "when loaded; use --trust-checkpoint only if you trust where it came from."
+            )
+    try:
+        with (
+            _quiet_torch_export(),
+            _weights_only_everywhere(not trust),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             program = torch.export.load(path, extra_files=extra)
     except Exception as error:
@@ -445,7 +503,7 @@ def load_checkpoint(
     program_shape: tuple[int, ...] = ()
     built: _Built | None = None
     if kind == "export":
-        module, meta, program_shape = _read_export(path)
+        module, meta, program_shape = _read_export(path, trust)
         fmt = "export"
     elif kind == "torchscript":
         module, meta = _read_torchscript(path)

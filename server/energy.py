@@ -159,14 +159,20 @@ class DiscriminatorTerm(Term):
     ) -> None:
         self.get_discriminator = get_discriminator
         self.name = name
+        self._pinned: nn.Module | None = None
 
     def active(self) -> bool:
-        """False while no discriminator is published."""
-        return self.get_discriminator() is not None
+        """False while no discriminator is published.
+
+        The D seen here is pinned for the `value` call that follows in the same step: the
+        trainer may withdraw D (after an error) in between, and the step must not then fail.
+        """
+        self._pinned = self.get_discriminator()
+        return self._pinned is not None
 
     def value(self, x: Tensor) -> Tensor:
         """`log sigmoid(D(x_i))` per chain `[N]`, always <= 0."""
-        disc = self.get_discriminator()
+        disc, self._pinned = (self._pinned or self.get_discriminator()), None
         if disc is None:
             raise TermError("No discriminator has been published yet.")
         logits = _per_chain(disc(x), x.shape[0], "discriminator")
@@ -194,4 +200,6 @@ def autograd_value_and_grad(term: Term, x: Tensor) -> tuple[Tensor, Tensor]:
         (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
     if grad is None:
         grad = torch.zeros_like(x)
-    return value.detach(), grad
+    # The sampler adds into this tensor in place; autograd may hand back a broadcast view
+    # (e.g. for a plain sum), which in-place ops refuse, so make it a real tensor.
+    return value.detach(), grad.contiguous()

@@ -111,3 +111,40 @@ def test_an_activation_without_autograd_is_one_sentence() -> None:
 
     with pytest.raises(TermError, match=r"does not depend on the input through autograd"):
         autograd_value_and_grad(ActivationTerm(detached), torch.zeros(2, 1, 2, 2))
+
+
+def test_disc_withdrawn_between_active_and_value_does_not_fail_the_step() -> None:
+    from server.sampler import Sampler, SamplerConfig
+
+    torch.manual_seed(0)
+    disc = nn.Sequential(nn.Flatten(), nn.Linear(4, 1)).eval()
+    for p in disc.parameters():
+        p.requires_grad_(False)
+    calls = []
+
+    def published() -> nn.Module | None:
+        # Published when asked in active(), withdrawn (trainer error) by the time value() runs.
+        calls.append(1)
+        return disc if len(calls) % 2 == 1 else None
+
+    terms = [ActivationTerm(lambda x: x.flatten(1).sum(1)), DiscriminatorTerm(published)]
+    s = Sampler(terms, (1, 2, 2), SamplerConfig(chains=2, disc_weight=0.5, burn_in=0, seed=0))
+    info = s.step()
+    assert "discriminator" in info.terms
+    assert info.terms["discriminator"].shape == (2,)
+    assert len(calls) == 1  # fetched once per step
+
+
+def test_a_broadcast_gradient_is_usable_in_place() -> None:
+    from server.sampler import Sampler, SamplerConfig
+
+    # d/dx of a plain sum is an expanded view of ones; the sampler adds into it in place.
+    s = Sampler(
+        [ActivationTerm(lambda x: x.flatten(1).sum(1)), L2Term()],
+        (1, 2, 2),
+        SamplerConfig(chains=3, temperature=0.0, step_size=0.1, l2_weight=1.0, burn_in=0),
+    )
+    x0 = s.x.clone()
+    s.step()
+    # x <- x + beta * (1 - lambda x) at T = 0, gamma = 0.
+    torch.testing.assert_close(s.x, x0 + 0.1 * (1.0 - x0))

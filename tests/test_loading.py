@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -332,3 +333,55 @@ def test_export_made_in_training_mode_is_refused(tmp_path: Path) -> None:
     )
     export_checkpoint(model, tmp_path / "eval.pt2", (1, 6, 6))  # export_checkpoint calls eval()
     assert load_checkpoint(tmp_path / "eval.pt2").input_shape == (1, 6, 6)
+
+
+class _WritesMarker:
+    """Unpickling this writes a marker file (and yields a tensor of a conv1 weight's shape)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        code = (
+            f"(open({self.marker!r}, 'w').write('ran'), __import__('torch').zeros(6, 1, 5, 5))[1]"
+        )
+        return (eval, (code,))
+
+
+def _pt2_with_a_pickled_weight(tmp_path: Path, marker: Path) -> Path:
+    """The bundled LeNet export with one weight entry switched to a code-running pickle."""
+    import io
+
+    payload = io.BytesIO()
+    torch.save(_WritesMarker(str(marker)), payload)
+    src = zipfile.ZipFile(DEFAULT_CHECKPOINT)
+    out_path = tmp_path / "crafted.pt2"
+    config_name = next(n for n in src.namelist() if n.endswith("weights/model_weights_config.json"))
+    config = json.loads(src.read(config_name))
+    key = next(iter(config["config"]))
+    config["config"][key]["use_pickle"] = True
+    weight_name = config_name.rsplit("/", 1)[0] + "/" + config["config"][key]["path_name"]
+    with zipfile.ZipFile(out_path, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == config_name:
+                data = json.dumps(config).encode()
+            elif info.filename == weight_name:
+                data = payload.getvalue()
+            out.writestr(info, data)
+    return out_path
+
+
+def test_export_with_pickled_entries_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    path = _pt2_with_a_pickled_weight(tmp_path, marker)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path} is a torch.export program with pickled entries, which can run code when "
+        "loaded; use --trust-checkpoint only if you trust where it came from."
+    )
+    assert not marker.exists()
+    # The bundled, pickle-free programs still load, and the environment is left as it was.
+    assert load_checkpoint(DEFAULT_CHECKPOINT).format == "export"
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
