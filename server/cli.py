@@ -116,34 +116,16 @@ def grid_columns(chains: int, units: int) -> int:
     return max(1, math.ceil(math.sqrt(chains)))
 
 
-def grid_order(chains: int, units: int) -> list[int]:
-    """Chain index for each grid cell in row-major order, so that each column is one unit.
-
-    Chains are grouped by unit contiguously (`fc3:0-9` with 20 chains: chains 0-1 unit 0, ...),
-    so cell (row r, column u) shows chain u * group + r.
-    """
-    if units <= 1:
-        return list(range(chains))
-    group = chains // units
-    return [u * group + r for r in range(group) for u in range(units)]
-
-
-def save_png(images: Any, units: int, path: str) -> None:
-    """Write images [N,C,H,W] as the paper's grid (grey = 0) to a PNG file."""
-    import numpy as np
+def save_png(images: Any, units_per_chain: list[int], path: str) -> None:
+    """Write images [N,C,H,W] as the paper's grid (grey = 0, one column per unit) to a PNG."""
     import torch
-    from PIL import Image
 
-    from server.images import tile, to_display
+    from server.images import grid_order, tile, to_display, to_pil
 
     x = torch.as_tensor(images)
-    order = grid_order(x.shape[0], units)
-    grid = tile(to_display(x[order]), columns=grid_columns(x.shape[0], units))
-    array = grid.cpu().numpy()
-    if array.shape[0] == 1:
-        Image.fromarray(array[0], mode="L").save(path)
-    else:
-        Image.fromarray(np.ascontiguousarray(array[:3].transpose(1, 2, 0)), mode="RGB").save(path)
+    units = list(dict.fromkeys(units_per_chain))
+    order = grid_order(list(units_per_chain), units)
+    to_pil(tile(to_display(x[order]), columns=grid_columns(x.shape[0], len(units)))).save(path)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -302,9 +284,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     if trainer is not None and args.save_disc:
         trainer.save(args.save_disc)
-    units = len(set(target.units_per_chain))
     if args.png:
-        save_png(sampler.window_mean().detach().float().cpu(), units, args.png)
+        save_png(
+            sampler.window_mean().detach().float().cpu(), list(target.units_per_chain), args.png
+        )
     print_summary(params, burn_in_step, sampler.resets.cpu().numpy(), out, args.png)
     return 0
 

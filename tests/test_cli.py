@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.cli import DEFAULT_CHECKPOINT, grid_order, main
+from server.cli import DEFAULT_CHECKPOINT, main
+from server.images import grid_order
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,8 +114,8 @@ def test_png_is_the_papers_grid(sampled: tuple[Path, Path]) -> None:
 
 def test_grid_order_puts_one_unit_per_column() -> None:
     # 3 units x 2 chains each: row 0 shows chains 0, 2, 4; row 1 chains 1, 3, 5.
-    assert grid_order(6, 3) == [0, 2, 4, 1, 3, 5]
-    assert grid_order(4, 1) == [0, 1, 2, 3]
+    assert grid_order([0, 0, 1, 1, 2, 2], [0, 1, 2]) == [0, 2, 4, 1, 3, 5]
+    assert grid_order([7, 7, 7, 7], [7]) == [0, 1, 2, 3]
 
 
 def test_inspect_lists_layers() -> None:
