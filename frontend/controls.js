@@ -96,7 +96,8 @@ export class Controls {
         if (changes) this.set(changes);
       });
     };
-    on("checkpoint", (el) => (el.value ? { checkpoint: el.value } : null));
+    // "" is the "(from the command line)" entry: the server goes back to the operator's file.
+    on("checkpoint", (el) => ({ checkpoint: el.value }));
     on("compare", (el) => ({ compare: el.value }));
     on("layer", (el) => {
       const layer = this.layerInfo(el.value);
@@ -173,7 +174,8 @@ export class Controls {
     };
     const checkpoint = document.getElementById("checkpoint");
     fill(checkpoint, null);
-    const label = info.panels?.[0]?.label;
+    // The operator's checkpoint stays selectable after another one was picked.
+    const label = info.operator_checkpoint ?? info.panels?.[0]?.label;
     if (label && !names.includes(label)) checkpoint.prepend(new Option(`${label} (from the command line)`, ""));
     fill(document.getElementById("compare"), "none");
     // New options reset a select to its first one: show the current parameters again, even

@@ -205,6 +205,11 @@ class Hub:
                 "compare": self.sources["compare"],
                 "params": self.params.model_dump(),
                 "version": self.version,
+                # Only the files the operator named may be loaded as trusted full pickles,
+                # never a pick from the folder (the worker compares resolved paths).
+                "trusted_paths": tuple(
+                    p for p in (self.config.checkpoint, self.config.compare) if p is not None
+                ),
             }
         )
         link = WorkerLink(config, self._from_thread, self._exit_from_thread, self.worker_entry)
@@ -262,6 +267,10 @@ class Hub:
         "ready" end the start instead (`worker_state` "failed", `ready` set, no restart).
         """
         if self._closing:
+            return
+        if self.worker_state == "failed" and not self.served:
+            # The worker refused its start (bad checkpoint, target or device): another try
+            # would refuse it again; `run_server` reports the refusal.
             return
         link = self.link
         quick = link is not None and time.monotonic() - link.started_at < _QUICK_DEATH_S
@@ -350,6 +359,10 @@ class Hub:
                 self.ready.set()
                 self.broadcast_status()
                 return
+            if payload["version"] != self.version:
+                # A newer change was sent since: keep it (the worker refuses it too if it is
+                # bad, and that refusal, of the current version, rolls back).
+                return
             # Go back to what the worker still runs, under a new version so frames match.
             self.params = SamplerParams.model_validate(payload["params"])
             if payload.get("sources") is not None:
@@ -390,6 +403,11 @@ class Hub:
                 "type": "info",
                 **(self.info or {}),
                 "checkpoints": security.list_checkpoints(self.checkpoints_dir),
+                # The picker offers the operator's file (sent as checkpoint "") when it is not
+                # one of `checkpoints`.
+                "operator_checkpoint": (
+                    Path(self.config.checkpoint).name if self.config.checkpoint else None
+                ),
             }
         )
 
@@ -447,7 +465,12 @@ class Hub:
             if name not in changes:
                 continue
             if changes[name] is None:
-                sources[name] = None
+                if name == "checkpoint":
+                    # The picker's "(from the command line)" entry: the operator's own file.
+                    sources[name] = self.config.checkpoint
+                    changes[name] = _name_in(self.checkpoints_dir, self.config.checkpoint)
+                else:
+                    sources[name] = None
                 continue
             try:
                 path = security.resolve_checkpoint(self.checkpoints_dir, changes[name])
@@ -664,7 +687,7 @@ def create_app(
         frame_rate=frame_rate,
     )
     hub = Hub(config, initial, folder, worker_entry, standby)
-    auth = security.TokenAuth(token)
+    auth = security.TokenAuth(token, port)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -59,6 +59,9 @@ class WorkerConfig:
     data: str | None = None
     device: str = "auto"
     trust_checkpoint: bool = False
+    # The operator's own files, the only ones `trust_checkpoint` covers (never a pick from the
+    # folder); None means `checkpoint` and `compare` as first given.
+    trusted_paths: tuple[str, ...] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     version: int = 0
     # Frames per second the worker encodes at most; metrics messages per second.

@@ -158,15 +158,18 @@ class SetMessage(BaseModel):
         default=None, min_length=1, max_length=MAX_SWEEP_VALUES
     )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    checkpoint: CheckpointName | None = None
+    # "" goes back to the operator's checkpoint (the one `ldam serve` was started with).
+    checkpoint: CheckpointName | Literal[""] | None = None
     # "" clears the compare view (None means "leave as is").
     compare: CheckpointName | Literal[""] | None = None
 
     def changes(self) -> dict[str, Any]:
-        """The fields the message actually sets (compare "" becomes None: no compare view)."""
+        """The fields the message actually sets; "" becomes None: for `checkpoint` the
+        operator's checkpoint, for `compare` no compare view."""
         out = self.model_dump(exclude_none=True, exclude={"type"})
-        if out.get("compare") == "":
-            out["compare"] = None
+        for name in ("checkpoint", "compare"):
+            if out.get(name) == "":
+                out[name] = None
         return out
 
 

@@ -52,7 +52,9 @@ WS_PING_TIMEOUT_S = 10.0
 MAX_LOGIN_BODY_BYTES = 1024
 
 MIN_TOKEN_LENGTH = 16
-TOKEN_COOKIE = "ldam_session"
+# The session cookie is named per port (`session_cookie_name`): browsers keep cookies per
+# host, not per port, so two ldam servers on one host would otherwise overwrite each other's.
+TOKEN_COOKIE_PREFIX = "ldam_session_"
 WS_SUBPROTOCOL = "ldam"
 WS_TOKEN_SUBPROTOCOL_PREFIX = "ldam.token."
 # Paths reachable without the token: the login page itself.
@@ -163,16 +165,22 @@ else { document.getElementById("msg").textContent = "Paste the token printed at 
 """
 
 
+def session_cookie_name(port: int) -> str:
+    """The session cookie's name for the server on `port` (``ldam_session_8000``)."""
+    return f"{TOKEN_COOKIE_PREFIX}{int(port)}"
+
+
 class TokenAuth:
     """Checks the token on HTTP requests and websockets; `token=None` lets everything in.
 
     Accepted credentials: the session cookie set by ``POST /login``, an ``Authorization: Bearer``
     header, or (websockets only) the subprotocol ``ldam.token.TOKEN``. All comparisons use
-    `hmac.compare_digest`.
+    `hmac.compare_digest`. The cookie is named after `port` (`session_cookie_name`).
     """
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, port: int = 8000) -> None:
         self.token = token
+        self.cookie_name = session_cookie_name(port)
         self._cookie = _cookie_value(token) if token else None
 
     @property
@@ -184,7 +192,7 @@ class TokenAuth:
         if self.token is None:
             return True
         assert self._cookie is not None
-        cookie = conn.cookies.get(TOKEN_COOKIE)
+        cookie = conn.cookies.get(self.cookie_name)
         if cookie is not None and _same(cookie, self._cookie):
             return True
         scheme, _, value = conn.headers.get("authorization", "").partition(" ")
@@ -211,7 +219,7 @@ class TokenAuth:
         """Add the session cookie to `response` (HttpOnly, SameSite=Strict, whole site)."""
         if self._cookie is not None:
             response.set_cookie(
-                TOKEN_COOKIE, self._cookie, httponly=True, samesite="strict", path="/"
+                self.cookie_name, self._cookie, httponly=True, samesite="strict", path="/"
             )
 
     async def login_page(self, request: Request) -> Response:

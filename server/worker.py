@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from models.loading import DEFAULT_CHECKPOINT, CheckpointError, LoadedModel, load_checkpoint
 from server.energy import ActivationTerm, DiscriminatorTerm, L2Term
-from server.images import tile, to_display
+from server.images import grid_order, tile, to_display, to_pil
 from server.link import Message, WorkerConfig, WorkerEnd
 from server.sampler import Sampler, SamplerConfig, SamplerError
 from server.schemas import STRUCTURAL_FIELDS, SamplerParams
@@ -88,28 +87,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def grid_order(units_per_chain: list[int], units: list[int]) -> list[int]:
-    """Chain index per grid cell (row-major, one column per entry of `units`).
+NO_CUDA = "--device cuda was asked for, but this machine has no CUDA device; use --device cpu."
 
-    Row r, column c shows the r-th chain whose unit is `units[c]`; this holds whichever way
-    the target groups chains by unit.
-    """
-    by_unit: dict[int, list[int]] = {}
-    for chain, unit in enumerate(units_per_chain):
-        by_unit.setdefault(unit, []).append(chain)
-    rows = min(len(by_unit.get(u, [])) for u in units)
-    return [by_unit[u][r] for r in range(rows) for u in units]
+
+def check_device(device: torch.device) -> None:
+    """Raise BuildError (field ``device``) when `device` is CUDA and this machine has none."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BuildError("device", NO_CUDA)
 
 
 def encode_jpeg(grid: torch.Tensor, quality: int) -> bytes:
     """uint8 grid `[C, H, W]` (C = 1 or 3) -> JPEG bytes (4:4:4, no chroma blur on tiny images)."""
-    array = grid.cpu().numpy()
-    if array.shape[0] == 1:
-        image = Image.fromarray(array[0], mode="L")
-    else:
-        image = Image.fromarray(array[:3].transpose(1, 2, 0).copy(), mode="RGB")
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=quality, subsampling=0)
+    to_pil(grid).save(out, format="JPEG", quality=quality, subsampling=0)
     return out.getvalue()
 
 
@@ -168,11 +158,22 @@ class Worker:
         # "Still alive" for the server's watchdog, around work that keeps the loop from turning.
         self.end.outbox.put_event(("heartbeat",))
 
+    def _trusted(self, path: str) -> bool:
+        """`--trust-checkpoint` covers only the files the operator named on the command line,
+        never a checkpoint picked in the browser."""
+        if not self.config.trust_checkpoint:
+            return False
+        named = self.config.trusted_paths
+        if named is None:  # started directly (not by the server): the config's own files
+            named = (self.config.checkpoint, self.config.compare)
+        resolved = {str(Path(p).resolve()) for p in named if p is not None}
+        return str(Path(path).resolve()) in resolved
+
     def _load(self, path: str, field: str) -> LoadedModel:
         if path not in self.models:
             self._beat()
             try:
-                loaded = load_checkpoint(path, trust=self.config.trust_checkpoint)
+                loaded = load_checkpoint(path, trust=self._trusted(path))
             except CheckpointError as err:
                 raise BuildError(field, str(err)) from None
             finally:
@@ -263,6 +264,7 @@ class Worker:
         old_sources = self.sources
         self.sources = dict(sources)
         try:
+            check_device(self.device)
             main = self._load(self._path("checkpoint") or "", "checkpoint")
             layers = target_layers(main)
             if not layers:

@@ -237,6 +237,126 @@ def test_compare_view_shows_two_panels(sock: Socket) -> None:
     assert len(sock.frame(min_version=version)["images"]) == 1
 
 
+class _WritesMarker:
+    """Unpickling this calls `Path.write_text` on the marker: code run from a data file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path, str]]:
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.fixture(scope="module")
+def picker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
+    """A server started with `--trust-checkpoint` on a checkpoint outside its picker folder;
+    the folder holds the averaged LeNet and a full pickle that would write a marker file."""
+    import shutil
+
+    import torch
+
+    source = lenet_folder()
+    folder = tmp_path_factory.mktemp("picker")
+    shutil.copy(source / PAIR[1], folder / PAIR[1])
+    marker = tmp_path_factory.mktemp("marker") / "marker.txt"
+    torch.save({"state_dict": _WritesMarker(marker)}, folder / "evil.pt", pickle_protocol=2)
+    assert not marker.exists()
+    app = create_app(
+        checkpoint=str(source / PAIR[0]),
+        checkpoints_dir=str(folder),
+        device="cpu",
+        trust_checkpoint=True,
+        params={"layout": "chains", "unit": 1, "chains": 4},
+        standby=False,
+    )
+    with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
+        yield test_client, marker
+
+
+def test_operator_checkpoint_can_be_picked_again(picker: tuple[TestClient, Path]) -> None:
+    s = Socket(picker[0])
+    try:
+        info = s.until(lambda m: m["type"] == "info" and m.get("panels"))
+        assert info["operator_checkpoint"] == PAIR[0] and PAIR[0] not in info["checkpoints"]
+        s.until(lambda m: m["type"] == "state" and m["params"]["checkpoint"] is None)
+        s.send({"type": "set", "checkpoint": PAIR[1]})
+        s.until(lambda m: m["type"] == "state" and m["params"]["checkpoint"] == PAIR[1])
+        info = s.until(
+            lambda m: m["type"] == "info" and m.get("panels", [{}])[0].get("label") == PAIR[1]
+        )
+        assert info["operator_checkpoint"] == PAIR[0]  # still offered by the picker
+        # The picker's "(from the command line)" entry sends "": the operator's file again.
+        s.send({"type": "set", "checkpoint": ""})
+        state = s.until(lambda m: m["type"] == "state" and m["params"]["checkpoint"] is None)
+        frame = s.frame(min_version=state["version"])
+        assert frame["header"]["panels"][0]["label"] == PAIR[0]
+        served = picker[0].get("/api/state").json()
+        assert served["params"]["checkpoint"] is None
+        assert served["info"]["panels"][0]["label"] == PAIR[0]
+    finally:
+        s.close()
+
+
+def test_trust_checkpoint_does_not_cover_picks_from_the_folder(
+    picker: tuple[TestClient, Path],
+) -> None:
+    client, marker = picker
+    s = Socket(client)
+    try:
+        s.until(lambda m: m["type"] == "state")
+        s.send({"type": "set", "checkpoint": "evil.pt"})
+        error = s.until(lambda m: m["type"] == "error")
+        # The loader's refusal (a full pickle needs --trust-checkpoint), not a trusted load.
+        assert error["field"] == "checkpoint" and "evil.pt" in error["message"], error
+        s.until(lambda m: m["type"] == "state" and m["params"]["checkpoint"] != "evil.pt")
+        assert not marker.exists()
+        s.frame()  # the operator's chains go on
+    finally:
+        s.close()
+    assert not marker.exists()
+
+
+def test_an_out_of_date_refusal_keeps_the_newer_change() -> None:
+    from server.app import Client, Hub
+    from server.link import WorkerConfig
+    from server.schemas import SamplerParams, SetMessage
+
+    hub = Hub(WorkerConfig(checkpoints_dir="/nonexistent"), SamplerParams(), Path("/nonexistent"))
+    sent: list[Any] = []
+    hub._send = sent.append  # type: ignore[method-assign]
+    watcher = Client(None)  # type: ignore[arg-type]
+    hub.clients.add(watcher)
+    old = hub.params.model_dump()
+    start = hub.version
+    hub.apply(SetMessage(type="set", layer="nope"))  # A: the worker will refuse it
+    hub.apply(SetMessage(type="set", temperature=0.5))  # B, sent before A's refusal
+    assert hub.version == start + 2 and len(sent) == 2
+
+    def refusal(version: int) -> tuple[Any, ...]:
+        message = "The model has no layer named 'nope'."
+        return (
+            "rejected",
+            {
+                "version": version,
+                "field": "layer",
+                "message": message,
+                "params": old,
+                "sources": dict(hub.sources),
+            },
+        )
+
+    hub.on_worker_message(refusal(start + 1))
+    # A's refusal is out of date: B stays, nothing is re-sent, the error is shown.
+    assert hub.version == start + 2 and len(sent) == 2
+    assert hub.params.temperature == 0.5 and hub.params.layer == "nope"
+    assert json.loads(watcher.errors[-1])["message"] == "The model has no layer named 'nope'."
+    # The worker refuses B too (it still holds A's layer): that refusal is current and rolls
+    # back to what the worker runs.
+    hub.on_worker_message(refusal(start + 2))
+    assert hub.version == start + 3 and hub.params.model_dump() == old
+    assert sent[-1] == ("set", start + 3, old, dict(hub.sources))
+
+
 def test_killed_worker_is_restarted_with_the_last_parameters(
     client: TestClient, sock: Socket
 ) -> None:
@@ -350,6 +470,34 @@ def test_worker_failing_after_ready_is_restarted_and_its_error_shown() -> None:
             assert state["restart_reason"] == status["error"]
         finally:
             s.close()
+
+
+@pytest.mark.skipif(
+    Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()),
+    reason="this machine has a CUDA device",
+)
+def test_cuda_on_a_machine_without_cuda_is_refused_at_the_first_try() -> None:
+    folder = lenet_folder()
+    t0 = time.monotonic()
+    with pytest.raises(ServeError) as err:
+        run_server(
+            checkpoint=str(folder / PAIR[0]),
+            compare=None,
+            target=None,
+            data=None,
+            checkpoints_dir=str(folder),
+            host="127.0.0.1",
+            port=_free_port(),
+            device="cuda",
+            trust_checkpoint=False,
+            token=None,
+        )
+    took = time.monotonic() - t0
+    print(f"--device cuda without CUDA: ServeError after {took:.1f} s")
+    assert str(err.value) == (
+        "--device cuda was asked for, but this machine has no CUDA device; use --device cpu."
+    )
+    assert took < 60
 
 
 def test_pages_and_libraries_are_served_but_nothing_else(client: TestClient) -> None:

@@ -30,7 +30,6 @@ from websockets.sync.client import connect
 
 from server.security import (
     MIN_TOKEN_LENGTH,
-    TOKEN_COOKIE,
     SecurityError,
     SecurityMiddleware,
     TokenAuth,
@@ -42,6 +41,7 @@ from server.security import (
     origin_allowed,
     require_token_for_bind,
     resolve_checkpoint,
+    session_cookie_name,
 )
 from tests.test_reliability import LiveServer, free_port
 
@@ -237,7 +237,7 @@ def test_list_checkpoints_offers_only_what_resolves(ckpt_root: Path) -> None:
 
 
 def make_app(token: str | None, host: str = "127.0.0.1", port: int = 8000) -> Starlette:
-    auth = TokenAuth(token)
+    auth = TokenAuth(token, port)
 
     async def api(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -273,7 +273,7 @@ def test_http_requires_the_token_when_set() -> None:
     assert c.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert c.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).text == "ok"
     # The token itself is not a valid cookie value: the cookie holds a derived value.
-    c.cookies.set(TOKEN_COOKIE, TOKEN)
+    c.cookies.set(session_cookie_name(8000), TOKEN)
     assert c.get("/api/status").status_code == 401
 
 
@@ -287,11 +287,35 @@ def test_login_sets_an_httponly_strict_cookie() -> None:
     good = c.post("/login", data={"token": TOKEN}, follow_redirects=False)
     assert good.status_code == 303 and good.headers["location"] == "/"
     cookie = good.headers["set-cookie"]
-    assert cookie.startswith(f"{TOKEN_COOKIE}=") and TOKEN not in cookie
+    assert cookie.startswith("ldam_session_8000=") and TOKEN not in cookie
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     assert c.get("/api/status").text == "ok"
     huge = c.post("/login", content=b"token=" + b"x" * 5000, follow_redirects=False)
     assert (huge.status_code, huge.text) == (413, "The login form is too large.")
+
+
+def test_session_cookie_is_named_per_port() -> None:
+    # Browsers keep cookies per host, not per port: two servers on one host (ports 8000 and
+    # 8001) must not overwrite each other's session, and one's cookie never opens the other.
+    assert session_cookie_name(8000) == "ldam_session_8000"
+    a = client(make_app(TOKEN, port=8000), "127.0.0.1:8000")
+    other_token = "another-token-0123456789"
+    b = client(make_app(other_token, port=8001), "127.0.0.1:8001")
+    cookie_a = a.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    cookie_b = b.post("/login", data={"token": other_token}, follow_redirects=False)
+    assert cookie_a.headers["set-cookie"].startswith("ldam_session_8000=")
+    assert cookie_b.headers["set-cookie"].startswith("ldam_session_8001=")
+    # One browser holding both cookies (one jar per host) is let in by both servers.
+    jar = {"ldam_session_8000": a.cookies["ldam_session_8000"]}
+    jar["ldam_session_8001"] = b.cookies["ldam_session_8001"]
+    header = "; ".join(f"{k}={v}" for k, v in jar.items())
+    plain_a = client(make_app(TOKEN, port=8000), "127.0.0.1:8000")
+    plain_b = client(make_app(other_token, port=8001), "127.0.0.1:8001")
+    assert plain_a.get("/api/status", headers={"cookie": header}).text == "ok"
+    assert plain_b.get("/api/status", headers={"cookie": header}).text == "ok"
+    # A's cookie under B's name is refused by B.
+    swapped = f"ldam_session_8001={jar['ldam_session_8000']}"
+    assert plain_b.get("/api/status", headers={"cookie": swapped}).status_code == 401
 
 
 def test_no_token_means_open_on_loopback() -> None:
@@ -327,7 +351,8 @@ def test_websocket_token_by_cookie_or_subprotocol() -> None:
         pass
     c.post("/login", data={"token": TOKEN})
     # TestClient's websocket does not read its cookie jar; send the cookie as a browser would.
-    cookie = f"{TOKEN_COOKIE}={c.cookies[TOKEN_COOKIE]}"
+    name = session_cookie_name(8000)
+    cookie = f"{name}={c.cookies[name]}"
     with c.websocket_connect("/ws", headers={"origin": origin, "cookie": cookie}) as ws:
         assert ws.receive_text() == "hello"
 
@@ -531,7 +556,9 @@ def test_real_server_token_required(guarded: LiveServer) -> None:
         login = anon.post("/login", data={"token": TOKEN}, follow_redirects=False)
         assert login.status_code == 303 and "HttpOnly" in login.headers["set-cookie"]
         assert anon.get("/api/state").status_code == 200
-        cookie = f"{TOKEN_COOKIE}={anon.cookies[TOKEN_COOKIE]}"
+        name = session_cookie_name(guarded.port)
+        assert login.headers["set-cookie"].startswith(f"{name}=")
+        cookie = f"{name}={anon.cookies[name]}"
     assert _ws_status(guarded, origin=origin) == 403
     assert (
         _ws_status(guarded, origin=origin, subprotocols=["ldam", "ldam.token.wrong-0123456789abc"])

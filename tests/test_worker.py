@@ -280,3 +280,30 @@ def test_fixed_batch_export_other_than_one_builds_and_samples(tmp_path: Path) ->
         worker.close()
         end.outbox.close()
         read.close()
+
+
+def test_trust_covers_only_the_operators_files(tmp_path: Path) -> None:
+    folder = lenet_folder()
+    operator = folder / PAIR[0]
+    picked = tmp_path / "picked.pt"
+    picked.write_bytes(b"x")
+
+    def worker(trust: bool, trusted_paths: tuple[str, ...] | None) -> Worker:
+        config = WorkerConfig(
+            checkpoints_dir=str(tmp_path),
+            checkpoint=str(picked),  # a restart hands the worker the current pick
+            device="cpu",
+            trust_checkpoint=trust,
+        )
+        if trusted_paths is not None:
+            config.trusted_paths = trusted_paths  # type: ignore[attr-defined]
+        return Worker(config, None)  # type: ignore[arg-type]
+
+    served = worker(True, (str(operator),))
+    assert served._trusted(str(operator))
+    # Another spelling of the same file is the same file.
+    assert served._trusted(str(folder / "." / PAIR[0]))
+    assert not served._trusted(str(picked))
+    assert not worker(False, (str(operator),))._trusted(str(operator))
+    # Started directly (no server): the config's own files are the operator's.
+    assert worker(True, None)._trusted(str(picked))
