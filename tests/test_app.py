@@ -424,23 +424,28 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def test_worker_that_never_gets_ready_ends_the_start_with_its_error() -> None:
+def serve_lenet(**overrides: Any) -> None:
+    """`run_server` on the bundled plain LeNet, on a free loopback port."""
     folder = lenet_folder()
+    options: dict[str, Any] = dict(
+        checkpoint=str(folder / PAIR[0]),
+        compare=None,
+        target=None,
+        data=None,
+        checkpoints_dir=str(folder),
+        host="127.0.0.1",
+        port=_free_port(),
+        device="cpu",
+        trust_checkpoint=False,
+        token=None,
+    )
+    run_server(**{**options, **overrides})
+
+
+def test_worker_that_never_gets_ready_ends_the_start_with_its_error() -> None:
     t0 = time.monotonic()
     with pytest.raises(ServeError) as err:
-        run_server(
-            checkpoint=str(folder / PAIR[0]),
-            compare=None,
-            target=None,
-            data=None,
-            checkpoints_dir=str(folder),
-            host="127.0.0.1",
-            port=_free_port(),
-            device="cpu",
-            trust_checkpoint=False,
-            token=None,
-            worker_entry="tests.test_app:crashing_worker",
-        )
+        serve_lenet(worker_entry="tests.test_app:crashing_worker")
     print(f"a worker failing at start: ServeError after {time.monotonic() - t0:.1f} s")
     assert str(err.value) == (
         "The worker stopped 3 times before it was ready "
@@ -477,21 +482,9 @@ def test_worker_failing_after_ready_is_restarted_and_its_error_shown() -> None:
     reason="this machine has a CUDA device",
 )
 def test_cuda_on_a_machine_without_cuda_is_refused_at_the_first_try() -> None:
-    folder = lenet_folder()
     t0 = time.monotonic()
     with pytest.raises(ServeError) as err:
-        run_server(
-            checkpoint=str(folder / PAIR[0]),
-            compare=None,
-            target=None,
-            data=None,
-            checkpoints_dir=str(folder),
-            host="127.0.0.1",
-            port=_free_port(),
-            device="cuda",
-            trust_checkpoint=False,
-            token=None,
-        )
+        serve_lenet(device="cuda")
     took = time.monotonic() - t0
     print(f"--device cuda without CUDA: ServeError after {took:.1f} s")
     assert str(err.value) == (
