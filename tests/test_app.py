@@ -33,6 +33,7 @@ from starlette.websockets import WebSocketDisconnect
 from server import app as app_module
 from server.app import ServeError, create_app, parse_target_option, run_server
 from server.schemas import decode_frame
+from tests.test_reliability import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
@@ -434,7 +435,7 @@ def serve_lenet(**overrides: Any) -> None:
         data=None,
         checkpoints_dir=str(folder),
         host="127.0.0.1",
-        port=_free_port(),
+        port=free_port(),
         device="cpu",
         trust_checkpoint=False,
         token=None,
@@ -556,16 +557,10 @@ def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:
     bad = tmp_path / "garbage.pt2"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ServeError) as err:
-        run_server(checkpoint=str(bad), port=_free_port(), **base)  # type: ignore[arg-type]
+        run_server(checkpoint=str(bad), port=free_port(), **base)  # type: ignore[arg-type]
     assert "garbage.pt2" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_the_web_server_never_imports_torch() -> None:
     code = "import sys, server.app; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

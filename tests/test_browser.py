@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from tests.test_reliability import free_port
 from tests.test_worker import PAIR, REPO, lenet_folder
 
 pytestmark = pytest.mark.browser
@@ -31,20 +32,12 @@ ARTIFACTS = REPO / "test-artifacts"
 START_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     """`python -m server.cli serve` on a free loopback port."""
 
     def __init__(self, tmp: Path) -> None:
         folder = lenet_folder()
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "serve.log"
         with self.log.open("wb") as out:

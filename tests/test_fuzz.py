@@ -29,7 +29,7 @@ from server.schemas import (
     parse_client_message,
 )
 from server.security import WS_MAX_SIZE
-from tests.test_reliability import LiveServer, Viewer
+from tests.test_reliability import LiveServer, Viewer, running_server
 
 FUZZ_MESSAGES = 2000
 
@@ -51,12 +51,7 @@ PROBE_ERROR = _probe_error()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("fuzz"))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
+    yield from running_server(tmp_path_factory.mktemp("fuzz"))
 
 
 # --- strategies ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.test_reliability import LiveServer
+from tests.test_reliability import LiveServer, running_server
 
 READERS = 32
 IDLE = 8
@@ -38,12 +38,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("load"))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
+    yield from running_server(tmp_path_factory.mktemp("load"))
 
 
 def open_fds(pid: int) -> int:

@@ -132,6 +132,16 @@ class LiveServer:
                 self.proc.wait(5)
 
 
+def running_server(folder: Path, *args: str) -> Iterator[LiveServer]:
+    """A started `ldam serve` for a fixture to yield, stopped afterwards."""
+    live = LiveServer(folder, *args)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()
+
+
 class Viewer:
     """A real websocket client like the page: keeps the newest state, status and metrics,
     counts frames and (with `ack=True`) acknowledges each one as the page does."""
@@ -308,12 +318,7 @@ def nan_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(nan_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One dashboard (the default model) for this module's tests; its discriminator, once the
     discriminator test turns it on, trains on `nan_data`. The SIGTERM test ends it."""
-    live = LiveServer(tmp_path_factory.mktemp("disc"), "--data", str(nan_data))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
+    yield from running_server(tmp_path_factory.mktemp("disc"), "--data", str(nan_data))
 
 
 # --- worker killed ---------------------------------------------------------------------------
