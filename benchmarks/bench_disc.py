@@ -24,10 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.discriminator import make_discriminator
-from server.disc import DiscriminatorTrainer, real_images_for, run_with_discriminator
-from server.energy import ActivationTerm, DiscriminatorTerm, L2Term, autograd_value_and_grad
-from server.sampler import Sampler, SamplerConfig
+from ldam.models.discriminator import make_discriminator
+from ldam.sampling.discriminator import DiscriminatorTrainer, real_images_for, run_with_discriminator
+from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term, autograd_value_and_grad
+from ldam.sampling.sampler import Sampler, SamplerConfig
 
 MNIST_NORM = ([0.1307], [0.3081])
 
@@ -35,11 +35,11 @@ MNIST_NORM = ([0.1307], [0.3081])
 def _lenet() -> tuple[nn.Module, str]:
     """The bundled LeNet checkpoint, or a seeded random LeNet while it is not there yet."""
     try:
-        from models.loading import load_default_pair
+        from ldam.models.loading import load_default_pair
 
         return load_default_pair()[0].module, "LeNet (bundled checkpoint)"
     except Exception:
-        from models.lenet import LeNet
+        from ldam.models.lenet import LeNet
 
         torch.manual_seed(0)
         return LeNet().eval().requires_grad_(False), "LeNet (random weights)"

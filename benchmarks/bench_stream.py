@@ -46,7 +46,7 @@ def serve(port: int, checkpoint: str | None, chains: int) -> None:
     """The server side (run in its own process): the dashboard with `chains` chains."""
     import uvicorn
 
-    from server.app import create_app, uvicorn_config
+    from ldam.web.app import create_app, uvicorn_config
 
     app = create_app(
         checkpoint=checkpoint,

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MNIST_FILE = Path(__file__).parent / "data" / "mnist.npz"
+from ldam.errors import UserError
+from ldam.models.bundled import MNIST_FILE
+
 # sha256 of the committed file; build_mnist_file writes it byte for byte (fixed zip timestamps).
 MNIST_SHA256 = "b684a263447fe3e4d20043c2f75457c03edece625c65403591ed5fa083a5a195"
 MNIST_CLASS_COUNTS = (1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978)
@@ -75,7 +77,7 @@ def load_mnist(path: str | Path = MNIST_FILE) -> tuple[torch.Tensor, torch.Tenso
     path = Path(path)
     if not path.is_file():
         raise DataError(
-            f"The MNIST file {path} is missing; re-make it with models.data.build_mnist_file."
+            f"The MNIST file {path} is missing; re-make it with ldam.models.data.build_mnist_file."
         )
     with np.load(path, allow_pickle=False) as data:
         return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])

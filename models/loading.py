@@ -32,12 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.lenet import INPUT_SHAPE as LENET_INPUT_SHAPE
-from models.lenet import MNIST_MEAN, MNIST_STD, LeNet
+from ldam.errors import UserError
+from ldam.models.bundled import AVERAGED_CHECKPOINT, CHECKPOINT_DIR, DEFAULT_CHECKPOINT
+from ldam.models.lenet import INPUT_SHAPE as LENET_INPUT_SHAPE
+from ldam.models.lenet import MNIST_MEAN, MNIST_STD, LeNet
 
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "lenet_mnist.pt2"
-AVERAGED_CHECKPOINT = CHECKPOINT_DIR / "lenet_mnist_avg.pt2"
 METADATA_FILE = "ldam.json"
 IMAGENET_NORMALIZATION = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 FORMATS = ("export", "torchscript", "state_dict", "pickle")

@@ -1,6 +1,6 @@
 """Train the paper's LeNet on the bundled MNIST digits (section 5), plain and parameter-averaged.
 
-RMSProp with momentum, a fixed seed, the fixed 8,000/2,000 split of `models.data`. Over the
+RMSProp with momentum, a fixed seed, the fixed 8,000/2,000 split of `ldam.models.data`. Over the
 second half of training the parameters are averaged (`torch.optim.swa_utils.AveragedModel`,
 section 5.2's parameter averaging) and snapshots are kept to also report the accuracy of
 averaging their predictions, as the paper does. Writes `lenet_mnist.pt2` (plain) and
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from models.data import DataError, load_mnist, normalize_mnist, split_indices
-from models.lenet import INPUT_SHAPE, MNIST_MEAN, MNIST_STD, LeNet
-from models.loading import export_checkpoint
+from ldam.models.data import DataError, load_mnist, normalize_mnist, split_indices
+from ldam.models.lenet import INPUT_SHAPE, MNIST_MEAN, MNIST_STD, LeNet
+from ldam.models.loading import export_checkpoint
 
 PLAIN_FILE = "lenet_mnist.pt2"
 AVERAGED_FILE = "lenet_mnist_avg.pt2"
@@ -128,7 +128,7 @@ def _train(out_dir: Path, steps: int | None, progress: bool, config: TrainConfig
 
     bar = None
     if progress:
-        from server.progress import Progress
+        from ldam.cli.progress import Progress
 
         bar = Progress(total, "train lenet")
     began = time.perf_counter()

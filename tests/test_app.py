@@ -30,9 +30,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
-from server import app as app_module
-from server.app import ServeError, create_app, parse_target_option, run_server
-from server.schemas import decode_frame
+from ldam.web import app as app_module
+from ldam.web.app import ServeError, create_app, parse_target_option, run_server
+from ldam.wire.messages import decode_frame
 from tests.test_reliability import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -318,9 +318,9 @@ def test_trust_checkpoint_does_not_cover_picks_from_the_folder(
 
 
 def test_an_out_of_date_refusal_keeps_the_newer_change() -> None:
-    from server.app import Client, Hub
-    from server.link import WorkerConfig
-    from server.schemas import SamplerParams, SetMessage
+    from ldam.web.app import Client, Hub
+    from ldam.wire.link import WorkerConfig
+    from ldam.wire.messages import SamplerParams, SetMessage
 
     hub = Hub(WorkerConfig(checkpoints_dir="/nonexistent"), SamplerParams(), Path("/nonexistent"))
     sent: list[Any] = []
@@ -562,5 +562,5 @@ def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:
 
 
 def test_the_web_server_never_imports_torch() -> None:
-    code = "import sys, server.app; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, ldam.web.app; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

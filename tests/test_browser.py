@@ -33,7 +33,7 @@ START_TIMEOUT_S = 120.0
 
 
 class Served:
-    """`python -m server.cli serve` on a free loopback port."""
+    """`python -m ldam.cli.main serve` on a free loopback port."""
 
     def __init__(self, tmp: Path) -> None:
         folder = lenet_folder()
@@ -45,7 +45,7 @@ class Served:
                 [
                     sys.executable,
                     "-m",
-                    "server.cli",
+                    "ldam.cli.main",
                     "serve",
                     str(folder / PAIR[0]),
                     "--checkpoints",

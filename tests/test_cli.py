@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.cli import DEFAULT_CHECKPOINT, main
-from server.images import grid_order
+from ldam.cli.main import DEFAULT_CHECKPOINT, main
+from ldam.sampling.images import grid_order
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *argv],
+        [sys.executable, "-m", "ldam.cli.main", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,

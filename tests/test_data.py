@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import (
+from ldam.models.data import (
     MNIST_CLASS_COUNTS,
     MNIST_FILE,
     MNIST_SHA256,
@@ -85,7 +85,7 @@ def test_build_mnist_file_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         load_mnist(tmp_path / "none.npz")
     assert str(info.value) == (
-        f"The MNIST file {tmp_path / 'none.npz'} is missing; re-make it with models.data.build_mnist_file."
+        f"The MNIST file {tmp_path / 'none.npz'} is missing; re-make it with ldam.models.data.build_mnist_file."
     )
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from server.diagnostics import DiagnosticsError, effective_sample_size, split_rhat
+from ldam.sampling.diagnostics import DiagnosticsError, effective_sample_size, split_rhat
 
 
 def ar1(rho: float, chains: int, n: int, seed: int) -> np.ndarray:

@@ -12,19 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from models.data import load_mnist, normalize_mnist, split_indices
-from models.discriminator import make_discriminator
-from models.loading import DEFAULT_CHECKPOINT, load_checkpoint
-from server.disc import (
+from ldam.models.data import load_mnist, normalize_mnist, split_indices
+from ldam.models.discriminator import make_discriminator
+from ldam.models.loading import DEFAULT_CHECKPOINT, load_checkpoint
+from ldam.sampling.discriminator import (
     DiscriminatorError,
     DiscriminatorTrainer,
     build_discriminator_for,
     real_images_for,
     run_with_discriminator,
 )
-from server.energy import ActivationTerm, DiscriminatorTerm, L2Term
-from server.sampler import Sampler, SamplerConfig
-from server.targets import Target
+from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
+from ldam.sampling.sampler import Sampler, SamplerConfig
+from ldam.sampling.targets import Target
 
 MEAN, STD = 0.1307, 0.3081
 NORM = ([MEAN], [STD])
@@ -267,7 +267,7 @@ def test_real_images_default_to_the_mnist_training_split(digits, tmp_path: Path)
     real = real_images_for((1, 28, 28), NORM, None)
     assert real.shape == (8000, 1, 28, 28)
     assert torch.equal(real, digits[0])
-    # The user's own .npz for another input shape, through models.data.load_images.
+    # The user's own .npz for another input shape, through ldam.models.data.load_images.
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "mine.npz", images=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
     trainer = build_discriminator_for(

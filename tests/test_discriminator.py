@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.discriminator import ConvDiscriminator, MnistDiscriminator, make_discriminator
+from ldam.models.discriminator import ConvDiscriminator, MnistDiscriminator, make_discriminator
 
 
 def _count(module: nn.Module) -> int:

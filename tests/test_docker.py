@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.cli import build_parser
+from ldam.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

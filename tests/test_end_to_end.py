@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.loading import AVERAGED_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
-from server.energy import ActivationTerm, L2Term
-from server.sampler import Sampler, SamplerConfig
-from server.targets import Target
+from ldam.models.loading import AVERAGED_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
+from ldam.sampling.energy import ActivationTerm, L2Term
+from ldam.sampling.sampler import Sampler, SamplerConfig
+from ldam.sampling.targets import Target
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from server.energy import (
+from ldam.sampling.energy import (
     TERMS,
     ActivationTerm,
     DiscriminatorTerm,
@@ -114,7 +114,7 @@ def test_an_activation_without_autograd_is_one_sentence() -> None:
 
 
 def test_disc_withdrawn_between_active_and_value_does_not_fail_the_step() -> None:
-    from server.sampler import Sampler, SamplerConfig
+    from ldam.sampling.sampler import Sampler, SamplerConfig
 
     torch.manual_seed(0)
     disc = nn.Sequential(nn.Flatten(), nn.Linear(4, 1)).eval()
@@ -136,7 +136,7 @@ def test_disc_withdrawn_between_active_and_value_does_not_fail_the_step() -> Non
 
 
 def test_a_broadcast_gradient_is_usable_in_place() -> None:
-    from server.sampler import Sampler, SamplerConfig
+    from ldam.sampling.sampler import Sampler, SamplerConfig
 
     # d/dx of a plain sum is an expanded view of ones; the sampler adds into it in place.
     s = Sampler(

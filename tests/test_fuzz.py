@@ -3,7 +3,7 @@
 At least 2,000 random and malformed messages, text and binary (JSON with the wrong types, NaN,
 Infinity, 1e309, extra fields, unknown kinds, truncated, deeply nested, oversized, not UTF-8),
 all on ONE websocket: every one is answered in order (a bad one with exactly the error that
-`server.schemas.parse_client_message` gives, naming the field), the connection never closes,
+`ldam.wire.messages.parse_client_message` gives, naming the field), the connection never closes,
 the server logs no error, the worker never restarts, and frames still flow afterwards.
 """
 
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from server.schemas import (
+from ldam.wire.messages import (
     MAX_MESSAGE_BYTES,
     NESTED_TOO_DEEPLY,
     MessageError,
@@ -28,7 +28,7 @@ from server.schemas import (
     SetMessage,
     parse_client_message,
 )
-from server.security import WS_MAX_SIZE
+from ldam.web.security import WS_MAX_SIZE
 from tests.test_reliability import LiveServer, Viewer, running_server
 
 FUZZ_MESSAGES = 2000

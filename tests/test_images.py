@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.images import ImageError, tile, to_display
+from ldam.sampling.images import ImageError, tile, to_display
 
 
 def test_each_image_is_scaled_symmetrically_by_its_own_peak() -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.data import load_mnist, split_indices
-from models.lenet import LeNet
-from models.loading import (
+from ldam.models.data import load_mnist, split_indices
+from ldam.models.lenet import LeNet
+from ldam.models.loading import (
     AVERAGED_CHECKPOINT,
     DEFAULT_CHECKPOINT,
     CheckpointError,
@@ -23,8 +23,8 @@ from models.loading import (
     load_checkpoint,
     load_default_pair,
 )
-from models.train import accuracy
-from server.targets import Target, TargetError, list_layers
+from ldam.models.train import accuracy
+from ldam.sampling.targets import Target, TargetError, list_layers
 
 
 class Marker:
@@ -173,7 +173,7 @@ def test_state_dict_round_trips(tmp_path: Path, lenet: nn.Module, x: torch.Tenso
         assert loaded.normalization == ([0.1307], [0.3081])
         assert not any(p.requires_grad for p in loaded.module.parameters())
         torch.testing.assert_close(loaded.module(x), lenet(x))
-    factory = load_checkpoint(tmp_path / "w.pt", arch="models.lenet:LeNet", input_shape=(1, 28, 28))
+    factory = load_checkpoint(tmp_path / "w.pt", arch="ldam.models.lenet:LeNet", input_shape=(1, 28, 28))
     assert factory.normalization is None
     torch.testing.assert_close(factory.module(x), lenet(x))
 
@@ -278,11 +278,11 @@ def test_state_dict_errors(tmp_path: Path, lenet: nn.Module) -> None:
         "Could not import 'nosuchpackage.mod' for the architecture 'nosuchpackage.mod:make' "
         "(No module named 'nosuchpackage')."
     )
-    assert error_of(path, arch="models.lenet:nothing") == (
-        "'models.lenet' has no callable named 'nothing'."
+    assert error_of(path, arch="ldam.models.lenet:nothing") == (
+        "'ldam.models.lenet' has no callable named 'nothing'."
     )
-    assert error_of(path, arch="models.lenet:MNIST_MEAN") == (
-        "'models.lenet' has no callable named 'MNIST_MEAN'."
+    assert error_of(path, arch="ldam.models.lenet:MNIST_MEAN") == (
+        "'ldam.models.lenet' has no callable named 'MNIST_MEAN'."
     )
     state = {k: v for k, v in lenet.state_dict().items() if k != "conv1.bias"}
     torch.save(state, tmp_path / "partial.pt")

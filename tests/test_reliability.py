@@ -1,7 +1,7 @@
 """Faults never stop the dashboard (issue 6): a killed worker, a diverging setting, clients
 that stall or vanish, a failing discriminator thread, SIGTERM.
 
-Every test runs against the real server: `python -m server.cli serve` in a subprocess on a
+Every test runs against the real server: `python -m ldam.cli.main serve` in a subprocess on a
 free loopback port, with real websocket clients. The helpers at the top (`LiveServer`,
 `Viewer`, `RawClient`) are shared with test_fuzz.py, test_load.py and test_security.py.
 """
@@ -28,8 +28,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from server.schemas import decode_frame
-from server.security import SEND_TIMEOUT_S
+from ldam.wire.messages import decode_frame
+from ldam.web.security import SEND_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parent.parent
 # Starting the worker imports torch and loads the model: slow on a busy 2-core machine.
@@ -64,7 +64,7 @@ class LiveServer:
         tmp.mkdir(parents=True, exist_ok=True)
         self.out_path = tmp / f"server-{self.port}.out"
         self.err_path = tmp / f"server-{self.port}.err"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "ldam.cli.main", "serve", "--port", str(self.port), *args]
         if token is not None:
             cmd += ["--token", token]
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:

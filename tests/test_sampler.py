@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from server import sampler as sampler_module
-from server.diagnostics import effective_sample_size
-from server.energy import ActivationTerm, DiscriminatorTerm, L2Term
-from server.sampler import Sampler, SamplerConfig, SamplerError, langevin_step
+from ldam.sampling import sampler as sampler_module
+from ldam.sampling.diagnostics import effective_sample_size
+from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
+from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError, langevin_step
 
 
 @pytest.fixture(autouse=True)

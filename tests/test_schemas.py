@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server import schemas, security
-from server.schemas import (
+from ldam.wire import messages as schemas
+
+from ldam.web import security
+from ldam.wire.messages import (
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     NESTED_TOO_DEEPLY,

@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from server.security import (
+from ldam.web.security import (
     MIN_TOKEN_LENGTH,
     SecurityError,
     SecurityMiddleware,
@@ -398,9 +398,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m server.cli ARGS` in its own process group, all of which is killed on timeout."""
+    """`python -m ldam.cli.main ARGS` in its own process group, all of which is killed on timeout."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "ldam.cli.main", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -450,7 +450,7 @@ def evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_pickle_that_runs_code_is_refused_by_the_loader(tmp_path: Path) -> None:
-    from models.loading import CheckpointError, load_checkpoint
+    from ldam.models.loading import CheckpointError, load_checkpoint
 
     path, marker = evil_checkpoint(tmp_path)
     with pytest.raises(CheckpointError):
@@ -477,7 +477,7 @@ def test_pickle_that_runs_code_is_refused_by_ldam_serve(tmp_path: Path) -> None:
 
 def test_pickle_is_never_unpickled_through_plain_pickle(tmp_path: Path) -> None:
     # A plain (non-torch) pickle file renamed .pt: same refusal, same absent marker.
-    from models.loading import CheckpointError, load_checkpoint
+    from ldam.models.loading import CheckpointError, load_checkpoint
 
     marker = tmp_path / "marker.txt"
     path = tmp_path / "plain.pt"
@@ -530,7 +530,7 @@ def _ws_status(live: LiveServer, **kwargs: Any) -> int:
 
 
 def test_default_bind_is_loopback(guarded: LiveServer) -> None:
-    from server.cli import build_parser
+    from ldam.cli.main import build_parser
 
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
     # The real server listens on 127.0.0.1 only: /proc/net/tcp lists its socket as 0100007F.

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.data import DataError
-from models.loading import load_checkpoint
-from models.train import TrainConfig, random_shift, train_mnist
+from ldam.models.data import DataError
+from ldam.models.loading import load_checkpoint
+from ldam.models.train import TrainConfig, random_shift, train_mnist
 
 
 def test_short_training_run_learns(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from server.link import Outbox, WorkerConfig, WorkerEnd
-from server.schemas import SamplerParams
-from server.worker import Worker, encode_jpeg, grid_order
+from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
+from ldam.wire.messages import SamplerParams
+from ldam.worker.process import Worker, encode_jpeg, grid_order
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "checkpoints"
@@ -31,8 +31,8 @@ def lenet_folder() -> Path:
     they exist, else two exported untrained LeNets (the dashboard needs no trained weights)."""
     if all((BUNDLED / name).is_file() for name in PAIR):
         return BUNDLED
-    from models.lenet import LeNet
-    from models.loading import export_checkpoint
+    from ldam.models.lenet import LeNet
+    from ldam.models.loading import export_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="ldam-test-ckpt-"))
     for seed, name in enumerate(PAIR):
@@ -249,7 +249,7 @@ def test_outbox_keeps_only_the_newest_frame() -> None:
 def test_fixed_batch_export_other_than_one_builds_and_samples(tmp_path: Path) -> None:
     # An export with a fixed batch of 4: the layer listing and the target must both run in
     # chunks of 4 (a forward with another batch fails for such a program).
-    from models.lenet import LeNet
+    from ldam.models.lenet import LeNet
 
     torch.manual_seed(0)
     program = torch.export.export(LeNet().eval(), (torch.zeros(4, 1, 28, 28),))

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from server.energy import L2Term, Term, autograd_value_and_grad
+from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
 
 PerChain = float | Sequence[float]
 Scalar = float | Tensor  # a float, or a per-chain tensor [N] broadcast over C, H, W

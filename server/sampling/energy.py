@@ -102,7 +102,7 @@ def _per_chain(out: Tensor, n: int, what: str) -> Tensor:
 class ActivationTerm(Term):
     """`f_target(x_i)`: the activation of the chain's target unit (paper eq. 3).
 
-    `activation_fn(x [N, C, H, W]) -> [N]` is any callable: a `server.targets.Target`, or a
+    `activation_fn(x [N, C, H, W]) -> [N]` is any callable: a `ldam.sampling.targets.Target`, or a
     closure such as `lambda x: conv(x)[:, c, y, x0]` (one first-layer unit at one position).
     """
 

@@ -30,8 +30,8 @@ class Case:
 
 
 def _lenet() -> nn.Module:
-    from models.loading import load_checkpoint
-    from server.cli import DEFAULT_CHECKPOINT
+    from ldam.models.loading import load_checkpoint
+    from ldam.cli.main import DEFAULT_CHECKPOINT
 
     return load_checkpoint(str(DEFAULT_CHECKPOINT)).module
 
@@ -75,7 +75,7 @@ def cases(which: str) -> list[Case]:
         names = [n.strip() for n in which.split(",") if n.strip()]
     unknown = [n for n in names if n not in all_cases]
     if unknown:
-        from server.cli import UsageError
+        from ldam.cli.main import UsageError
 
         raise UsageError(
             f"Unknown benchmark case {unknown[0]!r}; known cases: {', '.join(all_cases)}."
@@ -101,9 +101,9 @@ def run_case(
     case: Case, device: str, rounds: int, seconds_per_round: float
 ) -> dict[str, float | str]:
     """Measure one case; returns the medians and the paired ratio."""
-    from server.energy import ActivationTerm, L2Term
-    from server.sampler import Sampler, SamplerConfig
-    from server.targets import Target
+    from ldam.sampling.energy import ActivationTerm, L2Term
+    from ldam.sampling.sampler import Sampler, SamplerConfig
+    from ldam.sampling.targets import Target
 
     model = case.build().to(device).eval()
     for p in model.parameters():
@@ -161,7 +161,7 @@ def run_case(
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a markdown table."""
-    from server.cli import pick_device
+    from ldam.cli.main import pick_device
 
     device = pick_device(args.device)
     rounds = 3 if args.quick else 7

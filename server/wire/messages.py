@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 # The limits on a control message live with the app's other limits (see SECURITY.md).
-from server.security import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
+from ldam.web.security import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 
 # The most chains one worker runs (rows x columns of the grid).
 MAX_CHAINS = 256
@@ -63,7 +63,7 @@ class SamplerParams(BaseModel):
     model_config = _STRICT
 
     # Langevin dynamics (paper Algorithm 1): T, beta_t, gamma. The defaults are those of
-    # `ldam sample` (`server.sampler.SamplerConfig`), so both show the same chains.
+    # `ldam sample` (`ldam.sampling.sampler.SamplerConfig`), so both show the same chains.
     temperature: float = Field(default=0.01, ge=0.0, le=100.0)
     step_size: float = Field(default=0.05, ge=1e-6, le=100.0)
     momentum: float = Field(default=0.0, ge=0.0, le=0.999)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.discriminator import make_discriminator
+from ldam.models.discriminator import make_discriminator
 
 FORMAT = "ldam-discriminator"
 FORMAT_VERSION = 1
@@ -521,10 +521,10 @@ def real_images_for(
 ) -> torch.Tensor:
     """D's real images `[M, C, H, W]`, normalized like the classifier's input.
 
-    `data` (a folder or `.npz`, read by `models.data.load_images`) when given; else the bundled
+    `data` (a folder or `.npz`, read by `ldam.models.data.load_images`) when given; else the bundled
     MNIST training split (8,000 digits; the 2,000 held out stay unseen) for 1x28x28 inputs.
     """
-    from models import data as datasets
+    from ldam.models import data as datasets
 
     input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
     try:
@@ -579,7 +579,7 @@ def run_with_discriminator(
     offer_every: int = 1,
     background: bool = True,
 ) -> dict[str, Any]:
-    """Run `steps` steps of `sampler` (a `server.sampler.Sampler` whose energy includes
+    """Run `steps` steps of `sampler` (a `ldam.sampling.sampler.Sampler` whose energy includes
     `DiscriminatorTerm(trainer.current)`) while D trains online in the background.
 
     A D that never trained (`trainer.steps == 0`) is first warmed up for `warm_up_steps` steps

@@ -1,6 +1,6 @@
 """The worker process: runs LDAM continuously and publishes frames and metrics.
 
-It is started by `server.link.WorkerLink` in a fresh (spawned) interpreter and is the only
+It is started by `ldam.wire.link.WorkerLink` in a fresh (spawned) interpreter and is the only
 process of the dashboard that imports torch. Its loop, top to bottom:
 
 1. drain the command pipe (parameter changes apply at the next step; a change of target,
@@ -17,7 +17,7 @@ process of the dashboard that imports torch. Its loop, top to bottom:
 
 A heartbeat thread sends ``("heartbeat",)`` every `HEARTBEAT_EVERY_S`, also during a long
 step or checkpoint load: the server restarts a worker it has not heard from for
-`server.app.HEARTBEAT_TIMEOUT_S`, which then means a frozen process, not a slow network.
+`ldam.web.app.HEARTBEAT_TIMEOUT_S`, which then means a frozen process, not a slow network.
 
 JPEG encoding uses Pillow: on this 2-core machine it takes about 170 us for the 16-chain grid
 (122x122) against 80 us for simplejpeg; at 30 frames/s that is 0.5% of a core, so a second
@@ -39,13 +39,13 @@ from typing import Any
 
 import torch
 
-from models.loading import DEFAULT_CHECKPOINT, CheckpointError, LoadedModel, load_checkpoint
-from server.energy import ActivationTerm, DiscriminatorTerm, L2Term
-from server.images import grid_order, tile, to_display, to_pil
-from server.link import Message, WorkerConfig, WorkerEnd
-from server.sampler import Sampler, SamplerConfig, SamplerError
-from server.schemas import STRUCTURAL_FIELDS, SamplerParams
-from server.targets import Target, TargetError, list_layers
+from ldam.models.loading import DEFAULT_CHECKPOINT, CheckpointError, LoadedModel, load_checkpoint
+from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
+from ldam.sampling.images import grid_order, tile, to_display, to_pil
+from ldam.wire.link import Message, WorkerConfig, WorkerEnd
+from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError
+from ldam.wire.messages import STRUCTURAL_FIELDS, SamplerParams
+from ldam.sampling.targets import Target, TargetError, list_layers
 
 # Offer the chains to the discriminator every this many steps (it trains on the newest offer).
 DISC_OFFER_EVERY = 2
@@ -310,7 +310,7 @@ class Worker:
             self.trainer.stop()
             self.trainer = None
         if self.trainer is None and wanted and self.disc_note is None:
-            from server.disc import DiscriminatorError, build_discriminator_for
+            from ldam.sampling.discriminator import DiscriminatorError, build_discriminator_for
 
             try:
                 self.trainer = build_discriminator_for(
@@ -363,7 +363,7 @@ class Worker:
             self._apply_live()
         elif kind == "disc_restart":
             if self.trainer is not None:
-                from server.disc import DiscriminatorError
+                from ldam.sampling.discriminator import DiscriminatorError
 
                 try:
                     self.trainer.restart()
@@ -628,7 +628,7 @@ def warm_up() -> None:
 
 
 def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
-    """The worker process's entry point (see `server.link.WORKER_ENTRY`)."""
+    """The worker process's entry point (see `ldam.wire.link.WORKER_ENTRY`)."""
     # Ctrl-C reaches the whole process group; the server stops the worker itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.threads is not None:

@@ -1,7 +1,7 @@
 """The dashboard's web server: FastAPI routes, one websocket per browser, the worker's keeper.
 
 The server never runs torch: it holds the parameters the browsers set (with a version number
-that grows on every change), forwards them to the worker process through `server.link`, and
+that grows on every change), forwards them to the worker process through `ldam.wire.link`, and
 fans the worker's frames and metrics out to every browser.
 
 Worker faults: a worker that dies is restarted with the last parameters (browsers see a
@@ -19,6 +19,7 @@ worker.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import contextlib
 import errno
 import json
@@ -36,9 +37,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from server import security
-from server.link import WORKER_ENTRY, Message, Standby, WorkerConfig, WorkerLink
-from server.schemas import (
+from ldam.models.bundled import CHECKPOINT_DIR, DEFAULT_PAIR
+from ldam.web import security
+from ldam.wire.link import WORKER_ENTRY, Message, Standby, WorkerConfig, WorkerLink
+from ldam.wire.messages import (
     AckMessage,
     DiscRestartMessage,
     MessageError,
@@ -50,15 +52,9 @@ from server.schemas import (
     parse_client_message,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-FRONTEND = REPO / "frontend"
-DEFAULT_CHECKPOINTS = REPO / "models" / "checkpoints"
-# Served when no checkpoint is named: the plain LeNet beside its parameter-averaged twin (the
-# paper's section 5.2 comparison).
-DEFAULT_PAIR = (
-    DEFAULT_CHECKPOINTS / "lenet_mnist.pt2",
-    DEFAULT_CHECKPOINTS / "lenet_mnist_avg.pt2",
-)
+# The page: frontend/ in a source checkout, ldam/frontend/ in an installed wheel.
+FRONTEND = Path(str(importlib.resources.files("ldam.frontend")))
+DEFAULT_CHECKPOINTS = CHECKPOINT_DIR
 # The only files served from node_modules: the chart library's built script and styles.
 VENDOR_FILES = {
     "uPlot.iife.min.js": FRONTEND / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js",

@@ -42,14 +42,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 # The worker's start function, imported in the child only (it imports torch).
-WORKER_ENTRY = "server.worker:run_worker"
+WORKER_ENTRY = "ldam.worker.process:run_worker"
 
 
 @dataclass
 class WorkerConfig:
     """Everything the worker process needs to start; picklable, no torch objects.
 
-    Paths are absolute. `params` is a `server.schemas.SamplerParams` dump and `version` the
+    Paths are absolute. `params` is a `ldam.wire.messages.SamplerParams` dump and `version` the
     parameter version the first frames carry.
     """
 

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CHECKPOINT = (
-    Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "lenet_mnist.pt2"
-)
+from ldam.models.bundled import DEFAULT_CHECKPOINT
+
 
 
 DEFAULT_DISC_STEPS = 100
@@ -120,7 +119,7 @@ def save_png(images: Any, units_per_chain: list[int], path: str) -> None:
     """Write images [N,C,H,W] as the paper's grid (grey = 0, one column per unit) to a PNG."""
     import torch
 
-    from server.images import grid_order, tile, to_display, to_pil
+    from ldam.sampling.images import grid_order, tile, to_display, to_pil
 
     x = torch.as_tensor(images)
     units = list(dict.fromkeys(units_per_chain))
@@ -132,12 +131,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Run LDAM headless and write the npz (and optionally the PNG grid)."""
     import numpy as np
 
-    from models.loading import load_checkpoint
-    from server.diagnostics import effective_sample_size, split_rhat
-    from server.energy import ActivationTerm, L2Term
-    from server.progress import Progress
-    from server.sampler import Sampler, SamplerConfig
-    from server.targets import Target
+    from ldam.models.loading import load_checkpoint
+    from ldam.sampling.diagnostics import effective_sample_size, split_rhat
+    from ldam.sampling.energy import ActivationTerm, L2Term
+    from ldam.cli.progress import Progress
+    from ldam.sampling.sampler import Sampler, SamplerConfig
+    from ldam.sampling.targets import Target
 
     if args.chains < 1:
         raise UsageError("--chains must be at least 1.")
@@ -178,8 +177,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "--disc-weight above 0 needs a trained discriminator: give --disc-steps N or --disc-checkpoint FILE."
         )
     if uses_disc or args.disc_checkpoint or args.save_disc:
-        from server.disc import build_discriminator_for
-        from server.energy import DiscriminatorTerm
+        from ldam.sampling.discriminator import build_discriminator_for
+        from ldam.sampling.energy import DiscriminatorTerm
 
         trainer = build_discriminator_for(
             loaded.input_shape,
@@ -355,8 +354,8 @@ def print_summary(
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the layers of a checkpoint with output shapes and unit counts."""
-    from models.loading import load_checkpoint
-    from server.targets import list_layers
+    from ldam.models.loading import load_checkpoint
+    from ldam.sampling.targets import list_layers
 
     loaded = load_checkpoint(
         args.checkpoint,
@@ -379,7 +378,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the paper's LeNet on the bundled MNIST digits, plain and parameter-averaged."""
-    from models.train import train_mnist
+    from ldam.models.train import train_mnist
 
     if args.dataset != "mnist":
         raise UsageError(f"ldam train knows only 'mnist', not {args.dataset!r}.")
@@ -396,14 +395,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time the sampler against a bare forward+backward loop and print the table."""
-    from server.bench import main as bench_main
+    from ldam.cli.bench import main as bench_main
 
     return bench_main(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the dashboard server (the worker process does the torch work)."""
-    from server.app import run_server
+    from ldam.web.app import run_server
 
     run_server(
         checkpoint=args.checkpoint,
@@ -523,13 +522,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes whose message is a sentence for the user, imported lazily."""
     types: list[type[BaseException]] = [UsageError]
     for module, name in [
-        ("models.loading", "CheckpointError"),
-        ("server.targets", "TargetError"),
-        ("server.sampler", "SamplerError"),
-        ("models.data", "DataError"),
-        ("server.app", "ServeError"),
-        ("server.disc", "DiscriminatorError"),
-        ("server.security", "SecurityError"),
+        ("ldam.models.loading", "CheckpointError"),
+        ("ldam.sampling.targets", "TargetError"),
+        ("ldam.sampling.sampler", "SamplerError"),
+        ("ldam.models.data", "DataError"),
+        ("ldam.web.app", "ServeError"),
+        ("ldam.sampling.discriminator", "DiscriminatorError"),
+        ("ldam.web.security", "SecurityError"),
     ]:
         mod = sys.modules.get(module)
         cls = getattr(mod, name, None) if mod is not None else None
