@@ -25,7 +25,11 @@ import torch
 from torch import nn
 
 from ldam.models.discriminator import make_discriminator
-from ldam.sampling.discriminator import DiscriminatorTrainer, real_images_for, run_with_discriminator
+from ldam.sampling.discriminator import (
+    DiscriminatorTrainer,
+    real_images_for,
+    run_with_discriminator,
+)
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term, autograd_value_and_grad
 from ldam.sampling.sampler import Sampler, SamplerConfig
 

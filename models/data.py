@@ -31,7 +31,7 @@ SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file or folder the user pointed at cannot be used; the message is one sentence."""
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ldam.errors import UserError
-from ldam.models.bundled import AVERAGED_CHECKPOINT, CHECKPOINT_DIR, DEFAULT_CHECKPOINT
+from ldam.models.bundled import AVERAGED_CHECKPOINT, DEFAULT_CHECKPOINT
 from ldam.models.lenet import INPUT_SHAPE as LENET_INPUT_SHAPE
 from ldam.models.lenet import MNIST_MEAN, MNIST_STD, LeNet
 
@@ -45,7 +45,7 @@ ARCH_HINT = "lenet, a torchvision model name such as resnet18, or package.module
 Normalization = tuple[list[float], list[float]]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be loaded or used; the message is one sentence for the user."""
 
 

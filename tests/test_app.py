@@ -32,6 +32,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ldam.web import app as app_module
 from ldam.web.app import ServeError, create_app, parse_target_option, run_server
+from ldam.wire.events import Ready, Rejected, SetParams
 from ldam.wire.messages import decode_frame
 from tests.test_reliability import free_port
 
@@ -61,9 +62,7 @@ def crashing_worker(config: Any, end: Any) -> None:
 def ready_then_crashing_worker(config: Any, end: Any) -> None:
     """A worker that reports ready, then fails: the server keeps restarting it."""
     info = {"device": "cpu", "layers": [], "input_shape": [1, 28, 28], "panels": []}
-    end.outbox.put_event(
-        ("ready", {"version": config.version, "params": config.params, "info": info})
-    )
+    end.outbox.put_event(Ready(config.version, config.params, info))
     time.sleep(0.2)
     raise RuntimeError("the sampler blew up")
 
@@ -333,18 +332,9 @@ def test_an_out_of_date_refusal_keeps_the_newer_change() -> None:
     hub.apply(SetMessage(type="set", temperature=0.5))  # B, sent before A's refusal
     assert hub.version == start + 2 and len(sent) == 2
 
-    def refusal(version: int) -> tuple[Any, ...]:
+    def refusal(version: int) -> Rejected:
         message = "The model has no layer named 'nope'."
-        return (
-            "rejected",
-            {
-                "version": version,
-                "field": "layer",
-                "message": message,
-                "params": old,
-                "sources": dict(hub.sources),
-            },
-        )
+        return Rejected(version, "layer", message, old, dict(hub.sources))
 
     hub.on_worker_message(refusal(start + 1))
     # A's refusal is out of date: B stays, nothing is re-sent, the error is shown.
@@ -355,7 +345,7 @@ def test_an_out_of_date_refusal_keeps_the_newer_change() -> None:
     # back to what the worker runs.
     hub.on_worker_message(refusal(start + 2))
     assert hub.version == start + 3 and hub.params.model_dump() == old
-    assert sent[-1] == ("set", start + 3, old, dict(hub.sources))
+    assert sent[-1] == SetParams(start + 3, old, dict(hub.sources))
 
 
 def test_killed_worker_is_restarted_with_the_last_parameters(

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from ldam.web.security import WS_MAX_SIZE
 from ldam.wire.messages import (
     MAX_MESSAGE_BYTES,
     NESTED_TOO_DEEPLY,
@@ -28,7 +29,6 @@ from ldam.wire.messages import (
     SetMessage,
     parse_client_message,
 )
-from ldam.web.security import WS_MAX_SIZE
 from tests.test_reliability import LiveServer, Viewer, running_server
 
 FUZZ_MESSAGES = 2000

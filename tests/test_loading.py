@@ -173,7 +173,9 @@ def test_state_dict_round_trips(tmp_path: Path, lenet: nn.Module, x: torch.Tenso
         assert loaded.normalization == ([0.1307], [0.3081])
         assert not any(p.requires_grad for p in loaded.module.parameters())
         torch.testing.assert_close(loaded.module(x), lenet(x))
-    factory = load_checkpoint(tmp_path / "w.pt", arch="ldam.models.lenet:LeNet", input_shape=(1, 28, 28))
+    factory = load_checkpoint(
+        tmp_path / "w.pt", arch="ldam.models.lenet:LeNet", input_shape=(1, 28, 28)
+    )
     assert factory.normalization is None
     torch.testing.assert_close(factory.module(x), lenet(x))
 

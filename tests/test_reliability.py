@@ -28,8 +28,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from ldam.wire.messages import decode_frame
 from ldam.web.security import SEND_TIMEOUT_S
+from ldam.wire.messages import decode_frame
 
 REPO = Path(__file__).resolve().parent.parent
 # Starting the worker imports torch and loads the model: slow on a busy 2-core machine.

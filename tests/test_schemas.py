@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ldam.wire import messages as schemas
-
 from ldam.web import security
+from ldam.wire import messages as schemas
 from ldam.wire.messages import (
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ldam.models.lenet import LeNet
-from ldam.sampling.targets import LayerInfo, Target, TargetError, TargetSpec, list_layers, parse_target
+from ldam.sampling.targets import (
+    LayerInfo,
+    Target,
+    TargetError,
+    TargetSpec,
+    list_layers,
+    parse_target,
+)
 
 LENET_LAYERS = (
     "conv1, relu1, pool1, conv2, relu2, pool2, flatten, fc1, relu3, fc2, relu4, fc3, output"

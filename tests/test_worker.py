@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ldam.wire.events import Frame, Rejected, SetParams, Shake
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.messages import SamplerParams
 from ldam.worker.process import Worker, encode_jpeg, grid_order
@@ -72,13 +73,13 @@ class Harness:
     def frame(self) -> tuple[dict[str, Any], list[bytes]]:
         self.worker.publish_frame()
         for message in reversed(self.events()):
-            if message[0] == "frame":
-                return message[1], message[2]
+            if isinstance(message, Frame):
+                return message.header, message.images
         raise AssertionError("no frame was sent")
 
     def set(self, **changes: Any) -> None:
         params = {**self.worker.params.model_dump(), **changes}
-        self.worker.handle(("set", self.worker.version + 1, params, dict(self.worker.sources)))
+        self.worker.handle(SetParams(self.worker.version + 1, params, dict(self.worker.sources)))
 
     def close(self) -> None:
         self.worker.close()
@@ -182,7 +183,7 @@ def test_sweep_sets_one_value_per_row() -> None:
 def test_shake_raises_temperature_then_restores() -> None:
     h = Harness({"layout": "chains", "chains": 2, "temperature": 0.02})
     try:
-        h.worker.handle(("shake", 10.0, 0.2))
+        h.worker.handle(Shake(10.0, 0.2))
         h.worker.step_all()
         assert h.worker.panels[0].sampler.config.temperature == pytest.approx(0.2)
         time.sleep(0.25)
@@ -201,14 +202,14 @@ def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
         h.set(layer="nope")
         h.set(unit=10)
         h.set(window=1000, chains=256)
-        rejected = [m[1] for m in h.events() if m[0] == "rejected"]
-        assert [r["field"] for r in rejected] == ["layer", "unit", "window"]
-        assert rejected[0]["message"] == "The model has no layer named 'nope'."
-        assert rejected[1]["message"] == "Layer 'fc3' has 10 units; unit must be below 10."
-        assert rejected[2]["message"].startswith(
+        rejected = [m for m in h.events() if isinstance(m, Rejected)]
+        assert [r.field for r in rejected] == ["layer", "unit", "window"]
+        assert rejected[0].message == "The model has no layer named 'nope'."
+        assert rejected[1].message == "Layer 'fc3' has 10 units; unit must be below 10."
+        assert rejected[2].message.startswith(
             "A window of 1000 samples for 256 chains needs 765 MiB"
         )
-        assert rejected[0]["params"]["layer"] == "fc3"
+        assert rejected[0].params is not None and rejected[0].params["layer"] == "fc3"
         assert h.worker.panels[0] is panel and h.worker.version == 3
         h.worker.step_all()
     finally:

@@ -30,8 +30,8 @@ class Case:
 
 
 def _lenet() -> nn.Module:
-    from ldam.models.loading import load_checkpoint
     from ldam.cli.main import DEFAULT_CHECKPOINT
+    from ldam.models.loading import load_checkpoint
 
     return load_checkpoint(str(DEFAULT_CHECKPOINT)).module
 

@@ -17,14 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
-
-
 
 DEFAULT_DISC_STEPS = 100
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A bad command-line value; the message is one sentence for the user."""
 
 
@@ -131,10 +130,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Run LDAM headless and write the npz (and optionally the PNG grid)."""
     import numpy as np
 
+    from ldam.cli.progress import Progress
     from ldam.models.loading import load_checkpoint
     from ldam.sampling.diagnostics import effective_sample_size, split_rhat
     from ldam.sampling.energy import ActivationTerm, L2Term
-    from ldam.cli.progress import Progress
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
 
@@ -518,25 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The exception classes whose message is a sentence for the user, imported lazily."""
-    types: list[type[BaseException]] = [UsageError]
-    for module, name in [
-        ("ldam.models.loading", "CheckpointError"),
-        ("ldam.sampling.targets", "TargetError"),
-        ("ldam.sampling.sampler", "SamplerError"),
-        ("ldam.models.data", "DataError"),
-        ("ldam.web.app", "ServeError"),
-        ("ldam.sampling.discriminator", "DiscriminatorError"),
-        ("ldam.web.security", "SecurityError"),
-    ]:
-        mod = sys.modules.get(module)
-        cls = getattr(mod, name, None) if mod is not None else None
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            types.append(cls)
-    return tuple(types)
-
-
 def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
     # Warnings from our modules are sentences for the user, not source locations.
     sys.stderr.write(f"ldam: warning: {message}\n")
@@ -552,11 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("ldam: interrupted\n")
         return 130
-    except Exception as exc:  # user errors become one sentence; anything else is a bug
-        if isinstance(exc, user_error_types()):
-            sys.stderr.write(f"ldam: {exc}\n")
-            return 2
-        raise
+    except UserError as exc:  # one sentence for the user; anything else is a bug
+        sys.stderr.write(f"ldam: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

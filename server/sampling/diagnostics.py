@@ -12,8 +12,10 @@ import math
 
 import numpy as np
 
+from ldam.errors import UserError
 
-class DiagnosticsError(ValueError):
+
+class DiagnosticsError(UserError):
     """Draws of the wrong shape; the message is one sentence."""
 
 

@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldam.errors import UserError
 from ldam.models.discriminator import make_discriminator
 
 FORMAT = "ldam-discriminator"
 FORMAT_VERSION = 1
 
 
-class DiscriminatorError(Exception):
+class DiscriminatorError(UserError):
     """A user-facing discriminator problem, explained in one sentence."""
 
 

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldam.errors import UserError
+
 TermGroup = Literal["activation", "regularizer", "discriminator"]
 
 
-class TermError(ValueError):
+class TermError(UserError):
     """A term was given or produced something unusable; the message is one sentence."""
 
 

@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ldam.errors import UserError
 
-class ImageError(ValueError):
+
+class ImageError(UserError):
     """Images of the wrong shape or type; the message is one sentence."""
 
 

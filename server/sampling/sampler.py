@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ldam.errors import UserError
 from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
 
 PerChain = float | Sequence[float]
@@ -71,7 +72,7 @@ MEAN_FOLD_STEPS = 1024
 WINDOW_RESUM_STEPS = 4096
 
 
-class SamplerError(ValueError):
+class SamplerError(UserError):
     """A bad sampler setting or input; the message is one sentence."""
 
 
@@ -130,10 +131,10 @@ def langevin_step(
 # ------------------------------------------------------------------------------- settings
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SamplerError(f"{name} must be a number or a list of numbers, got {value!r}.")
+        raise SamplerError(f"{name} must be a number or a list of numbers, got {value!r}.", name)
     value = float(value)
     if not math.isfinite(value):
-        raise SamplerError(f"{name} must be a finite number, got {value}.")
+        raise SamplerError(f"{name} must be a finite number, got {value}.", name)
     return value
 
 
@@ -155,13 +156,14 @@ def _per_chain_setting(name: str, value: Any, chains: int) -> float | list[float
         if len(values) != chains:
             raise SamplerError(
                 f"{name} has {len(values)} values but there are {chains} chains; "
-                "give one value or one per chain."
+                "give one value or one per chain.",
+                name,
             )
     else:
         values = [_number(name, value)]
     for v in values:
         if not ok(v):
-            raise SamplerError(f"{name} must be {rule}, got {v}.")
+            raise SamplerError(f"{name} must be {rule}, got {v}.", name)
     if all(v == values[0] for v in values):
         return values[0]
     return values
@@ -169,7 +171,7 @@ def _per_chain_setting(name: str, value: Any, chains: int) -> float | list[float
 
 def _int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SamplerError(f"{name} must be an integer >= {low}, got {value!r}.")
+        raise SamplerError(f"{name} must be an integer >= {low}, got {value!r}.", name)
     return value
 
 
@@ -436,7 +438,8 @@ class Sampler:
             raise SamplerError(
                 f"A window of {window} samples for {n} chains of shape {self.input_shape} needs "
                 f"{need / 2**20:.0f} MiB, more than the {WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB "
-                "limit; use a smaller window or fewer chains."
+                "limit; use a smaller window or fewer chains.",
+                "window",
             )
 
     def _alloc_window(self, window: int) -> None:

@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ldam.errors import UserError
+
 OUTPUT_NAMES = ("", "output")
 _UNIT = re.compile(r"^(\d+)(?:-(\d+))?(?:@(\d+),(\d+))?$")
 
 
-class TargetError(ValueError):
+class TargetError(UserError):
     """A target cannot be used with this model; the message is one sentence for the user."""
 
 
@@ -121,12 +123,13 @@ class Target:
         self.spec = spec if isinstance(spec, TargetSpec) else parse_target(spec)
         self.batch_size = batch_size
         if chains < 1:
-            raise TargetError(f"The number of chains must be at least 1, got {chains}.")
+            raise TargetError(f"The number of chains must be at least 1, got {chains}.", "chains")
         units = self.spec.units
         if chains % len(units):
             raise TargetError(
                 f"{chains} chains cannot be split evenly over the {len(units)} units "
-                f"{self.spec.first}-{self.spec.last}; use a multiple of {len(units)} chains."
+                f"{self.spec.first}-{self.spec.last}; use a multiple of {len(units)} chains.",
+                "chains",
             )
         per_unit = chains // len(units)
         self.units_per_chain: list[int] = [units[i // per_unit] for i in range(chains)]
@@ -136,12 +139,14 @@ class Target:
             if _is_torchscript(module):
                 raise TargetError(
                     "A TorchScript model allows only output targets (such as output:7); export it with "
-                    "torch.export (.pt2) to target inner layers."
+                    "torch.export (.pt2) to target inner layers.",
+                    "layer",
                 )
             names = _layer_names(module)
             if self.spec.layer not in names:
                 raise TargetError(
-                    f"No layer named {self.spec.layer!r}; the layers are: {', '.join([*names, 'output'])}."
+                    f"No layer named {self.spec.layer!r}; the layers are: {', '.join([*names, 'output'])}.",
+                    "layer",
                 )
             self.layer = module.get_submodule(self.spec.layer)
         if input_shape is not None:
@@ -214,13 +219,15 @@ class Target:
                 )
             if spec.last >= out.shape[1]:
                 raise TargetError(
-                    f"Unit {spec.last} is out of range for {name} (units 0-{out.shape[1] - 1})."
+                    f"Unit {spec.last} is out of range for {name} (units 0-{out.shape[1] - 1}).",
+                    "unit",
                 )
         elif out.ndim == 4:
             channels, height, width = out.shape[1:]
             if spec.last >= channels:
                 raise TargetError(
-                    f"Channel {spec.last} is out of range for {name} (channels 0-{channels - 1})."
+                    f"Channel {spec.last} is out of range for {name} (channels 0-{channels - 1}).",
+                    "unit",
                 )
             if spec.position is not None and (
                 spec.position[0] >= height or spec.position[1] >= width

@@ -19,9 +19,9 @@ worker.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import contextlib
 import errno
+import importlib.resources
 import json
 import re
 import signal
@@ -37,8 +37,22 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from ldam.errors import UserError
 from ldam.models.bundled import CHECKPOINT_DIR, DEFAULT_PAIR
 from ldam.web import security
+from ldam.wire.events import (
+    Died,
+    Frame,
+    Metrics,
+    Notice,
+    Ready,
+    Rejected,
+    Reset,
+    RestartDiscriminator,
+    SetParams,
+    Shake,
+    Viewers,
+)
 from ldam.wire.link import WORKER_ENTRY, Message, Standby, WorkerConfig, WorkerLink
 from ldam.wire.messages import (
     AckMessage,
@@ -78,7 +92,7 @@ _DEFAULTS = SamplerParams().model_dump()
 _TARGET = re.compile(r"^(?P<layer>[A-Za-z0-9_.]+):(?P<first>\d+)(?:-(?P<last>\d+))?$")
 
 
-class ServeError(Exception):
+class ServeError(UserError):
     """The dashboard cannot start; the message is one sentence for the user."""
 
 
@@ -214,7 +228,7 @@ class Hub:
         self.worker_error = None
         standby, self.standby = self.standby, None
         link.start(standby)
-        link.send(("clients", len(self.clients)))
+        link.send(Viewers(len(self.clients)))
 
     async def stop(self) -> None:
         """Stop the worker (without restarting it) and close every client."""
@@ -307,9 +321,9 @@ class Hub:
 
     def on_worker_message(self, message: Message) -> None:
         """Route one message from the worker (runs on the event loop)."""
-        kind = message[0]
-        if kind == "frame":
-            _, header, images = message
+        if isinstance(message, Frame):
+            header = dict(message.header)
+            images = message.images
             # Numbered here, not by the worker, so the numbers keep growing across restarts.
             self.frame_seq += 1
             header["worker_seq"] = header["seq"]
@@ -317,16 +331,14 @@ class Hub:
             self.frame = encode_frame(header, images)
             for client in self.clients:
                 client.wake.set()
-        elif kind == "metrics":
-            payload = message[1]
-            payload["type"] = "metrics"
+        elif isinstance(message, Metrics):
+            payload = {**message.payload, "type": "metrics"}
             self.post_all("metrics", json.dumps(payload, separators=(",", ":")))
-        elif kind == "ready":
-            payload = message[1]
-            if payload["version"] == self.version:
+        elif isinstance(message, Ready):
+            if message.version == self.version:
                 # The worker fills in what was left open (the layer when none was given).
-                self.params = SamplerParams.model_validate(payload["params"])
-            self.info = payload["info"]
+                self.params = SamplerParams.model_validate(message.params)
+            self.info = message.info
             if self.use_standby and (self.standby is None or not self.standby.alive()):
                 self.standby = Standby(self.worker_entry)
             self.served = True
@@ -338,41 +350,40 @@ class Hub:
             self.post_all("info", self.info_text())
             self.broadcast_state()
             self.broadcast_status()
-        elif kind == "rejected":
-            payload = message[1]
+        elif isinstance(message, Rejected):
             self.post_all(
                 "error",
-                json.dumps(
-                    {"type": "error", "field": payload["field"], "message": payload["message"]}
-                ),
+                json.dumps({"type": "error", "field": message.field, "message": message.message}),
             )
-            if payload.get("params") is None:
+            if message.params is None:
                 # The worker could not start at all (bad checkpoint or target on the command
                 # line): `run_server` reports it; a browser sees the error.
-                self.last_error = payload["message"]
-                self.worker_error = payload["message"]
+                self.last_error = message.message
+                self.worker_error = message.message
                 self.worker_state = "failed"
                 self.ready.set()
                 self.broadcast_status()
                 return
-            if payload["version"] != self.version:
+            if message.version != self.version:
                 # A newer change was sent since: keep it (the worker refuses it too if it is
                 # bad, and that refusal, of the current version, rolls back).
                 return
             # Go back to what the worker still runs, under a new version so frames match.
-            self.params = SamplerParams.model_validate(payload["params"])
-            if payload.get("sources") is not None:
-                self.sources = payload["sources"]
+            self.params = SamplerParams.model_validate(message.params)
+            if message.sources is not None:
+                self.sources = dict(message.sources)
             self.version += 1
-            self._send(("set", self.version, self.params.model_dump(), dict(self.sources)))
+            self._send(SetParams(self.version, self.params.model_dump(), dict(self.sources)))
             self.broadcast_state()
-        elif kind == "error":
-            payload = message[1]
-            self.post_all("error", json.dumps({"type": "error", **payload}))
-        elif kind == "died":
+        elif isinstance(message, Notice):
+            self.post_all(
+                "error",
+                json.dumps({"type": "error", "field": message.field, "message": message.message}),
+            )
+        elif isinstance(message, Died):
             # The worker's last words (its traceback's last line) before it exits.
-            self.worker_error = message[1]["message"]
-        # "heartbeat": nothing to do; the link noted the time (see `_watch`).
+            self.worker_error = message.message
+        # Heartbeat: nothing to do; the link noted the time (see `_watch`).
 
     def _send(self, command: Message) -> None:
         if self.link is not None:
@@ -439,20 +450,20 @@ class Hub:
         self.post_all("status", json.dumps(self.status_payload()))
         if len(self.clients) != self._told_clients:
             self._told_clients = len(self.clients)
-            self._send(("clients", self._told_clients))
+            self._send(Viewers(self._told_clients))
 
     def apply(self, message: Any) -> None:
         """Apply one validated browser message; raises `MessageError` naming a bad field."""
         if isinstance(message, AckMessage):
             return
         if isinstance(message, ResetMessage):
-            self._send(("reset",))
+            self._send(Reset())
             return
         if isinstance(message, ShakeMessage):
-            self._send(("shake", message.factor, message.seconds))
+            self._send(Shake(message.factor, message.seconds))
             return
         if isinstance(message, DiscRestartMessage):
-            self._send(("disc_restart",))
+            self._send(RestartDiscriminator())
             return
         assert isinstance(message, SetMessage)
         changes = message.changes()
@@ -471,7 +482,7 @@ class Hub:
             try:
                 path = security.resolve_checkpoint(self.checkpoints_dir, changes[name])
             except security.SecurityError as err:
-                raise MessageError(name, str(err)) from None
+                raise MessageError(str(err), name) from None
             sources[name] = str(path)
         self._check_target(changes)
         try:
@@ -479,13 +490,13 @@ class Hub:
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "message"
-            raise MessageError(field, f"The field '{field}' is invalid: {first['msg']}.") from None
+            raise MessageError(f"The field '{field}' is invalid: {first['msg']}.", field) from None
         if params == self.params and sources == self.sources:
             return
         self.params = params
         self.sources = sources
         self.version += 1
-        self._send(("set", self.version, params.model_dump(), dict(sources)))
+        self._send(SetParams(self.version, params.model_dump(), dict(sources)))
         self.broadcast_state()
 
     def _check_target(self, changes: dict[str, Any]) -> None:
@@ -495,15 +506,15 @@ class Hub:
         layers = {layer["name"]: layer for layer in self.info.get("layers", [])}
         layer_name = changes.get("layer", self.params.layer)
         if "layer" in changes and layer_name not in layers:
-            raise MessageError("layer", f"The model has no layer named {layer_name!r}.")
+            raise MessageError(f"The model has no layer named {layer_name!r}.", "layer")
         layer = layers.get(layer_name)
         if layer is None:
             return
         for name in ("unit", "unit_end"):
             if name in changes and changes[name] >= layer["units"]:
                 raise MessageError(
-                    name,
                     f"Layer {layer_name!r} has {layer['units']} units; {name} must be below {layer['units']}.",
+                    name,
                 )
 
     async def serve_client(self, websocket: WebSocket) -> None:

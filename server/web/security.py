@@ -32,6 +32,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ldam.errors import UserError
+
 # Limits the app enforces. A control message is a few hundred bytes of JSON; anything above
 # MAX_MESSAGE_BYTES is answered with an error and dropped, anything above WS_MAX_SIZE makes the
 # websocket protocol itself close that one connection (1009) before the bytes are buffered.
@@ -71,7 +73,7 @@ _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
-class SecurityError(Exception):
+class SecurityError(UserError):
     """A request or setting the server refuses; the message is one sentence for the user."""
 
 

@@ -3,7 +3,7 @@
 Two one-way pipes, each with a thread at both ends so that neither side ever blocks on the
 other:
 
-- server -> worker: commands (``("set", version, params)``, ``("reset",)``, ...). The server
+- server -> worker: commands (`ldam.wire.events.SetParams`, `Reset`, ...). The server
   queues them (`WorkerLink.send` never blocks the event loop); a thread writes them to the
   pipe in order, so no control is ever lost or reordered. The worker drains the pipe at every
   sampler step (`WorkerEnd.poll_commands`).
@@ -16,7 +16,7 @@ other:
 A dead worker is noticed two ways: the pipe reaches EOF (the process is gone, also after
 SIGKILL, because the server closes its copy of the worker's pipe end right after the start),
 and the reader thread checks ``Process.is_alive()`` whenever the pipe is quiet. A worker that
-raises sends ``("died", {"message": "RuntimeError: ..."})`` (the traceback's last line) as its
+raises sends `Died("RuntimeError: ...")` (the traceback's last line) as its
 last message, so the server can say why it stopped. A worker that is alive but silent (hung,
 or stopped with SIGSTOP) is found by the server's watchdog through `WorkerLink.last_message_at`
 and ended with `WorkerLink.kill`.
@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+
+from ldam.wire.events import Died, Stop
 
 # The worker's start function, imported in the child only (it imports torch).
 WORKER_ENTRY = "ldam.worker.process:run_worker"
@@ -72,7 +74,8 @@ class WorkerConfig:
     threads: int | None = None
 
 
-Message = tuple[Any, ...]
+# A command or an event of `ldam.wire.events` (the outbox itself carries any picklable value).
+Message = Any
 
 
 class Outbox:
@@ -211,7 +214,7 @@ def _child_main(
     except Exception as err:
         # The traceback still goes to stderr (the process exits with status 1); the server
         # gets the last line, to say why the worker stopped.
-        died: Message = ("died", {"message": error_line(err)})
+        died = Died(error_line(err))
         if end is not None:
             end.outbox.send_last(died)
         else:
@@ -364,7 +367,7 @@ class WorkerLink:
     def stop(self, timeout: float = 3.0) -> None:
         """Ask the worker to stop, wait up to `timeout` seconds, then kill it."""
         self._stopping.set()
-        self._commands.put(("stop",))
+        self._commands.put(Stop())
         self._commands.put(None)
         process = self._process
         if process is not None:

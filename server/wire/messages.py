@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ldam.errors import UserError
+
 # The limits on a control message live with the app's other limits (see SECURITY.md).
 from ldam.web.security import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 
@@ -218,13 +220,11 @@ ClientMessage = Annotated[
 _CLIENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 
 
-class MessageError(ValueError):
+class MessageError(UserError):
     """A browser message that cannot be used; `field` names the offending field."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+    def __init__(self, message: str, field: str = "message") -> None:
+        super().__init__(message, field)
 
     def payload(self) -> dict[str, str]:
         """The ``error`` message sent back to the browser."""
@@ -283,22 +283,20 @@ def parse_client_message(raw: str | bytes) -> BaseModel:
     else:
         size = len(raw)
     if size > MAX_MESSAGE_BYTES:
-        raise MessageError(
-            "message", f"The message is {size} bytes; the limit is {MAX_MESSAGE_BYTES} bytes."
-        )
+        raise MessageError(f"The message is {size} bytes; the limit is {MAX_MESSAGE_BYTES} bytes.")
     try:
         text = raw if isinstance(raw, str) else _decode_json_bytes(raw)
     except UnicodeDecodeError:
-        raise MessageError("message", "The message is not valid JSON.") from None
+        raise MessageError("The message is not valid JSON.") from None
     # Checked on the text before parsing, so the verdict never depends on the stack depth.
     if json_depth_exceeds(text, MAX_JSON_DEPTH):
-        raise MessageError("message", NESTED_TOO_DEEPLY)
+        raise MessageError(NESTED_TOO_DEEPLY)
     try:
         data = json.loads(text)
     except ValueError:
-        raise MessageError("message", "The message is not valid JSON.") from None
+        raise MessageError("The message is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise MessageError("message", "The message must be a JSON object with a 'type' field.")
+        raise MessageError("The message must be a JSON object with a 'type' field.")
     try:
         return _CLIENT_ADAPTER.validate_python(data)
     except ValidationError as err:
@@ -315,7 +313,7 @@ def parse_client_message(raw: str | bytes) -> BaseModel:
             text = "The field 'type' must be one of: set, ack, reset, shake, disc_restart."
         else:
             text = f"The field '{field}' is invalid: {first['msg']}."
-        raise MessageError(field, text) from None
+        raise MessageError(text, field) from None
 
 
 # Binary frames: >I header length, the header as UTF-8 JSON, then the panels' JPEG bytes

@@ -15,7 +15,7 @@ process of the dashboard that imports torch. Its loop, top to bottom:
    wins);
 4. `metrics_rate` times a second: activations, speed, burn-in, resets, D's figures.
 
-A heartbeat thread sends ``("heartbeat",)`` every `HEARTBEAT_EVERY_S`, also during a long
+A heartbeat thread sends `Heartbeat()` every `HEARTBEAT_EVERY_S`, also during a long
 step or checkpoint load: the server restarts a worker it has not heard from for
 `ldam.web.app.HEARTBEAT_TIMEOUT_S`, which then means a frozen process, not a slow network.
 
@@ -42,10 +42,24 @@ import torch
 from ldam.models.loading import DEFAULT_CHECKPOINT, CheckpointError, LoadedModel, load_checkpoint
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.images import grid_order, tile, to_display, to_pil
-from ldam.wire.link import Message, WorkerConfig, WorkerEnd
 from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError
-from ldam.wire.messages import STRUCTURAL_FIELDS, SamplerParams
 from ldam.sampling.targets import Target, TargetError, list_layers
+from ldam.wire.events import (
+    Frame,
+    Heartbeat,
+    Metrics,
+    Notice,
+    Ready,
+    Rejected,
+    Reset,
+    RestartDiscriminator,
+    SetParams,
+    Shake,
+    Stop,
+    Viewers,
+)
+from ldam.wire.link import Message, WorkerConfig, WorkerEnd
+from ldam.wire.messages import STRUCTURAL_FIELDS, SamplerParams
 
 # Offer the chains to the discriminator every this many steps (it trains on the newest offer).
 DISC_OFFER_EVERY = 2
@@ -156,7 +170,7 @@ class Worker:
 
     def _beat(self) -> None:
         # "Still alive" for the server's watchdog, around work that keeps the loop from turning.
-        self.end.outbox.put_event(("heartbeat",))
+        self.end.outbox.put_event(Heartbeat())
 
     def _trusted(self, path: str) -> bool:
         """`--trust-checkpoint` covers only the files the operator named on the command line,
@@ -348,33 +362,30 @@ class Worker:
 
     def handle(self, command: Message) -> None:
         """Apply one command from the server."""
-        kind = command[0]
-        if kind == "set":
-            _, version, raw, sources = command
-            self._set(version, SamplerParams.model_validate(raw), sources)
-        elif kind == "reset":
+        if isinstance(command, SetParams):
+            self._set(
+                command.version, SamplerParams.model_validate(command.params), command.sources
+            )
+        elif isinstance(command, Reset):
             for panel in self.panels:
                 panel.sampler.reset()
             self.dirty = True
-        elif kind == "shake":
-            _, factor, seconds = command
-            self.shake_factor = float(factor)
-            self.shake_until = time.monotonic() + float(seconds)
+        elif isinstance(command, Shake):
+            self.shake_factor = float(command.factor)
+            self.shake_until = time.monotonic() + float(command.seconds)
             self._apply_live()
-        elif kind == "disc_restart":
+        elif isinstance(command, RestartDiscriminator):
             if self.trainer is not None:
                 from ldam.sampling.discriminator import DiscriminatorError
 
                 try:
                     self.trainer.restart()
                 except DiscriminatorError as err:
-                    self.end.outbox.put_event(
-                        ("error", {"field": "disc_restart", "message": str(err)})
-                    )
-        elif kind == "clients":
-            self.clients = int(command[1])
+                    self.end.outbox.put_event(Notice("disc_restart", str(err)))
+        elif isinstance(command, Viewers):
+            self.clients = int(command.count)
             self.next_frame = 0.0  # back to the full frame rate (or the idle one) at once
-        elif kind == "stop":
+        elif isinstance(command, Stop):
             self.stopping = True
 
     def _set(self, version: int, params: SamplerParams, sources: dict[str, str | None]) -> None:
@@ -382,12 +393,7 @@ class Worker:
         try:
             if changed & STRUCTURAL_FIELDS or sources != self.sources:
                 params = self.build(params, sources)
-                self.end.outbox.put_event(
-                    (
-                        "ready",
-                        {"version": version, "params": params.model_dump(), "info": self.info()},
-                    )
-                )
+                self.end.outbox.put_event(Ready(version, params.model_dump(), self.info()))
             elif "window" in changed:
                 main = self.panels[0]
                 check_window(
@@ -398,16 +404,7 @@ class Worker:
                 )
         except BuildError as err:
             self.end.outbox.put_event(
-                (
-                    "rejected",
-                    {
-                        "version": version,
-                        "field": err.field,
-                        "message": str(err),
-                        "params": self.params.model_dump(),
-                        "sources": dict(self.sources),
-                    },
-                )
+                Rejected(version, err.field, str(err), self.params.model_dump(), dict(self.sources))
             )
             return
         self.params = params
@@ -415,9 +412,7 @@ class Worker:
         had_note = self.disc_note
         self._ensure_trainer(self.panels[0].loaded, params)
         if self.disc_note != had_note:
-            self.end.outbox.put_event(
-                ("error", {"field": "disc_weight", "message": self.disc_note})
-            )
+            self.end.outbox.put_event(Notice("disc_weight", self.disc_note or ""))
         self._apply_live()
         self.dirty = True
 
@@ -486,7 +481,7 @@ class Worker:
             "show": self.params.show,
             "panels": panels,
         }
-        self.end.outbox.put_frame(("frame", header, images))
+        self.end.outbox.put_frame(Frame(header, images))
         self.frame_times.append(time.monotonic())
         self.dirty = False
 
@@ -518,7 +513,7 @@ class Worker:
             "disc_note": self.disc_note,
             "device": str(self.device),
         }
-        self.end.outbox.put_metrics(("metrics", _finite(metrics)))
+        self.end.outbox.put_metrics(Metrics(_finite(metrics)))
 
     def _beat_forever(self) -> None:
         # A step of a large network on a CPU can outlast the server's watchdog; this thread
@@ -641,30 +636,16 @@ def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
     try:
         params = worker.build(worker.params, worker.sources)
     except BuildError as err:
-        end.outbox.put_event(
-            (
-                "rejected",
-                {
-                    "version": config.version,
-                    "field": err.field,
-                    "message": str(err),
-                    "params": None,
-                },
-            )
-        )
+        end.outbox.put_event(Rejected(config.version, err.field, str(err), None))
         end.outbox.close()
         return
-    end.outbox.put_event(
-        ("ready", {"version": config.version, "params": params.model_dump(), "info": worker.info()})
-    )
+    end.outbox.put_event(Ready(config.version, params.model_dump(), worker.info()))
     worker._apply_live()
     try:
         worker.run()
     except Exception as err:  # noqa: BLE001 - reported, then the server restarts the worker
         traceback.print_exc()
-        end.outbox.put_event(
-            ("error", {"field": "worker", "message": f"The worker failed: {err}."})
-        )
+        end.outbox.put_event(Notice("worker", f"The worker failed: {err}."))
         raise
     finally:
         worker.close()
