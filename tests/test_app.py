@@ -319,7 +319,7 @@ def test_trust_checkpoint_does_not_cover_picks_from_the_folder(
 def test_an_out_of_date_refusal_keeps_the_newer_change() -> None:
     from ldam.web.app import Client, Hub
     from ldam.wire.link import WorkerConfig
-    from ldam.wire.messages import SamplerParams, SetMessage
+    from ldam.wire.params import SamplerParams, SetMessage
 
     hub = Hub(WorkerConfig(checkpoints_dir="/nonexistent"), SamplerParams(), Path("/nonexistent"))
     sent: list[Any] = []
@@ -515,10 +515,20 @@ def test_target_option() -> None:
         "layout": "chains",
     }
     assert parse_target_option("fc1:0-9")["layout"] == "range"
-    with pytest.raises(
-        ServeError, match=r"^The target 'fc3' must look like LAYER:UNIT or LAYER:FIRST-LAST\.$"
-    ):
+    # The one target grammar of `ldam sample` reads it, with the same sentences.
+    with pytest.raises(ServeError) as info:
         parse_target_option("fc3")
+    assert str(info.value) == "A target is LAYER:UNIT, such as fc3:7 or conv1:3@12,12; got 'fc3'."
+    with pytest.raises(ServeError) as info:
+        parse_target_option("fc3:9-2")
+    assert str(info.value) == "The unit range in 'fc3:9-2' runs backwards; write it as 2-9."
+    # A position parses, but the dashboard samples whole units: one sentence says so.
+    with pytest.raises(ServeError) as info:
+        parse_target_option("conv1:2@10,12")
+    assert str(info.value) == (
+        "The dashboard samples whole units, so the position in 'conv1:2@10,12' cannot be shown; "
+        "use --target conv1:2 here, or ldam sample for a position."
+    )
 
 
 def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:

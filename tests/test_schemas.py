@@ -10,21 +10,20 @@ import pytest
 from pydantic import ValidationError
 
 from ldam.web import security
+from ldam.wire import limits, params
 from ldam.wire import messages as schemas
+from ldam.wire.limits import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from ldam.wire.messages import (
-    MAX_JSON_DEPTH,
-    MAX_MESSAGE_BYTES,
     NESTED_TOO_DEEPLY,
     AckMessage,
     MessageError,
-    SamplerParams,
-    SetMessage,
     ShakeMessage,
     decode_frame,
     encode_frame,
     json_depth_exceeds,
     parse_client_message,
 )
+from ldam.wire.params import SamplerParams, SetMessage, grid_columns, grid_rows
 
 
 def refused(raw: str | bytes) -> MessageError:
@@ -257,7 +256,36 @@ def test_depth_5000_is_refused_whatever_the_stack_depth() -> None:
 
 
 def test_message_limits_have_one_definition() -> None:
-    assert schemas.MAX_MESSAGE_BYTES is security.MAX_MESSAGE_BYTES == 4096
-    assert schemas.MAX_JSON_DEPTH is security.MAX_JSON_DEPTH
-    source = Path(schemas.__file__).read_text()
-    assert "MAX_MESSAGE_BYTES =" not in source and "MAX_JSON_DEPTH =" not in source
+    assert schemas.MAX_MESSAGE_BYTES is security.MAX_MESSAGE_BYTES is limits.MAX_MESSAGE_BYTES
+    assert limits.MAX_MESSAGE_BYTES == 4096
+    assert schemas.MAX_JSON_DEPTH is security.MAX_JSON_DEPTH is limits.MAX_JSON_DEPTH
+    for module in (schemas, security, params):
+        source = Path(module.__file__).read_text()
+        assert "MAX_MESSAGE_BYTES =" not in source and "MAX_JSON_DEPTH =" not in source
+
+
+def test_set_message_has_every_parameter_with_the_same_bounds() -> None:
+    # SetMessage is made from SamplerParams: the same fields, each optional, the same bounds.
+    assert set(SetMessage.model_fields) == {"type", *SamplerParams.model_fields}
+    for name, low, high in [
+        ("temperature", 0.0, 100.0),
+        ("momentum", 0.0, 0.999),
+        ("disc_weight", 0.0, 1.0),
+        ("window", 1, 1000),
+        ("chains", 1, 256),
+    ]:
+        SetMessage.model_validate({"type": "set", name: high})
+        SamplerParams.model_validate({name: low})
+        for bad in (type(high)(high * 2 + 1), -1):
+            with pytest.raises(ValidationError):
+                SetMessage.model_validate({"type": "set", name: bad})
+            with pytest.raises(ValidationError):
+                SamplerParams.model_validate({name: bad})
+
+
+def test_grid_columns_is_one_rule_for_the_page_and_the_png() -> None:
+    # 20 chains on one unit: 5 columns of 4 rows, in the dashboard and in `ldam sample --png`.
+    assert grid_columns(20, 1) == 5 and grid_rows(20, 5) == 4
+    assert SamplerParams(layout="chains", chains=20).grid()[1] == 5
+    assert [grid_columns(n, 1) for n in (1, 2, 4, 10, 16, 17)] == [1, 2, 2, 4, 4, 5]
+    assert grid_columns(20, 10) == 10 and grid_rows(10, 4) == 3

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ldam.wire.events import Frame, Rejected, SetParams, Shake
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
-from ldam.wire.messages import SamplerParams
+from ldam.wire.params import SamplerParams
 from ldam.worker.process import Worker, encode_jpeg, grid_order
 
 REPO = Path(__file__).resolve().parent.parent

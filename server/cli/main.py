@@ -19,6 +19,7 @@ from typing import Any
 
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.wire.params import grid_columns
 
 DEFAULT_DISC_STEPS = 100
 
@@ -105,13 +106,6 @@ def pick_device(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- sample
-
-
-def grid_columns(chains: int, units: int) -> int:
-    """Columns of the paper's grid: one per target unit, else about sqrt(chains)."""
-    if units > 1:
-        return units
-    return max(1, math.ceil(math.sqrt(chains)))
 
 
 def save_png(images: Any, units_per_chain: list[int], path: str) -> None:

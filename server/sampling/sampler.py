@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ldam.errors import UserError
 from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
+from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
 
 PerChain = float | Sequence[float]
 Scalar = float | Tensor  # a float, or a per-chain tensor [N] broadcast over C, H, W
@@ -58,8 +59,6 @@ LIVE_SETTINGS = (
     "window",
     "clamp",
 )
-# The moving window keeps K samples per chain; past this it is a user error, not an OOM.
-WINDOW_MEMORY_LIMIT_BYTES = 1 << 30
 # Auto burn-in also accepts a chain whose trend over the burn-in window is within this many
 # standard errors of zero (a Geweke-style test): with noise, a relative change below epsilon
 # may never happen for an activation that hovers near zero.
@@ -173,6 +172,24 @@ def _int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise SamplerError(f"{name} must be an integer >= {low}, got {value!r}.", name)
     return value
+
+
+def check_window_memory(
+    window: int, chains: int, input_shape: Sequence[int], bytes_per_value: int = 4
+) -> None:
+    """Raise `SamplerError` (field ``window``) when `chains` chains of `input_shape` with a
+    window of `window` samples would take more than `WINDOW_MEMORY_LIMIT_BYTES`.
+
+    The dashboard passes the chains of all its panels together: one budget for one run.
+    """
+    need = window * chains * math.prod(input_shape) * bytes_per_value
+    if need > WINDOW_MEMORY_LIMIT_BYTES:
+        raise SamplerError(
+            f"A window of {window} samples for {chains} chains of shape {tuple(input_shape)} "
+            f"needs {need / 2**20:.0f} MiB, more than the {WINDOW_MEMORY_LIMIT_BYTES // 2**20} "
+            "MiB limit; use a smaller window or fewer chains.",
+            "window",
+        )
 
 
 @dataclass
@@ -432,15 +449,7 @@ class Sampler:
         self._threshold = None if thr is None else self._chain_value(thr)
 
     def _check_window_memory(self, window: int) -> None:
-        n = self.config.chains
-        need = window * n * math.prod(self.input_shape) * self.x.element_size()
-        if need > WINDOW_MEMORY_LIMIT_BYTES:
-            raise SamplerError(
-                f"A window of {window} samples for {n} chains of shape {self.input_shape} needs "
-                f"{need / 2**20:.0f} MiB, more than the {WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB "
-                "limit; use a smaller window or fewer chains.",
-                "window",
-            )
+        check_window_memory(window, self.config.chains, self.input_shape, self.x.element_size())
 
     def _alloc_window(self, window: int) -> None:
         self._check_window_memory(window)

@@ -16,7 +16,6 @@ layers above it. A module called several times in one forward is read at its fir
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,40 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldam.errors import UserError
-
-OUTPUT_NAMES = ("", "output")
-_UNIT = re.compile(r"^(\d+)(?:-(\d+))?(?:@(\d+),(\d+))?$")
-
-
-class TargetError(UserError):
-    """A target cannot be used with this model; the message is one sentence for the user."""
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """A parsed target: `layer` ("" = output), units `first..last` (inclusive), optional
-    spatial `position` (row, column) for a 4-D layer."""
-
-    layer: str
-    first: int
-    last: int
-    position: tuple[int, int] | None = None
-
-    @property
-    def units(self) -> list[int]:
-        """The unit (or channel) indices in order."""
-        return list(range(self.first, self.last + 1))
-
-    @property
-    def is_output(self) -> bool:
-        """Whether the target is the network's output (no hook needed)."""
-        return self.layer == ""
-
-    def __str__(self) -> str:
-        units = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-        where = f"@{self.position[0]},{self.position[1]}" if self.position else ""
-        return f"{self.layer or 'output'}:{units}{where}"
+from ldam.wire.targets import TargetError, TargetSpec, parse_target
 
 
 @dataclass(frozen=True)
@@ -68,25 +34,6 @@ class LayerInfo:
     name: str
     shape: tuple[int, ...]
     units: int
-
-
-def parse_target(spec: str) -> TargetSpec:
-    """Parse `LAYER:UNIT` (see the module docstring) into a `TargetSpec`; `TargetError` if malformed."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise TargetError(f"A target is LAYER:UNIT, such as fc3:7 or conv1:3@12,12; got {spec!r}.")
-    layer, _, unit = spec.strip().rpartition(":")
-    layer = layer.strip()
-    match = _UNIT.match(unit.strip())
-    if match is None:
-        raise TargetError(
-            f"The unit in {spec!r} must be K, A-B, C@Y,X or A-B@Y,X with whole numbers, such as 7, 0-9 or 3@12,12."
-        )
-    first = int(match.group(1))
-    last = int(match.group(2)) if match.group(2) is not None else first
-    if last < first:
-        raise TargetError(f"The unit range in {spec!r} runs backwards; write it as {last}-{first}.")
-    position = (int(match.group(3)), int(match.group(4))) if match.group(3) is not None else None
-    return TargetSpec("" if layer in OUTPUT_NAMES else layer, first, last, position)
 
 
 class _Stop(Exception):

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import importlib.resources
 import json
-import re
 import signal
 import socket
 import time
@@ -59,12 +58,12 @@ from ldam.wire.messages import (
     DiscRestartMessage,
     MessageError,
     ResetMessage,
-    SamplerParams,
-    SetMessage,
     ShakeMessage,
     encode_frame,
     parse_client_message,
 )
+from ldam.wire.params import SamplerParams, SetMessage
+from ldam.wire.targets import TargetError, parse_target
 
 # The page: frontend/ in a source checkout, ldam/frontend/ in an installed wheel.
 FRONTEND = Path(str(importlib.resources.files("ldam.frontend")))
@@ -89,7 +88,6 @@ _WATCHDOG_EVERY_S = 0.5
 # Until a first worker was ready, this many deaths in a row (each before "ready") end the start.
 MAX_DEATHS_BEFORE_READY = 3
 _DEFAULTS = SamplerParams().model_dump()
-_TARGET = re.compile(r"^(?P<layer>[A-Za-z0-9_.]+):(?P<first>\d+)(?:-(?P<last>\d+))?$")
 
 
 class ServeError(UserError):
@@ -99,22 +97,24 @@ class ServeError(UserError):
 def parse_target_option(target: str | None) -> dict[str, Any]:
     """The parameter fields that ``--target LAYER:UNIT`` or ``LAYER:A-B`` sets.
 
-    ``LAYER:UNIT`` gives the "one unit, many chains" layout, ``LAYER:A-B`` one column per unit.
+    The one target grammar (`ldam.wire.targets.parse_target`) reads it. ``LAYER:UNIT`` gives
+    the "one unit, many chains" layout, ``LAYER:A-B`` one column per unit. The dashboard shows
+    whole units, so a position (``C@Y,X``) is refused with a pointer to ``ldam sample``.
     """
     if target is None:
         return {}
-    match = _TARGET.match(target.strip())
-    if match is None:
-        raise ServeError(f"The target {target!r} must look like LAYER:UNIT or LAYER:FIRST-LAST.")
-    first = int(match["first"])
-    if match["last"] is None:
-        return {"layer": match["layer"], "unit": first, "unit_end": first, "layout": "chains"}
-    return {
-        "layer": match["layer"],
-        "unit": first,
-        "unit_end": int(match["last"]),
-        "layout": "range",
-    }
+    try:
+        spec = parse_target(target)
+    except TargetError as err:
+        raise ServeError(str(err)) from None
+    if spec.position is not None:
+        raise ServeError(
+            f"The dashboard samples whole units, so the position in {target!r} cannot be shown; "
+            f"use --target {spec.layer or 'output'}:{spec.first} here, or ldam sample for a position."
+        )
+    layer = spec.layer or "output"
+    layout = "chains" if spec.first == spec.last else "range"
+    return {"layer": layer, "unit": spec.first, "unit_end": spec.last, "layout": layout}
 
 
 class Client:

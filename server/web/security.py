@@ -33,17 +33,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ldam.errors import UserError
+from ldam.wire.limits import MAX_FRAMES_IN_FLIGHT, MAX_JSON_DEPTH, MAX_MESSAGE_BYTES  # noqa: F401
 
-# Limits the app enforces. A control message is a few hundred bytes of JSON; anything above
-# MAX_MESSAGE_BYTES is answered with an error and dropped, anything above WS_MAX_SIZE makes the
-# websocket protocol itself close that one connection (1009) before the bytes are buffered.
-MAX_MESSAGE_BYTES = 4096
-# Brackets may nest this deep in a control message (the deepest valid one has 2 levels); deeper
-# is refused before parsing, so json's recursion limit is never reached.
-MAX_JSON_DEPTH = 8
+# Limits the app enforces. A control message above MAX_MESSAGE_BYTES (`ldam.wire.limits`) is
+# answered with an error and dropped; anything above WS_MAX_SIZE makes the websocket protocol
+# itself close that one connection (1009) before the bytes are buffered.
 WS_MAX_SIZE = 64 * 1024
-# Frames sent to a client that it has not yet acknowledged; a slow client gets fewer frames.
-MAX_FRAMES_IN_FLIGHT = 2
 # Above this many open websockets new ones are refused; the load test uses 40.
 MAX_CLIENTS = 64
 # A client whose send has not completed in this long is treated as gone and dropped.
@@ -65,7 +60,7 @@ LOGIN_PATH = "/login"
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CHECKPOINT_SUFFIXES = (".pt2", ".pt", ".pth", ".ts", ".safetensors")
 # A checkpoint name the picker offers: a plain file name in the folder. (A `set` message may
-# also name a file in a subfolder, "runs/a.pt"; server/schemas.py checks that text, and
+# also name a file in a subfolder, "runs/a.pt"; `ldam.wire.params` checks that text, and
 # `resolve_checkpoint` confines both.)
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 

@@ -59,7 +59,7 @@ from ldam.wire.events import (
     Viewers,
 )
 from ldam.wire.link import Message, WorkerConfig, WorkerEnd
-from ldam.wire.messages import STRUCTURAL_FIELDS, SamplerParams
+from ldam.wire.params import STRUCTURAL_FIELDS, SamplerParams
 
 # Offer the chains to the discriminator every this many steps (it trains on the newest offer).
 DISC_OFFER_EVERY = 2
