@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,13 @@ def train_mnist(
     out_dir: str | Path,
     steps: int | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
     config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Train LeNet on the 8,000 training digits and write both checkpoints into `out_dir`.
+
+    `progress(done, total)` is called after each optimizer step (the command line draws its
+    progress bar with it).
 
     `steps` (optimizer steps of `config.batch_size` digits) defaults to `config.epochs`
     epochs (2,500 steps). Returns the held-out accuracies (fractions of the 2,000 held-out
@@ -101,7 +105,12 @@ def train_mnist(
         torch.set_num_threads(threads)
 
 
-def _train(out_dir: Path, steps: int | None, progress: bool, config: TrainConfig) -> dict[str, Any]:
+def _train(
+    out_dir: Path,
+    steps: int | None,
+    progress: Callable[[int, int], None] | None,
+    config: TrainConfig,
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels = load_mnist()
     train_idx, test_idx = split_indices()
@@ -126,11 +135,6 @@ def _train(out_dir: Path, steps: int | None, progress: bool, config: TrainConfig
     snapshots: list[nn.Module] = []
     losses: list[float] = []
 
-    bar = None
-    if progress:
-        from ldam.cli.progress import Progress
-
-        bar = Progress(total, "train lenet")
     began = time.perf_counter()
     order = torch.empty(0, dtype=torch.long)
     model.train()
@@ -150,10 +154,8 @@ def _train(out_dir: Path, steps: int | None, progress: bool, config: TrainConfig
             averaged.update_parameters(model)
         if step in snapshot_at:
             snapshots.append(copy.deepcopy(model).eval())
-        if bar is not None:
-            bar.update(step)
-    if bar is not None:
-        bar.close()
+        if progress is not None:
+            progress(step, total)
     seconds = time.perf_counter() - began
     model.eval()
     averaged.eval()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldam.cli.main import DEFAULT_CHECKPOINT, main
+from ldam.cli.main import main
+from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.sampling.images import grid_order
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from ldam.models.train import TrainConfig, random_shift, train_mnist
 
 
 def test_short_training_run_learns(tmp_path: Path) -> None:
-    result = train_mnist(tmp_path, steps=300, seed=0, progress=False, config=TrainConfig(shift=0))
+    result = train_mnist(tmp_path, steps=300, seed=0, progress=None, config=TrainConfig(shift=0))
     assert result["steps"] == 300
     history = result["loss_history"]
     assert len(history) == 20
@@ -34,15 +34,15 @@ def test_short_training_run_learns(tmp_path: Path) -> None:
 
 def test_training_is_reproducible(tmp_path: Path) -> None:
     config = TrainConfig(batch_size=16)
-    first = train_mnist(tmp_path / "a", steps=20, seed=3, progress=False, config=config)
-    second = train_mnist(tmp_path / "b", steps=20, seed=3, progress=False, config=config)
+    first = train_mnist(tmp_path / "a", steps=20, seed=3, progress=None, config=config)
+    second = train_mnist(tmp_path / "b", steps=20, seed=3, progress=None, config=config)
     assert first["loss_history"] == second["loss_history"]
     assert first["plain"] == second["plain"]
 
 
 def test_training_needs_two_steps(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="^Training needs at least 2 steps, got 1.$"):
-        train_mnist(tmp_path, steps=1, progress=False)
+        train_mnist(tmp_path, steps=1, progress=None)
 
 
 def test_random_shift_moves_each_image_by_at_most_the_shift() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import tempfile
+import threading
 import time
 from functools import cache
 from pathlib import Path
@@ -16,10 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ldam.wire.events import Frame, Rejected, SetParams, Shake
+from ldam.wire.events import Frame, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
-from ldam.worker.process import Worker, encode_jpeg, grid_order
+from ldam.sampling.images import grid_order
+from ldam.worker.models import ModelCache
+from ldam.worker.process import Worker
+from ldam.worker.publisher import encode_jpeg
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "checkpoints"
@@ -61,7 +65,7 @@ class Harness:
         self.end = WorkerEnd(self.command_read, event_write)
         self.worker = Worker(config, self.end)
         self.worker.build(self.worker.params, self.worker.sources)
-        self.worker._apply_live()
+        self.worker.apply_live()
 
     def events(self, timeout: float = 5.0) -> list[tuple[Any, ...]]:
         out = []
@@ -181,21 +185,34 @@ def test_sweep_sets_one_value_per_row() -> None:
 
 
 def test_shake_raises_temperature_then_restores() -> None:
+    # Driven through the real loop: the command arrives on the pipe, `run` applies it, and
+    # `run` itself restores the temperature once the shake is over.
     h = Harness({"layout": "chains", "chains": 2, "temperature": 0.02})
+    loop = threading.Thread(target=h.worker.run, daemon=True)
+    loop.start()
     try:
-        h.worker.handle(Shake(10.0, 0.2))
-        h.worker.step_all()
-        assert h.worker.panels[0].sampler.config.temperature == pytest.approx(0.2)
-        time.sleep(0.25)
-        h.worker._apply_live()
-        h.worker.step_all()
-        assert h.worker.panels[0].sampler.config.temperature == pytest.approx(0.02)
+        def temperature_becomes(value: float) -> bool:
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                if h.worker.panels[0].sampler.config.temperature == pytest.approx(value):
+                    return True
+                time.sleep(0.01)
+            return False
+
+        h.command_write.send(Shake(10.0, 0.5))
+        assert temperature_becomes(0.2)
+        assert temperature_becomes(0.02)
+        assert h.worker.step > 0
     finally:
+        h.command_write.send(Stop())
+        loop.join(5.0)
+        assert not loop.is_alive()
         h.close()
 
 
 def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
-    h = Harness({"layout": "chains", "chains": 4})
+    # The compare view: the windows of both panels share one memory budget.
+    h = Harness({"layout": "chains", "chains": 4}, compare=True)
     try:
         panel = h.worker.panels[0]
         h.events()
@@ -206,8 +223,9 @@ def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
         assert [r.field for r in rejected] == ["layer", "unit", "window"]
         assert rejected[0].message == "The model has no layer named 'nope'."
         assert rejected[1].message == "Layer 'fc3' has 10 units; unit must be below 10."
-        assert rejected[2].message.startswith(
-            "A window of 1000 samples for 256 chains needs 765 MiB"
+        assert rejected[2].message == (
+            "A window of 1000 samples for 512 chains of shape (1, 28, 28) needs 1531 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
         )
         assert rejected[0].params is not None and rejected[0].params["layer"] == "fc3"
         assert h.worker.panels[0] is panel and h.worker.version == 3
@@ -273,7 +291,7 @@ def test_fixed_batch_export_other_than_one_builds_and_samples(tmp_path: Path) ->
         layers = {info.name: info.units for info in worker.layers}
         assert layers["fc3"] == 10 and layers["fc1"] == 120
         assert worker.panels[0].target.batch_size == 4
-        worker._apply_live()
+        worker.apply_live()
         worker.step_all()
         assert worker.panels[0].last_activation is not None
         assert worker.panels[0].last_activation.shape == (6,)
@@ -288,23 +306,24 @@ def test_trust_covers_only_the_operators_files(tmp_path: Path) -> None:
     operator = folder / PAIR[0]
     picked = tmp_path / "picked.pt"
     picked.write_bytes(b"x")
+    cpu = torch.device("cpu")
 
-    def worker(trust: bool, trusted_paths: tuple[str, ...] | None) -> Worker:
-        config = WorkerConfig(
-            checkpoints_dir=str(tmp_path),
-            checkpoint=str(picked),  # a restart hands the worker the current pick
-            device="cpu",
-            trust_checkpoint=trust,
-        )
-        if trusted_paths is not None:
-            config.trusted_paths = trusted_paths  # type: ignore[attr-defined]
-        return Worker(config, None)  # type: ignore[arg-type]
-
-    served = worker(True, (str(operator),))
-    assert served._trusted(str(operator))
+    served = ModelCache(cpu, True, (str(operator),))
+    assert served.is_trusted(str(operator))
     # Another spelling of the same file is the same file.
-    assert served._trusted(str(folder / "." / PAIR[0]))
-    assert not served._trusted(str(picked))
-    assert not worker(False, (str(operator),))._trusted(str(operator))
+    assert served.is_trusted(str(folder / "." / PAIR[0]))
+    assert not served.is_trusted(str(picked))
+    assert not ModelCache(cpu, False, (str(operator),)).is_trusted(str(operator))
+
     # Started directly (no server): the config's own files are the operator's.
-    assert worker(True, None)._trusted(str(picked))
+    read, write = mp.get_context("spawn").Pipe(duplex=False)
+    end = WorkerEnd(read, write)
+    config = WorkerConfig(
+        checkpoints_dir=str(tmp_path), checkpoint=str(picked), device="cpu", trust_checkpoint=True
+    )
+    try:
+        assert Worker(config, end).builder.models.is_trusted(str(picked))
+        config.trusted_paths = (str(operator),)
+        assert not Worker(config, end).builder.models.is_trusted(str(picked))
+    finally:
+        end.outbox.close()

@@ -30,7 +30,7 @@ class Case:
 
 
 def _lenet() -> nn.Module:
-    from ldam.cli.main import DEFAULT_CHECKPOINT
+    from ldam.models.bundled import DEFAULT_CHECKPOINT
     from ldam.models.loading import load_checkpoint
 
     return load_checkpoint(str(DEFAULT_CHECKPOINT)).module
@@ -75,7 +75,7 @@ def cases(which: str) -> list[Case]:
         names = [n.strip() for n in which.split(",") if n.strip()]
     unknown = [n for n in names if n not in all_cases]
     if unknown:
-        from ldam.cli.main import UsageError
+        from ldam.cli.options import UsageError
 
         raise UsageError(
             f"Unknown benchmark case {unknown[0]!r}; known cases: {', '.join(all_cases)}."
@@ -161,7 +161,7 @@ def run_case(
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a markdown table."""
-    from ldam.cli.main import pick_device
+    from ldam.sampling.device import pick_device
 
     device = pick_device(args.device)
     rounds = 3 if args.quick else 7

@@ -1,0 +1,211 @@
+"""Building the panels the dashboard shows: pure, so a bad change leaves nothing to undo.
+
+`build_panels` turns parameters and checkpoint files into new `Panel`s (one, or two in the
+compare view: the second checkpoint with the same seed and parameters) or raises a
+`UserError` naming the field at fault; the worker swaps them in only on success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldam.errors import UserError
+from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.models.loading import LoadedModel
+from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
+from ldam.sampling.images import grid_order
+from ldam.sampling.sampler import Sampler, SamplerConfig, check_window_memory
+from ldam.sampling.targets import LayerInfo, Target, list_layers
+from ldam.wire.params import SamplerParams, grid_rows
+from ldam.worker.models import ModelCache
+
+Sources = dict[str, str | None]
+
+
+@dataclass
+class Panel:
+    """One checkpoint's chains: its model, target, sampler and grid."""
+
+    label: str
+    target_text: str
+    loaded: LoadedModel
+    target: Target
+    sampler: Sampler  # its chains are in grid order (row-major cells)
+    columns: int
+    last_activation: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows of the panel's grid."""
+        return grid_rows(self.sampler.config.chains, self.columns)
+
+
+@dataclass
+class Built:
+    """What `build_panels` made: the panels, the parameters with the layer filled in, and
+    the main model's layers for the page's picker."""
+
+    panels: list[Panel]
+    params: SamplerParams
+    layers: list[LayerInfo]
+
+
+def live_settings(
+    params: SamplerParams, chains: int, rows: int, shake: float = 1.0
+) -> dict[str, Any]:
+    """The sampler's live settings for `params`; a sweep makes one value per chain (chains in
+    grid order: cell r * columns + c is in row r); `shake` multiplies the temperature."""
+    settings: dict[str, Any] = {
+        "temperature": params.temperature * shake,
+        "step_size": params.step_size,
+        "momentum": params.momentum,
+        "l2_weight": params.l2_weight,
+        "disc_weight": params.disc_weight,
+        "normalize": "all" if params.grad_norm else "none",
+        "window": params.window,
+    }
+    sweep = params.sweep_rows()
+    if sweep is not None:
+        per_row = [min(v, 1.0) if params.sweep_param == "disc_weight" else v for v in sweep]
+        if params.sweep_param == "step_size":
+            per_row = [max(v, 1e-6) for v in per_row]
+        columns = chains // rows
+        values = [per_row[i // columns] for i in range(chains)]
+        if params.sweep_param == "temperature":
+            values = [v * shake for v in values]
+        settings[params.sweep_param] = values
+    return settings
+
+
+def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
+    """The layers the picker offers: those with units, the output as ``output`` (listed only
+    when it differs from the last layer, as for a model ending in a functional call)."""
+    try:
+        layers = list_layers(loaded.module, loaded.input_shape, batch_size=loaded.batch_size)
+    except UserError as err:
+        raise UserError(str(err), "checkpoint") from None
+    named = [info for info in layers if info.name and info.units > 0]
+    out = [info for info in layers if not info.name and info.units > 0]
+    if out and (not named or tuple(named[-1].shape) != tuple(out[0].shape)):
+        named.append(LayerInfo("output", out[0].shape, out[0].units))
+    return named
+
+
+def source_path(sources: Sources, which: str) -> str | None:
+    """The file of panel `which` (``checkpoint`` or ``compare``); the bundled LeNet when no
+    checkpoint is named."""
+    source = sources[which]
+    if source is None and which == "checkpoint":
+        return str(DEFAULT_CHECKPOINT)
+    return source
+
+
+class PanelBuilder:
+    """Makes panels from parameters; holds only the model cache and how to find D."""
+
+    def __init__(
+        self,
+        models: ModelCache,
+        device: torch.device,
+        discriminator: Callable[[tuple[int, ...]], Any],
+    ) -> None:
+        self.models = models
+        self.device = device
+        # shape -> the newest published D for that input shape, or None.
+        self.discriminator = discriminator
+
+    def main_model(self, sources: Sources) -> LoadedModel:
+        """The main panel's model (loaded once)."""
+        return self.models.load(source_path(sources, "checkpoint") or "", "checkpoint")
+
+    def build(self, params: SamplerParams, sources: Sources, shake: float = 1.0) -> Built:
+        """New panels for `params` and `sources`, or a `UserError` naming the field at fault."""
+        main = self.main_model(sources)
+        layers = target_layers(main)
+        if not layers:
+            raise UserError("The model has no layer that can be a target.", "layer")
+        names = {info.name: info for info in layers}
+        # The last layer by default: for a classifier the pre-softmax logits (section 5.1).
+        layer = params.layer or str(layers[-1].name)
+        if layer not in names:
+            raise UserError(f"The model has no layer named {layer!r}.", "layer")
+        units = names[layer].units
+        if not params.layer:
+            params = params.model_copy(
+                update={"layer": layer, "unit_end": min(params.unit_end, units - 1)}
+            )
+        for name in ("unit", "unit_end"):
+            if getattr(params, name) >= units:
+                raise UserError(
+                    f"Layer {layer!r} has {units} units; {name} must be below {units}.", name
+                )
+        which = ["checkpoint"] + (["compare"] if sources["compare"] is not None else [])
+        cells = len(params.grid()[0])
+        check_window_memory(params.window, cells * len(which), main.input_shape)
+        panels = [self._panel(params, sources, w, layer, shake) for w in which]
+        return Built(panels, params, layers)
+
+    def _panel(
+        self, params: SamplerParams, sources: Sources, which: str, layer: str, shake: float
+    ) -> Panel:
+        path = source_path(sources, which)
+        assert path is not None
+        loaded = self.models.load(path, which)
+        units, columns = params.grid()
+        cells = len(units)
+        first, last = min(units), max(units)
+        spec = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
+        try:
+            target = Target(
+                loaded.module,
+                spec,
+                cells,
+                batch_size=loaded.batch_size,
+                input_shape=loaded.input_shape,
+            )
+        except UserError as err:
+            # The compare model is the one at fault when the main model took the target.
+            field = "compare" if which == "compare" else err.field or "layer"
+            raise UserError(str(err), field) from None
+        order = grid_order(list(target.units_per_chain), sorted(set(units)))
+        if len(order) != cells:
+            raise UserError(
+                f"The target gave {len(order)} grid cells for {cells} chains.", "chains"
+            )
+        # The sampler's chains are put in grid order, so that per-chain sweep settings are
+        # simply row-major; `order` maps cells back to the target's chains.
+        settings = live_settings(params, cells, grid_rows(cells, columns), shake)
+        # The discriminator term is always there; it is skipped while no D is published for
+        # this input shape, so turning D on later needs no rebuild.
+        shape = tuple(loaded.input_shape)
+        terms: list[Any] = [
+            ActivationTerm(_Reordered(target, order)),
+            L2Term(),
+            DiscriminatorTerm(lambda: self.discriminator(shape)),
+        ]
+        config = SamplerConfig(chains=cells, seed=params.seed, device=self.device, **settings)
+        sampler = Sampler(terms, loaded.input_shape, config)
+        return Panel(Path(path).name, spec, loaded, target, sampler, columns)
+
+
+class _Reordered:
+    """A target whose chains are listed in grid order: chain i of the sampler is chain
+    `order[i]` of the target (identity when the target already groups chains by row)."""
+
+    def __init__(self, target: Target, order: list[int]) -> None:
+        self.target = target
+        self.order = torch.tensor(order)
+        self.inverse = torch.argsort(self.order)
+        self.identity = order == sorted(order)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return self.target(x)
+        # x is in grid order; the target expects its own chain order.
+        out = self.target(x[self.inverse.to(x.device)])
+        return out[self.order.to(out.device)]
