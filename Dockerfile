@@ -22,12 +22,13 @@ ENV PYTHONUNBUFFERED=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv && pip install --no-cache-dir --upgrade pip \
     && pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "${TORCH_SPEC}"
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY server ./server
 COPY models ./models
 COPY frontend ./frontend
 COPY --from=frontend /app/frontend/node_modules ./frontend/node_modules
-RUN pip install --no-cache-dir -e .
+# A real install, as from the wheel: the image runs the import package `ldam` alone.
+RUN pip install --no-cache-dir .
 EXPOSE 8000
 # Inside the container the server must listen on all interfaces so the published port reaches
 # it; docker-compose.yml publishes it on the host's 127.0.0.1 only, and a non-loopback bind

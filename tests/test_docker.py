@@ -75,7 +75,7 @@ def test_dockerfile_copies_every_package_the_project_declares(dockerfile: str) -
     sources: set[str] = set()
     for line in re.findall(r"^COPY (?!--from)(.*)$", dockerfile, re.M):
         sources.update(shlex.split(line)[:-1])
-    assert {"server", "models", "frontend", "pyproject.toml", "README.md"} <= sources
+    assert {"server", "models", "frontend", "pyproject.toml", "setup.py", "README.md"} <= sources
     # The frontend's libraries come from npm with the lock file, never copied by hand.
     assert "npm ci" in dockerfile
     assert (ROOT / "frontend" / "package-lock.json").exists()

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ldam.sampling.images import grid_order
 from ldam.wire.events import Frame, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
-from ldam.sampling.images import grid_order
 from ldam.worker.models import ModelCache
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg

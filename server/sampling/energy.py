@@ -57,36 +57,9 @@ class Term:
         """Whether the term can be evaluated now (a discriminator may not be published yet)."""
         return True
 
-    def __add__(self, other: Term | list[Term]) -> list[Term]:
-        if isinstance(other, Term):
-            return [self, other]
-        if isinstance(other, list):
-            return [self, *other]
-        return NotImplemented
-
-    def __radd__(self, other: list[Term]) -> list[Term]:
-        if isinstance(other, list):
-            return [*other, self]
-        return NotImplemented
-
     def __repr__(self) -> str:
         weight = self.weight_param or "1"
         return f"{type(self).__name__}(name={self.name!r}, weight={weight})"
-
-
-TERMS: dict[str, type[Term]] = {}
-
-
-def register_term(key: str) -> Callable[[type[Term]], type[Term]]:
-    """Class decorator: make a term kind available as `TERMS[key]`."""
-
-    def add(cls: type[Term]) -> type[Term]:
-        if key in TERMS:
-            raise TermError(f"An energy term named {key!r} is already registered.")
-        TERMS[key] = cls
-        return cls
-
-    return add
 
 
 def _per_chain(out: Tensor, n: int, what: str) -> Tensor:
@@ -100,7 +73,6 @@ def _per_chain(out: Tensor, n: int, what: str) -> Tensor:
     return out
 
 
-@register_term("activation")
 class ActivationTerm(Term):
     """`f_target(x_i)`: the activation of the chain's target unit (paper eq. 3).
 
@@ -120,7 +92,6 @@ class ActivationTerm(Term):
         return _per_chain(self.activation_fn(x), x.shape[0], "activation function")
 
 
-@register_term("l2")
 class L2Term(Term):
     """`R(x_i) = -1/2 ||x_i||^2` (paper section 4.1), weighted by `l2_weight`.
 
@@ -143,7 +114,6 @@ class L2Term(Term):
         return -x
 
 
-@register_term("discriminator")
 class DiscriminatorTerm(Term):
     """`log sigmoid(D(x_i))`: the log-probability that a discriminator calls `x_i` real (section 4.2).
 
