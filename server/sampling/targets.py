@@ -1,13 +1,7 @@
 """Targets: which unit of which layer each chain maximizes, read through a forward hook.
 
-A target string is `LAYER:UNIT`:
-
-    fc3:7          unit 7 of a 2-D output [N, K] (pre-softmax logit of class 7)
-    conv1:3        channel 3 of a 4-D output [N, C, H, W], mean over all positions
-    conv1:3@12,12  channel 3 at row 12, column 12
-    fc3:0-9        a range: the chains split into equal contiguous groups, one per unit
-    :7, output:7   the network's output
-
+The target grammar (`fc3:7`, `conv1:3@12,12`, `fc3:0-9`, `output:7`) is parsed by
+`ldam.wire.targets.parse_target`; this module resolves a parsed target against a model.
 LAYER is the dotted path of `named_modules()` (native names, resolved exactly, no `_` joining).
 The hook sits on the target module only, for one forward, and is removed in `finally`; the
 forward stops right after the target module ran, so a shallow target does not pay for the
