@@ -7,8 +7,8 @@ and the compare view work, and `run_server` refuses bad starts with one sentence
 faults: a worker that dies before it is ever ready ends the start with its last error, one that
 dies after keeps being restarted with the error shown, and a hung one (SIGSTOP) is replaced.
 
-The module-level worker entries below run in spawned worker processes, which import this
-module: it imports no torch at the top (`lenet_folder` imports it when called).
+The worker entries of the fault tests (`tests.support.crashing_worker`, ...) run in spawned
+worker processes.
 """
 
 from __future__ import annotations
@@ -32,39 +32,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from ldam.web import app as app_module
 from ldam.web.app import ServeError, create_app, parse_target_option, run_server
-from ldam.wire.events import Ready, Rejected, SetParams
+from ldam.wire.events import Rejected, SetParams
 from ldam.wire.messages import decode_frame
-from tests.test_reliability import free_port
-
-REPO = Path(__file__).resolve().parent.parent
-PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
+from tests.support import PAIR, REPO, free_port, lenet_folder
 
 ORIGIN = "http://127.0.0.1:8000"
 WS_URL = "ws://127.0.0.1:8000/ws"  # TestClient sends the Host of the URL it is given
-
-
-def lenet_folder() -> Path:
-    """`tests.test_worker.lenet_folder`, imported on call (it imports torch)."""
-    from tests import test_worker
-
-    assert test_worker.PAIR == PAIR
-    return test_worker.lenet_folder()
-
-
-# --- worker entries for the fault tests (they run in the spawned worker process) ------------
-
-
-def crashing_worker(config: Any, end: Any) -> None:
-    """A worker that fails at once, before "ready" (as a broken CUDA setup or import would)."""
-    raise RuntimeError("no accelerator found\nfor this test")
-
-
-def ready_then_crashing_worker(config: Any, end: Any) -> None:
-    """A worker that reports ready, then fails: the server keeps restarting it."""
-    info = {"device": "cpu", "layers": [], "input_shape": [1, 28, 28], "panels": []}
-    end.outbox.put_event(Ready(config.version, config.params, info))
-    time.sleep(0.2)
-    raise RuntimeError("the sampler blew up")
 
 
 class Socket:
@@ -436,7 +409,7 @@ def serve_lenet(**overrides: Any) -> None:
 def test_worker_that_never_gets_ready_ends_the_start_with_its_error() -> None:
     t0 = time.monotonic()
     with pytest.raises(ServeError) as err:
-        serve_lenet(worker_entry="tests.test_app:crashing_worker")
+        serve_lenet(worker_entry="tests.support:crashing_worker")
     print(f"a worker failing at start: ServeError after {time.monotonic() - t0:.1f} s")
     assert str(err.value) == (
         "The worker stopped 3 times before it was ready "
@@ -450,7 +423,7 @@ def test_worker_failing_after_ready_is_restarted_and_its_error_shown() -> None:
         checkpoint=str(folder / PAIR[0]),
         checkpoints_dir=str(folder),
         device="cpu",
-        worker_entry="tests.test_app:ready_then_crashing_worker",
+        worker_entry="tests.support:ready_then_crashing_worker",
         standby=False,
     )
     with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
