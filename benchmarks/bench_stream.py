@@ -46,14 +46,18 @@ def serve(port: int, checkpoint: str | None, chains: int) -> None:
     """The server side (run in its own process): the dashboard with `chains` chains."""
     import uvicorn
 
-    from ldam.web.app import create_app, uvicorn_config
+    from ldam.web.app import create_app
+    from ldam.web.config import ServeConfig
+    from ldam.web.serve import uvicorn_config
 
     app = create_app(
-        checkpoint=checkpoint,
-        port=port,
-        device="cpu",
-        params={"layout": "chains", "unit": 0, "chains": chains},
-        default_compare=False,
+        ServeConfig(
+            checkpoint=checkpoint,
+            port=port,
+            device="cpu",
+            params={"layout": "chains", "unit": 0, "chains": chains},
+            default_compare=False,
+        )
     )
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
 

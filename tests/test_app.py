@@ -7,8 +7,8 @@ and the compare view work, and `run_server` refuses bad starts with one sentence
 faults: a worker that dies before it is ever ready ends the start with its last error, one that
 dies after keeps being restarted with the error shown, and a hung one (SIGSTOP) is replaced.
 
-The module-level worker entries below run in spawned worker processes, which import this
-module: it imports no torch at the top (`lenet_folder` imports it when called).
+The worker entries of the fault tests (`tests.support.crashing_worker`, ...) run in spawned
+worker processes.
 """
 
 from __future__ import annotations
@@ -30,41 +30,21 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
-from ldam.web import app as app_module
-from ldam.web.app import ServeError, create_app, parse_target_option, run_server
-from ldam.wire.events import Ready, Rejected, SetParams
+from ldam.web.app import create_app
+from ldam.web.broadcast import Client
+from ldam.web.config import ServeConfig, ServeError, parse_target_option
+from ldam.web.hub import Hub
+from ldam.web.serve import run_server
+from ldam.web.store import ParamStore
+from ldam.web.supervisor import HEARTBEAT_TIMEOUT_S
+from ldam.wire.events import Rejected, SetParams
+from ldam.wire.link import WorkerConfig
 from ldam.wire.messages import decode_frame
-from tests.test_reliability import free_port
-
-REPO = Path(__file__).resolve().parent.parent
-PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
+from ldam.wire.params import SamplerParams, SetMessage
+from tests.support import PAIR, REPO, free_port, lenet_folder, proc_alive
 
 ORIGIN = "http://127.0.0.1:8000"
 WS_URL = "ws://127.0.0.1:8000/ws"  # TestClient sends the Host of the URL it is given
-
-
-def lenet_folder() -> Path:
-    """`tests.test_worker.lenet_folder`, imported on call (it imports torch)."""
-    from tests import test_worker
-
-    assert test_worker.PAIR == PAIR
-    return test_worker.lenet_folder()
-
-
-# --- worker entries for the fault tests (they run in the spawned worker process) ------------
-
-
-def crashing_worker(config: Any, end: Any) -> None:
-    """A worker that fails at once, before "ready" (as a broken CUDA setup or import would)."""
-    raise RuntimeError("no accelerator found\nfor this test")
-
-
-def ready_then_crashing_worker(config: Any, end: Any) -> None:
-    """A worker that reports ready, then fails: the server keeps restarting it."""
-    info = {"device": "cpu", "layers": [], "input_shape": [1, 28, 28], "panels": []}
-    end.outbox.put_event(Ready(config.version, config.params, info))
-    time.sleep(0.2)
-    raise RuntimeError("the sampler blew up")
 
 
 class Socket:
@@ -118,10 +98,12 @@ class Socket:
 def client() -> Iterator[TestClient]:
     folder = lenet_folder()
     app = create_app(
-        checkpoint=str(folder / PAIR[0]),
-        checkpoints_dir=str(folder),
-        device="cpu",
-        params={"layout": "chains", "unit": 1, "chains": 4},
+        ServeConfig(
+            checkpoint=str(folder / PAIR[0]),
+            checkpoints_dir=str(folder),
+            device="cpu",
+            params={"layout": "chains", "unit": 1, "chains": 4},
+        )
     )
     with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
         yield test_client
@@ -163,7 +145,7 @@ def test_control_changes_parameters_and_later_frames_carry_the_version(
 def test_ack_window_holds_back_the_third_frame(client: TestClient, sock: Socket) -> None:
     frames = []
     metrics_after = 0
-    hub = client.app.state.hub  # type: ignore[attr-defined]
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
     # Read without acknowledging: two frames, then only text, however many frames are made.
     while metrics_after < 8:
         message = sock.next()
@@ -172,7 +154,7 @@ def test_ack_window_holds_back_the_third_frame(client: TestClient, sock: Socket)
         elif message["type"] == "metrics" and len(frames) == 2:
             metrics_after += 1
     assert len(frames) == 2
-    assert hub.frame_seq > frames[-1] + 5  # the worker went on making frames meanwhile
+    assert hub.broadcaster.frame_seq > frames[-1] + 5  # the worker went on making frames meanwhile
     sock.ack(frames[0])
     third = sock.until(lambda m: m["type"] == "frame")
     # Latest wins: the frame sent after the ack is the newest, not the next in line.
@@ -262,12 +244,14 @@ def picker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     torch.save({"state_dict": _WritesMarker(marker)}, folder / "evil.pt", pickle_protocol=2)
     assert not marker.exists()
     app = create_app(
-        checkpoint=str(source / PAIR[0]),
-        checkpoints_dir=str(folder),
-        device="cpu",
-        trust_checkpoint=True,
-        params={"layout": "chains", "unit": 1, "chains": 4},
-        standby=False,
+        ServeConfig(
+            checkpoint=str(source / PAIR[0]),
+            checkpoints_dir=str(folder),
+            device="cpu",
+            trust_checkpoint=True,
+            params={"layout": "chains", "unit": 1, "chains": 4},
+            standby=False,
+        )
     )
     with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
         yield test_client, marker
@@ -316,36 +300,55 @@ def test_trust_checkpoint_does_not_cover_picks_from_the_folder(
     assert not marker.exists()
 
 
+def _refusal(version: int, params: dict[str, Any], sources: dict[str, Any]) -> Rejected:
+    # The worker's refusal of the change to `version`: it still runs `params` with `sources`.
+    message = "The model has no layer named 'nope'."
+    return Rejected(version, "layer", message, params, dict(sources))
+
+
 def test_an_out_of_date_refusal_keeps_the_newer_change() -> None:
-    from ldam.web.app import Client, Hub
-    from ldam.wire.link import WorkerConfig
-    from ldam.wire.params import SamplerParams, SetMessage
-
-    hub = Hub(WorkerConfig(checkpoints_dir="/nonexistent"), SamplerParams(), Path("/nonexistent"))
-    sent: list[Any] = []
-    hub._send = sent.append  # type: ignore[method-assign]
-    watcher = Client(None)  # type: ignore[arg-type]
-    hub.clients.add(watcher)
-    old = hub.params.model_dump()
-    start = hub.version
-    hub.apply(SetMessage(type="set", layer="nope"))  # A: the worker will refuse it
-    hub.apply(SetMessage(type="set", temperature=0.5))  # B, sent before A's refusal
-    assert hub.version == start + 2 and len(sent) == 2
-
-    def refusal(version: int) -> Rejected:
-        message = "The model has no layer named 'nope'."
-        return Rejected(version, "layer", message, old, dict(hub.sources))
-
-    hub.on_worker_message(refusal(start + 1))
-    # A's refusal is out of date: B stays, nothing is re-sent, the error is shown.
-    assert hub.version == start + 2 and len(sent) == 2
-    assert hub.params.temperature == 0.5 and hub.params.layer == "nope"
-    assert json.loads(watcher.errors[-1])["message"] == "The model has no layer named 'nope'."
+    store = ParamStore(WorkerConfig(checkpoints_dir="/nonexistent"), SamplerParams())
+    old = store.params.model_dump()
+    start = store.version
+    sent = [
+        store.apply(SetMessage(type="set", layer="nope")),  # A: the worker will refuse it
+        store.apply(SetMessage(type="set", temperature=0.5)),  # B, sent before A's refusal
+    ]
+    assert store.version == start + 2
+    assert [command.version for command in sent if command is not None] == [start + 1, start + 2]
+    # A's refusal is out of date: B stays, nothing is re-sent.
+    assert store.on_rejected(_refusal(start + 1, old, store.sources)) is None
+    assert store.version == start + 2
+    assert store.params.temperature == 0.5 and store.params.layer == "nope"
     # The worker refuses B too (it still holds A's layer): that refusal is current and rolls
-    # back to what the worker runs.
-    hub.on_worker_message(refusal(start + 2))
-    assert hub.version == start + 3 and hub.params.model_dump() == old
-    assert sent[-1] == SetParams(start + 3, old, dict(hub.sources))
+    # back to what the worker runs, under a new version that is sent to the worker.
+    command = store.on_rejected(_refusal(start + 2, old, store.sources))
+    assert store.version == start + 3 and store.params.model_dump() == old
+    assert command == SetParams(start + 3, old, dict(store.sources))
+
+
+def test_every_refusal_is_shown_to_the_browsers() -> None:
+    hub = Hub(WorkerConfig(checkpoints_dir="/nonexistent"), SamplerParams(), standby=False)
+    watcher = Client(None)  # type: ignore[arg-type]
+    hub.broadcaster.add(watcher)
+    old = hub.store.params.model_dump()
+    start = hub.store.version
+    hub.apply(SetMessage(type="set", layer="nope"))
+    hub.apply(SetMessage(type="set", temperature=0.5))
+    hub.on_worker_message(_refusal(start + 1, old, hub.store.sources))
+    # Out of date, so B stays; the error is shown all the same.
+    assert hub.store.version == start + 2 and hub.store.params.temperature == 0.5
+    error = json.loads(watcher.errors[-1])
+    assert error == {
+        "type": "error",
+        "field": "layer",
+        "message": "The model has no layer named 'nope'.",
+    }
+    hub.on_worker_message(_refusal(start + 2, old, hub.store.sources))
+    assert len(watcher.errors) == 2 and hub.store.params.model_dump() == old
+    # Every browser sees the rolled-back parameters.
+    state = json.loads(watcher.slots["state"])
+    assert state["version"] == start + 3 and state["params"] == old
 
 
 def test_killed_worker_is_restarted_with_the_last_parameters(
@@ -388,8 +391,8 @@ def test_hung_worker_is_killed_and_replaced(client: TestClient, sock: Socket) ->
         noticed = time.monotonic() - stopped
         frame = sock.until(lambda m: m["type"] == "frame" and m["header"]["seq"] > last)
         print(f"worker SIGSTOP -> replaced after {noticed:.1f} s, frames resume")
-        assert app_module.HEARTBEAT_TIMEOUT_S == 10.0
-        assert app_module.HEARTBEAT_TIMEOUT_S - 1 <= noticed <= app_module.HEARTBEAT_TIMEOUT_S + 8
+        assert HEARTBEAT_TIMEOUT_S == 10.0
+        assert HEARTBEAT_TIMEOUT_S - 1 <= noticed <= HEARTBEAT_TIMEOUT_S + 8
         assert frame["header"]["seq"] > last
         state = client.get("/api/state").json()["status"]
         assert state["pid"] == status["pid"] != pid and state["worker"] == "running"
@@ -398,21 +401,13 @@ def test_hung_worker_is_killed_and_replaced(client: TestClient, sock: Socket) ->
             state["restart_reason"]
             == "The worker sent nothing for 10 s and was stopped; restarting it."
         )
-        assert not _pid_alive(pid)
+        assert not proc_alive(pid)
     finally:
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def serve_lenet(**overrides: Any) -> None:
@@ -430,13 +425,13 @@ def serve_lenet(**overrides: Any) -> None:
         trust_checkpoint=False,
         token=None,
     )
-    run_server(**{**options, **overrides})
+    run_server(ServeConfig(**{**options, **overrides}))
 
 
 def test_worker_that_never_gets_ready_ends_the_start_with_its_error() -> None:
     t0 = time.monotonic()
     with pytest.raises(ServeError) as err:
-        serve_lenet(worker_entry="tests.test_app:crashing_worker")
+        serve_lenet(worker_entry="tests.support:crashing_worker")
     print(f"a worker failing at start: ServeError after {time.monotonic() - t0:.1f} s")
     assert str(err.value) == (
         "The worker stopped 3 times before it was ready "
@@ -447,11 +442,13 @@ def test_worker_that_never_gets_ready_ends_the_start_with_its_error() -> None:
 def test_worker_failing_after_ready_is_restarted_and_its_error_shown() -> None:
     folder = lenet_folder()
     app = create_app(
-        checkpoint=str(folder / PAIR[0]),
-        checkpoints_dir=str(folder),
-        device="cpu",
-        worker_entry="tests.test_app:ready_then_crashing_worker",
-        standby=False,
+        ServeConfig(
+            checkpoint=str(folder / PAIR[0]),
+            checkpoints_dir=str(folder),
+            device="cpu",
+            worker_entry="tests.support:ready_then_crashing_worker",
+            standby=False,
+        )
     )
     with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
         s = Socket(test_client)
@@ -533,7 +530,7 @@ def test_target_option() -> None:
 
 def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:
     folder = str(lenet_folder())
-    base = dict(
+    base: dict[str, Any] = dict(
         compare=None,
         target=None,
         data=None,
@@ -551,16 +548,16 @@ def test_run_server_refuses_bad_starts(tmp_path: Any) -> None:
             ServeError,
             match=rf"^Port {port} on 127.0.0.1 is already in use; pick another with --port\.$",
         ):
-            run_server(checkpoint=None, port=port, **base)  # type: ignore[arg-type]
+            run_server(ServeConfig(checkpoint=None, port=port, **base))
     with pytest.raises(ServeError, match=r"^The checkpoint .*nothing.pt2 does not exist\.$"):
-        run_server(checkpoint=str(tmp_path / "nothing.pt2"), port=0, **base)  # type: ignore[arg-type]
+        run_server(ServeConfig(checkpoint=str(tmp_path / "nothing.pt2"), port=0, **base))
     bad = tmp_path / "garbage.pt2"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ServeError) as err:
-        run_server(checkpoint=str(bad), port=free_port(), **base)  # type: ignore[arg-type]
+        run_server(ServeConfig(checkpoint=str(bad), port=free_port(), **base))
     assert "garbage.pt2" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_the_web_server_never_imports_torch() -> None:
-    code = "import sys, ldam.web.app; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, ldam.web.app, ldam.web.serve; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -22,14 +22,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.test_reliability import free_port
-from tests.test_worker import PAIR, REPO, lenet_folder
+from tests.support import PAIR, REPO, START_TIMEOUT_S, free_port, lenet_folder
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("LDAM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-START_TIMEOUT_S = 120.0
 
 
 class Served:

@@ -24,7 +24,7 @@ from ldam.web.security import WS_MAX_SIZE
 from ldam.wire.limits import MAX_MESSAGE_BYTES
 from ldam.wire.messages import NESTED_TOO_DEEPLY, MessageError, parse_client_message
 from ldam.wire.params import SamplerParams, SetMessage
-from tests.test_reliability import LiveServer, Viewer, running_server
+from tests.support import LiveServer, Viewer, running_server
 
 FUZZ_MESSAGES = 2000
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.test_reliability import LiveServer, running_server
+from tests.support import LiveServer, running_server
 
 READERS = 32
 IDLE = 8

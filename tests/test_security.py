@@ -43,7 +43,7 @@ from ldam.web.security import (
     resolve_checkpoint,
     session_cookie_name,
 )
-from tests.test_reliability import LiveServer, free_port
+from tests.support import REPO, LiveServer, free_port
 
 TOKEN = "t0ken-for-tests_0123456789abcdef"
 
@@ -393,8 +393,6 @@ def test_dns_rebinding_host_refused() -> None:
 
 
 # --- the real server -------------------------------------------------------------------------
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

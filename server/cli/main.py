@@ -28,19 +28,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the dashboard server (the worker process does the torch work)."""
-    from ldam.web.app import run_server
+    from ldam.web.config import ServeConfig
+    from ldam.web.serve import run_server
 
     run_server(
-        checkpoint=args.checkpoint,
-        compare=args.compare,
-        target=args.target,
-        data=args.data,
-        checkpoints_dir=args.checkpoints,
-        host=args.host,
-        port=args.port,
-        device=args.device,
-        trust_checkpoint=args.trust_checkpoint,
-        token=args.token,
+        ServeConfig(
+            checkpoint=args.checkpoint,
+            compare=args.compare,
+            target=args.target,
+            data=args.data,
+            checkpoints_dir=args.checkpoints,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            trust_checkpoint=args.trust_checkpoint,
+            token=args.token,
+        )
     )
     return 0
 

@@ -1,0 +1,173 @@
+"""The parameters the browsers set: one `SamplerParams`, its version, the checkpoint files.
+
+Every change the browsers make gets a new version number; the worker stamps each frame with
+the version it was made with, so a page knows when its change shows. A change the worker
+refuses rolls back to what the worker still runs, unless a newer change was sent meanwhile
+(the refusal is then out of date; the newer change stands or is refused in its turn).
+
+The store never talks to the worker itself: `ParamStore.apply` and `ParamStore.on_rejected`
+return the `SetParams` command to send, or None. No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ldam.web import security
+from ldam.wire.events import Ready, Rejected, SetParams
+from ldam.wire.link import WorkerConfig
+from ldam.wire.messages import MessageError
+from ldam.wire.params import SamplerParams, SetMessage
+
+# The page keeps only settings that differ from these in its URL.
+_DEFAULTS = SamplerParams().model_dump()
+
+
+def name_in_folder(folder: Path, path: str | None) -> str | None:
+    """The name of file `path` relative to `folder` (``"runs/a.pt"``), or None when `path` is
+    None or lies outside `folder`: how the picker shows a file the operator named."""
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+class ParamStore:
+    """The current parameters, their version and checkpoint `sources`, and the model's `info`.
+
+    `base` is the worker's start configuration from the command line: its `checkpoint` and
+    `compare` are the operator's own files, its `version` the first version number.
+    `sources` maps ``checkpoint`` and ``compare`` to the absolute paths the worker loads.
+    """
+
+    def __init__(self, base: WorkerConfig, params: SamplerParams) -> None:
+        self.base = base
+        self.folder = Path(base.checkpoints_dir)
+        self.params = params
+        self.version = base.version
+        self.sources: dict[str, str | None] = {
+            "checkpoint": base.checkpoint,
+            "compare": base.compare,
+        }
+        # What the worker said about the model (layers, device, panels); None until "ready".
+        self.info: dict[str, Any] | None = None
+
+    def worker_config(self) -> WorkerConfig:
+        """The start configuration of a worker that runs the current parameters and files."""
+        base = self.base
+        return dataclasses.replace(
+            base,
+            checkpoint=self.sources["checkpoint"],
+            compare=self.sources["compare"],
+            params=self.params.model_dump(),
+            version=self.version,
+            # Only the files the operator named may be loaded as trusted full pickles, never a
+            # pick from the folder (the worker compares resolved paths).
+            trusted_paths=tuple(p for p in (base.checkpoint, base.compare) if p is not None),
+        )
+
+    def apply(self, message: SetMessage) -> SetParams | None:
+        """Apply a validated ``set`` message: the command for the worker, or None when nothing
+        changed. Raises `MessageError` naming the field for a checkpoint name that is not in
+        the folder, a layer or unit the model lacks, or a combination out of bounds."""
+        changes = message.changes()
+        sources = dict(self.sources)
+        for name in ("checkpoint", "compare"):
+            if name not in changes:
+                continue
+            if changes[name] is None:
+                if name == "checkpoint":
+                    # The picker's "(from the command line)" entry: the operator's own file.
+                    sources[name] = self.base.checkpoint
+                    changes[name] = name_in_folder(self.folder, self.base.checkpoint)
+                else:
+                    sources[name] = None
+                continue
+            try:
+                path = security.resolve_checkpoint(self.folder, changes[name])
+            except security.SecurityError as err:
+                raise MessageError(str(err), name) from None
+            sources[name] = str(path)
+        self._check_target(changes)
+        try:
+            params = SamplerParams.model_validate({**self.params.model_dump(), **changes})
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "message"
+            raise MessageError(f"The field '{field}' is invalid: {first['msg']}.", field) from None
+        if params == self.params and sources == self.sources:
+            return None
+        self.params = params
+        self.sources = sources
+        self.version += 1
+        return SetParams(self.version, params.model_dump(), dict(sources))
+
+    def _check_target(self, changes: dict[str, Any]) -> None:
+        # The worker knows the layers; checking here keeps a bad pick from reaching it. A new
+        # checkpoint has layers of its own, which only the worker can check.
+        if self.info is None or "checkpoint" in changes:
+            return
+        layers = {layer["name"]: layer for layer in self.info.get("layers", [])}
+        layer_name = changes.get("layer", self.params.layer)
+        if "layer" in changes and layer_name not in layers:
+            raise MessageError(f"The model has no layer named {layer_name!r}.", "layer")
+        layer = layers.get(layer_name)
+        if layer is None:
+            return
+        for name in ("unit", "unit_end"):
+            if name in changes and changes[name] >= layer["units"]:
+                raise MessageError(
+                    f"Layer {layer_name!r} has {layer['units']} units; {name} must be below {layer['units']}.",
+                    name,
+                )
+
+    def on_ready(self, message: Ready) -> None:
+        """A worker runs: keep what it filled in (the layer when none was given) if it runs
+        the current version, and its description of the model."""
+        if message.version == self.version:
+            self.params = SamplerParams.model_validate(message.params)
+        self.info = message.info
+
+    def on_rejected(self, message: Rejected) -> SetParams | None:
+        """The worker refused version `message.version` and still runs `message.params`.
+
+        A refusal of the current version rolls back to what the worker runs, under a new
+        version so that frames match; the `SetParams` returned tells the worker that version.
+        An out-of-date refusal (a newer change was sent since) changes nothing and returns
+        None: the worker refuses the newer change too if it is bad, and that refusal rolls back.
+        A refused start (`message.params` None) changes nothing either.
+        """
+        if message.params is None or message.version != self.version:
+            return None
+        self.params = SamplerParams.model_validate(message.params)
+        if message.sources is not None:
+            self.sources = dict(message.sources)
+        self.version += 1
+        return SetParams(self.version, self.params.model_dump(), dict(self.sources))
+
+    def state_message(self) -> dict[str, Any]:
+        """The ``state`` message: the full parameters and their version."""
+        return {
+            "type": "state",
+            "version": self.version,
+            "params": self.params.model_dump(),
+            "defaults": _DEFAULTS,
+        }
+
+    def info_message(self) -> dict[str, Any]:
+        """The ``info`` message: the model's layers, the checkpoints to pick from, the device."""
+        checkpoint = self.base.checkpoint
+        return {
+            "type": "info",
+            **(self.info or {}),
+            "checkpoints": security.list_checkpoints(self.folder),
+            # The picker offers the operator's file (sent as checkpoint "") when it is not one
+            # of `checkpoints`.
+            "operator_checkpoint": Path(checkpoint).name if checkpoint else None,
+        }
