@@ -1,7 +1,7 @@
 """Helpers shared by the web test modules: a real `ldam serve` subprocess, websocket clients,
 the LeNet checkpoint pair, and worker entries for the fault tests.
 
-`LiveServer` runs ``python -m ldam.cli.main serve`` on a free loopback port; `Viewer` is a
+`LiveServer` runs ``python -m ldam serve`` on a free loopback port; `Viewer` is a
 websocket client with the page's habits; `RawClient` one on a bare socket that can stall or
 vanish. `crashing_worker` and `ready_then_crashing_worker` are worker entries
 (``"tests.support:crashing_worker"``) run in spawned worker processes, which import this
@@ -28,11 +28,12 @@ from typing import Any
 import httpx
 from websockets.sync.client import ClientConnection, connect
 
+from ldam.models.bundled import CHECKPOINT_DIR
 from ldam.wire.events import Ready
 from ldam.wire.messages import decode_frame
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED = REPO / "models" / "checkpoints"
+BUNDLED = CHECKPOINT_DIR
 PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
 # Starting the worker imports torch and loads the model: slow on a busy 2-core machine.
 START_TIMEOUT_S = 120.0
@@ -103,7 +104,7 @@ class LiveServer:
         tmp.mkdir(parents=True, exist_ok=True)
         self.out_path = tmp / f"server-{self.port}.out"
         self.err_path = tmp / f"server-{self.port}.err"
-        cmd = [sys.executable, "-m", "ldam.cli.main", "serve", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "ldam", "serve", "--port", str(self.port), *args]
         if token is not None:
             cmd += ["--token", token]
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:

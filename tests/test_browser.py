@@ -31,7 +31,7 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 class Served:
-    """`python -m ldam.cli.main serve` on a free loopback port."""
+    """`python -m ldam serve` on a free loopback port."""
 
     def __init__(self, tmp: Path) -> None:
         folder = lenet_folder()
@@ -43,7 +43,7 @@ class Served:
                 [
                     sys.executable,
                     "-m",
-                    "ldam.cli.main",
+                    "ldam",
                     "serve",
                     str(folder / PAIR[0]),
                     "--checkpoints",

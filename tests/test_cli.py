@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ldam.cli.main", *argv],
+        [sys.executable, "-m", "ldam", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """Faults never stop the dashboard (issue 6): a killed worker, a diverging setting, clients
 that stall or vanish, a failing discriminator thread, SIGTERM.
 
-Every test runs against the real server: `python -m ldam.cli.main serve` in a subprocess on a
+Every test runs against the real server: `python -m ldam serve` in a subprocess on a
 free loopback port, with real websocket clients (`LiveServer`, `Viewer` and `RawClient` from
 `tests.support`).
 """

@@ -396,9 +396,9 @@ def test_dns_rebinding_host_refused() -> None:
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m ldam.cli.main ARGS` in its own process group, all of which is killed on timeout."""
+    """`python -m ldam ARGS` in its own process group, all of which is killed on timeout."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ldam.cli.main", *args],
+        [sys.executable, "-m", "ldam", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +22,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -145,19 +146,13 @@ def test_the_installed_package_imports_from_the_fresh_environment_only(
         assert help_text.startswith("usage: ldam ") and "serve" in help_text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, bytes, str]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, response.read(), response.headers.get("content-type", "")
 
 
 def test_ldam_serve_from_the_wheel_serves_the_whole_page(fresh_env: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(

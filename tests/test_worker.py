@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
-import tempfile
 import threading
 import time
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +22,7 @@ from ldam.wire.params import SamplerParams
 from ldam.worker.models import ModelCache
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg
-
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED = REPO / "models" / "checkpoints"
-PAIR = ("lenet_mnist.pt2", "lenet_mnist_avg.pt2")
-
-
-@cache
-def lenet_folder() -> Path:
-    """A folder with two LeNet checkpoints named like the bundled pair: the bundled ones when
-    they exist, else two exported untrained LeNets (the dashboard needs no trained weights)."""
-    if all((BUNDLED / name).is_file() for name in PAIR):
-        return BUNDLED
-    from ldam.models.lenet import LeNet
-    from ldam.models.loading import export_checkpoint
-
-    folder = Path(tempfile.mkdtemp(prefix="ldam-test-ckpt-"))
-    for seed, name in enumerate(PAIR):
-        torch.manual_seed(seed)
-        export_checkpoint(LeNet(), folder / name, (1, 28, 28))
-    return folder
+from tests.support import PAIR, lenet_folder
 
 
 class Harness:
@@ -191,6 +170,7 @@ def test_shake_raises_temperature_then_restores() -> None:
     loop = threading.Thread(target=h.worker.run, daemon=True)
     loop.start()
     try:
+
         def temperature_becomes(value: float) -> bool:
             deadline = time.monotonic() + 10.0
             while time.monotonic() < deadline:

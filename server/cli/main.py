@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ldam.cli import inspect, sample, train
+from ldam.cli import inspect, sample, serve, train
 from ldam.cli.options import add_checkpoint_options
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
@@ -24,28 +24,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ldam.cli.bench import main as bench_main
 
     return bench_main(args)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the dashboard server (the worker process does the torch work)."""
-    from ldam.web.config import ServeConfig
-    from ldam.web.serve import run_server
-
-    run_server(
-        ServeConfig(
-            checkpoint=args.checkpoint,
-            compare=args.compare,
-            target=args.target,
-            data=args.data,
-            checkpoints_dir=args.checkpoints,
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            trust_checkpoint=args.trust_checkpoint,
-            token=args.token,
-        )
-    )
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="access token for a non-loopback bind (default: $LDAM_TOKEN, else one is generated and printed)",
     )
     v.add_argument("--trust-checkpoint", action="store_true")
-    v.set_defaults(func=cmd_serve)
+    v.set_defaults(func=serve.cmd_serve)
     return parser
 
 
