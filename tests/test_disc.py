@@ -1,4 +1,4 @@
-"""server/disc.py: the online discriminator trainer (paper Algorithm 2) and its helpers."""
+"""ldam.sampling.discriminator: the online discriminator trainer (paper Algorithm 2), helpers."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ from ldam.models.data import load_mnist, normalize_mnist, split_indices
 from ldam.models.discriminator import make_discriminator
 from ldam.models.loading import DEFAULT_CHECKPOINT, load_checkpoint
 from ldam.sampling.discriminator import (
+    FORMAT,
+    FORMAT_VERSION,
     DiscriminatorError,
     DiscriminatorTrainer,
     build_discriminator_for,
+    read_checkpoint,
     real_images_for,
     run_with_discriminator,
 )
@@ -261,6 +264,52 @@ def test_save_and_load_round_trip(digits, tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path} holds a discriminator for inputs (1, 28, 28), but this model's input is (3, 32, 32)."
     )
+
+
+def test_checkpoint_names_its_format_and_refuses_other_layers(digits, tmp_path: Path) -> None:
+    trainer = _trainer(digits, tau=0.8, lr=1e-3)
+    trainer.warm_up(torch.randn(64, 1, 28, 28), steps=2)
+    path = tmp_path / "d.pt"
+    trainer.save(path)
+    payload = read_checkpoint(path)
+    assert (FORMAT, FORMAT_VERSION) == ("ldam-discriminator", 1)
+    assert (payload["format"], payload["format_version"]) == (FORMAT, FORMAT_VERSION)
+    assert (payload["arch"], payload["steps"], payload["tau"], payload["lr"]) == (
+        "MnistDiscriminator",
+        2,
+        0.8,
+        1e-3,
+    )
+    # Right format and shape, but none of D's layers: refused, and nothing is published.
+    hollow = tmp_path / "hollow.pt"
+    torch.save({"format": FORMAT, "input_shape": [1, 28, 28], "state_dict": {}}, hollow)
+    with pytest.raises(DiscriminatorError) as info:
+        trainer.load(hollow)
+    assert str(info.value) == f"The weights in {hollow} do not fit this discriminator's layers."
+    assert (trainer.version, trainer.steps) == (1, 2)
+
+
+def test_settings_read_back_and_cores_stay_unshared_when_asked(digits) -> None:
+    def record(version: int, module: nn.Module) -> None:
+        pass
+
+    trainer = _trainer(
+        digits, max_age=7, batch_size=10, warm_up_steps=3, share_cores=False, on_publish=record
+    )
+    assert (trainer.max_age, trainer.batch_size, trainer.warm_up_steps) == (7, 10, 3)
+    assert (trainer.threads, trainer.share_cores, trainer.on_publish) == (1, False, record)
+    assert trainer.device == torch.device("cpu") and trainer.input_shape == (1, 28, 28)
+    trainer.set(tau=0.25, lr=1e-3)
+    m = trainer.metrics()
+    assert (m["tau"], m["lr"], m["training"], m["steps"], m["version"]) == (0.25, 1e-3, False, 0, 0)
+    torch.set_num_threads(2)
+    trainer.start()
+    try:
+        assert trainer.running and trainer.metrics()["training"]
+        assert torch.get_num_threads() == 2  # share_cores=False: the caller keeps its threads
+    finally:
+        assert trainer.stop()
+    assert torch.get_num_threads() == 2 and not trainer.running
 
 
 def test_real_images_default_to_the_mnist_training_split(digits, tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""D's background thread: its lifecycle, and its share of the CPU cores.
+
+On CPU, `torch.set_num_threads` with the OpenMP backend sets the calling thread's own intra-op
+team size (and the default for threads that start later). D's thread sets its own count
+(`threads`) and `start()` sets the sampler's thread (the caller) to the cores left over, until
+`stop()`: on 2 cores one thread each, because two OpenMP teams asking for more threads than
+there are cores spin against each other and both slow down many times over. On CUDA, D's
+thread works on D's own stream (see `DiscriminatorStream`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+import torch
+
+from ldam.sampling.disc_offers import OfferBox
+from ldam.sampling.disc_stream import DiscriminatorStream
+
+# How long the thread waits for a new offer before it checks again whether to stop (seconds).
+_POLL_S = 0.1
+# How long `start()` waits for the thread to set itself up (seconds).
+_READY_S = 10.0
+
+
+def _failure_sentence(exc: BaseException) -> str:
+    """One sentence naming the exception that stopped the training thread."""
+    text = str(exc).strip().splitlines()[0].strip().rstrip(".") if str(exc).strip() else ""
+    detail = f": {text}" if text else ""
+    return f"Discriminator training stopped on {type(exc).__name__}{detail}."
+
+
+def _cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class TrainingThread:
+    """Takes each new offer from `offers` and hands it to `handle(x, ages)`, until stopped.
+
+    An exception from `handle` ends the thread; `on_error` gets its sentence. `threads`:
+    intra-op threads of this thread on CPU; `share_cores`: see `start()`.
+    """
+
+    def __init__(
+        self,
+        offers: OfferBox,
+        stream: DiscriminatorStream,
+        handle: Callable[[torch.Tensor, torch.Tensor], object],
+        on_error: Callable[[str], None],
+        *,
+        threads: int = 1,
+        share_cores: bool = True,
+    ) -> None:
+        self.threads = threads
+        self.share_cores = share_cores
+        self._offers = offers
+        self._stream = stream
+        self._device = stream.device
+        self._handle = handle
+        self._on_error = on_error
+        self._caller: tuple[int, int] | None = None  # (thread id, its thread count) for stop()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (no-op if it runs already).
+
+        On CPU with `share_cores`, the calling thread (the sampler's) is set to the cores this
+        thread leaves free, `max(1, min(its count, cores - threads))`, until `stop()` is called
+        from that same thread: 2 cores = 1 thread each, so OpenMP teams never oversubscribe.
+        """
+        if self.running:
+            return
+        self._stop.clear()
+        self._ready.clear()
+        caller_threads = torch.get_num_threads()
+        self._thread = threading.Thread(target=self._run, name="ldam-discriminator", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=_READY_S)
+        if self._device.type == "cpu":
+            # D's set_num_threads also changed the default for threads started later; this
+            # call sets the caller's own count and that default back to a sharing value.
+            shared = max(1, min(caller_threads, _cpu_count() - self.threads))
+            torch.set_num_threads(shared if self.share_cores else caller_threads)
+            if self._caller is None:
+                self._caller = (threading.get_ident(), caller_threads)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the thread to stop after its current step; True once it has stopped. Called
+        from the thread that started it, this also gives that thread its cores back."""
+        self._stop.set()
+        self._offers.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        stopped = not self.running
+        if stopped and self._caller is not None and self._caller[0] == threading.get_ident():
+            torch.set_num_threads(self._caller[1])
+            self._caller = None
+        return stopped
+
+    def _run(self) -> None:
+        if self._device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        elif self._device.type == "cuda" and self._device.index is not None:
+            torch.cuda.set_device(self._device)
+        self._ready.set()
+        taken = 0
+        try:
+            while not self._stop.is_set():
+                offer = self._offers.take(taken, timeout=_POLL_S)
+                if offer is None:
+                    continue
+                taken = offer.index
+                with self._stream.active():
+                    self._stream.wait_for(offer.ready)
+                    self._handle(offer.x, offer.ages)
+        except Exception as exc:  # reported through on_error; the thread ends here
+            self._on_error(_failure_sentence(exc))
