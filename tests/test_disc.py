@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.data import load_mnist, normalize_mnist, split_indices
 from ldam.models.discriminator import make_discriminator
-from ldam.models.loading import DEFAULT_CHECKPOINT, load_checkpoint
+from ldam.models.loading import load_checkpoint
 from ldam.sampling.discriminator import (
     FORMAT,
     FORMAT_VERSION,
@@ -469,3 +470,19 @@ def test_discriminator_pulls_samples_toward_real_digits(digits, lenet) -> None:
         predicted = lenet(averaged).argmax(dim=1)
     correct_at_08 = (predicted[2::3] == units[2::3]).sum().item()
     assert correct_at_08 >= 7, predicted.tolist()
+
+
+def test_bad_learning_rate_and_missing_folder_are_one_sentence(tmp_path: Path) -> None:
+    real = torch.zeros(8, 1, 28, 28)
+    for lr in (-1.0, float("nan"), 0.0):
+        with pytest.raises(DiscriminatorError) as info:
+            DiscriminatorTrainer(make_discriminator((1, 28, 28)), real, lr=lr)
+        assert str(info.value) == f"The discriminator learning rate must be positive, got {lr}."
+    trainer = DiscriminatorTrainer(make_discriminator((1, 28, 28)), real)
+    target = tmp_path / "missing" / "d.pt"
+    with pytest.raises(DiscriminatorError) as info:
+        trainer.save(target)
+    assert str(info.value) == (
+        f"Cannot write the discriminator to {target}: the folder {target.parent} does not exist."
+    )
+    assert not target.parent.exists()

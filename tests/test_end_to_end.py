@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldam.models.loading import AVERAGED_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
+from ldam.models.bundled import AVERAGED_CHECKPOINT, DEFAULT_CHECKPOINT
+from ldam.models.loading import load_checkpoint
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target

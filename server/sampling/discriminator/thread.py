@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from ldam.sampling.disc_offers import OfferBox
-from ldam.sampling.disc_stream import DiscriminatorStream
+from ldam.sampling.discriminator.offers import OfferBox
+from ldam.sampling.discriminator.stream import DiscriminatorStream
 
 # How long the thread waits for a new offer before it checks again whether to stop (seconds).
 _POLL_S = 0.1

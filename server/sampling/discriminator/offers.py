@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ldam.sampling.disc_errors import DiscriminatorError
-from ldam.sampling.disc_stream import DiscriminatorStream
+from ldam.sampling.discriminator.errors import DiscriminatorError
+from ldam.sampling.discriminator.stream import DiscriminatorStream
 
 
 @dataclass

@@ -11,18 +11,19 @@ nobody writes to again (copy, then swap a reference under a lock). An untrained 
 handed out: `current()` answers None (the sampler skips the term) until D has been warmed up
 on real images against the chains (`warm_up`, or automatically on the first offer) or loaded.
 
-This module is the trainer's public face; each part lives in a module of its own:
+This module is the trainer's public face; each part lives in a module of its own in this
+package:
 
-    disc_offers      the one-slot mailbox of offered chains
-    disc_pool        which generated samples D trains on (tau, max_age)
-    disc_training    the training step, warm-up and what one offer does
-    disc_metrics     the figures `metrics()` reports
-    disc_publish     the published copies the sampler reads
-    disc_stream      ordering D's CUDA stream against the sampler's
-    disc_thread      the background thread and its share of the CPU cores
-    disc_checkpoint  the checkpoint file (`save`, `load`, `read_checkpoint`)
-    disc_data        the real images (`real_images_for`)
-    disc_run         a sampling run with D training next to it (`run_with_discriminator`)
+    offers      the one-slot mailbox of offered chains
+    pool        which generated samples D trains on (tau, max_age)
+    training    the training step, warm-up and what one offer does
+    metrics     the figures `metrics()` reports
+    publish     the published copies the sampler reads
+    stream      ordering D's CUDA stream against the sampler's
+    thread      the background thread and its share of the CPU cores
+    checkpoint  the checkpoint file (`save`, `load`, `read_checkpoint`)
+    data        the real images (`real_images_for`)
+    run         a sampling run with D training next to it (`run_with_discriminator`)
 """
 
 from __future__ import annotations
@@ -35,31 +36,16 @@ import torch
 from torch import nn
 
 from ldam.models.discriminator import make_discriminator
-from ldam.sampling.disc_checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
+from ldam.sampling.discriminator.checkpoint import (
     load_weights,
-    read_checkpoint,
     read_checkpoint_for,
     write_checkpoint,
 )
-from ldam.sampling.disc_data import real_images_for
-from ldam.sampling.disc_errors import DiscriminatorError
-from ldam.sampling.disc_offers import OfferBox
-from ldam.sampling.disc_run import run_with_discriminator
-from ldam.sampling.disc_thread import TrainingThread
-from ldam.sampling.disc_training import DiscriminatorLearner
-
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "DiscriminatorError",
-    "DiscriminatorTrainer",
-    "build_discriminator_for",
-    "read_checkpoint",
-    "real_images_for",
-    "run_with_discriminator",
-]
+from ldam.sampling.discriminator.data import real_images_for
+from ldam.sampling.discriminator.errors import DiscriminatorError
+from ldam.sampling.discriminator.offers import OfferBox
+from ldam.sampling.discriminator.thread import TrainingThread
+from ldam.sampling.discriminator.training import DiscriminatorLearner
 
 
 def _check_options(

@@ -15,11 +15,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ldam.sampling.disc_errors import DiscriminatorError
-from ldam.sampling.disc_metrics import StepStats
-from ldam.sampling.disc_pool import SamplePool
-from ldam.sampling.disc_publish import Publisher
-from ldam.sampling.disc_stream import DiscriminatorStream
+from ldam.sampling.discriminator.errors import DiscriminatorError
+from ldam.sampling.discriminator.metrics import StepStats
+from ldam.sampling.discriminator.pool import SamplePool
+from ldam.sampling.discriminator.publish import Publisher
+from ldam.sampling.discriminator.stream import DiscriminatorStream
 
 
 class DiscriminatorLearner:
@@ -57,6 +57,8 @@ class DiscriminatorLearner:
         self._model = discriminator.to(self.device).train()
         self._real = real_images.detach().to(self.device, torch.float32)
         self._gen = torch.Generator().manual_seed(seed)
+        # Checked before Adam sees it: Adam's own refusal of a negative rate is no sentence.
+        _check_lr(lr)
         self._opt = torch.optim.Adam(self._model.parameters(), lr=lr, betas=(0.5, 0.999))
         self._lock = threading.Lock()  # one step at a time on the training model
         self._lr = 0.0
@@ -86,10 +88,7 @@ class DiscriminatorLearner:
     ) -> None:
         """Change the learning rate (> 0), tau (in [0, 1]) or switch online training on/off."""
         if lr is not None:
-            if not (math.isfinite(lr) and lr > 0):
-                raise DiscriminatorError(
-                    f"The discriminator learning rate must be positive, got {lr}."
-                )
+            _check_lr(lr)
             with self._lock:  # not in the middle of an optimizer step
                 for group in self._opt.param_groups:
                     group["lr"] = float(lr)
@@ -177,3 +176,8 @@ class DiscriminatorLearner:
         if publish:
             self.publisher.publish()
         self.stats.record_time(start)
+
+
+def _check_lr(lr: float) -> None:
+    if not (math.isfinite(lr) and lr > 0):
+        raise DiscriminatorError(f"The discriminator learning rate must be positive, got {lr}.")

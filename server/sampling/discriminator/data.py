@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ldam.sampling.disc_errors import DiscriminatorError
+from ldam.sampling.discriminator.errors import DiscriminatorError
 
 
 def real_images_for(

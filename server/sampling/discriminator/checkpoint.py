@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldam.sampling.disc_errors import DiscriminatorError
+from ldam.sampling.discriminator.errors import DiscriminatorError
 
 FORMAT = "ldam-discriminator"
 FORMAT_VERSION = 1
@@ -42,6 +42,11 @@ def write_checkpoint(
         "state_dict": state,
     }
     path = Path(path)
+    if not path.parent.is_dir():
+        # torch.save would raise its own RuntimeError here, not an OSError.
+        raise DiscriminatorError(
+            f"Cannot write the discriminator to {path}: the folder {path.parent} does not exist."
+        )
     # Written next to it, then renamed over it: a crash mid-write never leaves half a file.
     tmp = path.with_name(path.name + ".tmp")
     try:

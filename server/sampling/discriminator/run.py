@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ldam.sampling.disc_errors import DiscriminatorError
+from ldam.sampling.discriminator.errors import DiscriminatorError
 
 if TYPE_CHECKING:  # only for the annotation: the trainer's module imports this one
-    from ldam.sampling.discriminator import DiscriminatorTrainer
+    from ldam.sampling.discriminator.trainer import DiscriminatorTrainer
 
 
 def run_with_discriminator(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ldam.sampling.disc_stream import DiscriminatorStream
+from ldam.sampling.discriminator.stream import DiscriminatorStream
 
 
 class Publisher:
