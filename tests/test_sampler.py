@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ldam.sampling import sampler as sampler_module
+from ldam.sampling import averaging
 from ldam.sampling.diagnostics import effective_sample_size
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError, langevin_step
@@ -264,8 +264,8 @@ def test_window_mean_is_the_mean_of_the_last_k_samples() -> None:
 def test_window_and_mean_stay_exact_across_folds_resums_and_resets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sampler_module, "MEAN_FOLD_STEPS", 4)
-    monkeypatch.setattr(sampler_module, "WINDOW_RESUM_STEPS", 5)
+    monkeypatch.setattr(averaging, "MEAN_FOLD_STEPS", 4)
+    monkeypatch.setattr(averaging, "WINDOW_RESUM_STEPS", 5)
     config = SamplerConfig(chains=2, temperature=0.3, step_size=0.1, window=3, burn_in=2)
     sampler = Sampler([L2Term()], (1, 2, 2), config)
     xs = run(sampler, 9)

@@ -1,8 +1,10 @@
 """The LDAM sampler: Langevin dynamics with momentum over a batch of chains (paper Algorithm 1).
 
-`langevin_step` is the update, one short function like `torch.optim.sgd`'s; `Sampler` owns the
-state: chains `x [N, C, H, W]`, velocities, the RNGs, the step counter, the moving window and
-running mean of post-burn-in samples, per-chain burn-in and divergence resets.
+`langevin_step` is the update, one short function like `torch.optim.sgd`'s, and
+`update_direction` the gradient it follows; `Sampler` owns the state, chains `x [N, C, H, W]`,
+velocities, the RNGs and the step counter, and calls the pieces: the averages of kept samples
+(`ldam.sampling.averaging`), per-chain burn-in (`ldam.sampling.burn_in`) and the settings
+(`ldam.sampling.settings`, whose names are importable from here too).
 
 Exactness: with `normalize="none"` and no discriminator, chain i samples
 `p(x) ∝ exp(E_i(x) / T)` up to the discretization error of the step size (for a linear unit
@@ -28,51 +30,45 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ldam.errors import UserError
+from ldam.sampling.averaging import MovingWindow, RunningMean
+from ldam.sampling.burn_in import BurnIn
 from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
-from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
-
-PerChain = float | Sequence[float]
-Scalar = float | Tensor  # a float, or a per-chain tensor [N] broadcast over C, H, W
-
-NORMALIZE_MODES = ("none", "regularizers", "all")
-# Settings that take one value or one value per chain.
-PER_CHAIN_SETTINGS = ("temperature", "step_size", "momentum", "l2_weight", "disc_weight")
-# Settings `Sampler.set` may change between steps.
-LIVE_SETTINGS = (
-    "temperature",
-    "step_size",
-    "step_decay",
-    "momentum",
-    "l2_weight",
-    "disc_weight",
-    "normalize",
-    "window",
-    "clamp",
+from ldam.sampling.settings import (
+    LIVE_SETTINGS,
+    NORMALIZE_MODES,
+    PER_CHAIN_SETTINGS,
+    PerChain,
+    SamplerConfig,
+    SamplerError,
+    check_window_memory,
+    live_replace,
 )
-# Auto burn-in also accepts a chain whose trend over the burn-in window is within this many
-# standard errors of zero (a Geweke-style test): with noise, a relative change below epsilon
-# may never happen for an activation that hovers near zero.
-BURN_IN_Z = 2.0
-# The running mean adds samples into a float32 partial sum that is folded into a float64 total
-# this often, so a long run keeps full precision at one add per step.
-MEAN_FOLD_STEPS = 1024
-# The window's running sum (add new, subtract old) is re-summed exactly from the ring after at
-# least this many steps, so rounding never accumulates; amortized well under one pass per step.
-WINDOW_RESUM_STEPS = 4096
 
+__all__ = [
+    "LIVE_SETTINGS",
+    "NORMALIZE_MODES",
+    "PER_CHAIN_SETTINGS",
+    "PerChain",
+    "Sampler",
+    "SamplerConfig",
+    "SamplerError",
+    "Scalar",
+    "StepInfo",
+    "check_window_memory",
+    "langevin_step",
+    "live_replace",
+    "update_direction",
+]
 
-class SamplerError(UserError):
-    """A bad sampler setting or input; the message is one sentence."""
+Scalar = float | Tensor  # a float, or a per-chain tensor [N] broadcast over C, H, W
 
 
 def _bcast(s: Scalar, x: Tensor) -> Scalar:
@@ -127,183 +123,6 @@ def langevin_step(
     return x, v
 
 
-# ------------------------------------------------------------------------------- settings
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SamplerError(f"{name} must be a number or a list of numbers, got {value!r}.", name)
-    value = float(value)
-    if not math.isfinite(value):
-        raise SamplerError(f"{name} must be a finite number, got {value}.", name)
-    return value
-
-
-_RULES = {
-    "temperature": (">= 0", lambda v: v >= 0),
-    "step_size": ("> 0", lambda v: v > 0),
-    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "l2_weight": (">= 0", lambda v: v >= 0),
-    "disc_weight": ("in [0, 1]", lambda v: 0 <= v <= 1),
-    "burn_in_threshold": ("a finite number", lambda v: True),
-}
-
-
-def _per_chain_setting(name: str, value: Any, chains: int) -> float | list[float]:
-    """Validate one value or one per chain; a list of equal values collapses to one float."""
-    rule, ok = _RULES[name]
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        values = [_number(name, v) for v in value]
-        if len(values) != chains:
-            raise SamplerError(
-                f"{name} has {len(values)} values but there are {chains} chains; "
-                "give one value or one per chain.",
-                name,
-            )
-    else:
-        values = [_number(name, value)]
-    for v in values:
-        if not ok(v):
-            raise SamplerError(f"{name} must be {rule}, got {v}.", name)
-    if all(v == values[0] for v in values):
-        return values[0]
-    return values
-
-
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SamplerError(f"{name} must be an integer >= {low}, got {value!r}.", name)
-    return value
-
-
-def check_window_memory(
-    window: int, chains: int, input_shape: Sequence[int], bytes_per_value: int = 4
-) -> None:
-    """Raise `SamplerError` (field ``window``) when `chains` chains of `input_shape` with a
-    window of `window` samples would take more than `WINDOW_MEMORY_LIMIT_BYTES`.
-
-    The dashboard passes the chains of all its panels together: one budget for one run.
-    """
-    need = window * chains * math.prod(input_shape) * bytes_per_value
-    if need > WINDOW_MEMORY_LIMIT_BYTES:
-        raise SamplerError(
-            f"A window of {window} samples for {chains} chains of shape {tuple(input_shape)} "
-            f"needs {need / 2**20:.0f} MiB, more than the {WINDOW_MEMORY_LIMIT_BYTES // 2**20} "
-            "MiB limit; use a smaller window or fewer chains.",
-            "window",
-        )
-
-
-@dataclass
-class SamplerConfig:
-    """Every setting of a sampler run, in the paper's words.
-
-    Numeric settings marked per-chain take one value or a list with one value per chain, so
-    one batch can hold a sweep (rows of the paper's Figure 1).
-
-    Attributes:
-        chains: number of chains N.
-        temperature: T >= 0 (per-chain); 0 is deterministic gradient ascent.
-        step_size: beta > 0 (per-chain), used when `step_decay` is None.
-        step_decay: `(a, b, mu)` for `beta_t = a (b + t)^(-mu)`, t = 1, 2, ... the step being
-            taken, a > 0, b >= 0, mu in (0.5, 1]; None = constant `step_size`.
-        momentum: gamma in [0, 1) (per-chain); 0 = plain Langevin.
-        l2_weight: lambda of the L2 term (per-chain).
-        disc_weight: w in [0, 1] of the discriminator mix (per-chain).
-        normalize: gradient normalization (Algorithm 1 line 6), per term and per chain by the
-            gradient's RMS over the chain's pixels: `none` (the only mode that keeps the exact
-            stationary distribution), `regularizers` (regularizer terms only) or `all`.
-        window: K, the moving window of the last K post-burn-in samples per chain.
-        init_std: x0 ~ N(0, init_std^2).
-        clamp: `(low, high)` value range x is clamped to after each step, or None.
-        burn_in: steps discarded per chain; None = auto (see `burn_in_threshold`).
-        burn_in_threshold: auto burn-in needs the activation >= this (per-chain); None = no
-            threshold, because activation scales differ between networks.
-        burn_in_epsilon: auto burn-in needs the relative change of the activation, between the
-            means of the two halves of the last `burn_in_window` steps, below this (or that
-            change within 2 standard errors of zero, for activations near zero under noise).
-        burn_in_window: the number of recent steps the auto burn-in test looks at (>= 2).
-        divergence_limit: a chain with any |pixel| above this (in input units) or a NaN/Inf
-            pixel or activation has diverged: it is re-initialized and counted in `resets`.
-        seed: seeds the init and noise generators: same seed, same device -> same samples.
-        device: where chains live, e.g. "cpu" or "cuda".
-    """
-
-    chains: int = 16
-    temperature: PerChain = 0.01
-    step_size: PerChain = 0.05
-    step_decay: tuple[float, float, float] | None = None
-    momentum: PerChain = 0.0
-    l2_weight: PerChain = 0.1
-    disc_weight: PerChain = 0.0
-    normalize: Literal["none", "regularizers", "all"] = "none"
-    window: int = 200
-    init_std: float = 1.0
-    clamp: tuple[float, float] | None = None
-    burn_in: int | None = None
-    burn_in_threshold: PerChain | None = None
-    burn_in_epsilon: float = 0.02
-    burn_in_window: int = 50
-    divergence_limit: float = 1e6
-    seed: int = 0
-    device: str | torch.device = field(default="cpu")
-
-    def __post_init__(self) -> None:
-        self.chains = _int("chains", self.chains, 1)
-        for name in PER_CHAIN_SETTINGS:
-            setattr(self, name, _per_chain_setting(name, getattr(self, name), self.chains))
-        if self.burn_in_threshold is not None:
-            self.burn_in_threshold = _per_chain_setting(
-                "burn_in_threshold", self.burn_in_threshold, self.chains
-            )
-        if self.step_decay is not None:
-            if not isinstance(self.step_decay, Sequence) or len(self.step_decay) != 3:
-                raise SamplerError(
-                    f"step_decay must be (a, b, mu) or None, got {self.step_decay!r}."
-                )
-            a, b, mu = (_number("step_decay", v) for v in self.step_decay)
-            if a <= 0:
-                raise SamplerError(f"step_decay a must be > 0, got {a}.")
-            if b < 0:
-                raise SamplerError(f"step_decay b must be >= 0, got {b}.")
-            if not 0.5 < mu <= 1:
-                raise SamplerError(f"step_decay mu must be in (0.5, 1], got {mu}.")
-            self.step_decay = (a, b, mu)
-        if self.normalize not in NORMALIZE_MODES:
-            raise SamplerError(
-                f"normalize must be one of none, regularizers, all, got {self.normalize!r}."
-            )
-        self.window = _int("window", self.window, 1)
-        self.divergence_limit = _number("divergence_limit", self.divergence_limit)
-        if not self.divergence_limit > 0:
-            raise SamplerError(f"divergence_limit must be > 0, got {self.divergence_limit}.")
-        self.init_std = _number("init_std", self.init_std)
-        if self.init_std < 0:
-            raise SamplerError(f"init_std must be >= 0, got {self.init_std}.")
-        if self.clamp is not None:
-            if not isinstance(self.clamp, Sequence) or len(self.clamp) != 2:
-                raise SamplerError(f"clamp must be (low, high) or None, got {self.clamp!r}.")
-            low, high = (_number("clamp", v) for v in self.clamp)
-            if not low < high:
-                raise SamplerError(
-                    f"clamp must be (low, high) with low < high, got ({low}, {high})."
-                )
-            self.clamp = (low, high)
-        if self.burn_in is not None and (
-            isinstance(self.burn_in, bool) or not isinstance(self.burn_in, int) or self.burn_in < 0
-        ):
-            raise SamplerError(
-                f"burn_in must be None (auto) or an integer >= 0, got {self.burn_in!r}."
-            )
-        self.burn_in_epsilon = _number("burn_in_epsilon", self.burn_in_epsilon)
-        if self.burn_in_epsilon < 0:
-            raise SamplerError(f"burn_in_epsilon must be >= 0, got {self.burn_in_epsilon}.")
-        self.burn_in_window = _int("burn_in_window", self.burn_in_window, 2)
-        self.seed = _int("seed", self.seed, 0)
-        try:
-            self.device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise SamplerError(f"device must name a torch device, got {self.device!r}.") from exc
-
-
 @dataclass(frozen=True)
 class StepInfo:
     """What one `Sampler.step()` reports; every tensor is detached and on the sampler's device.
@@ -334,8 +153,129 @@ def _rms(g: Tensor) -> Tensor:
     return _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), g)  # type: ignore[return-value]
 
 
+def update_direction(
+    terms: Sequence[Term],
+    x: Tensor,
+    weights: Mapping[str, Scalar],
+    skip: Mapping[str, bool],
+    normalize: str,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The direction g `[N, C, H, W]` the chains at `x [N, C, H, W]` move along, the activation
+    `[N]` (sum of the activation terms) and each evaluated term's value `[N]` by name.
+
+    `weights` maps each per-chain setting a term may be weighted by to a float or `[N]` tensor;
+    a term whose weight setting is True in `skip` (0 on every chain), or that is inactive, is
+    not evaluated. `normalize` (one of `NORMALIZE_MODES`) divides the gradients of the
+    regularizers, or of every term, by their per-chain RMS over pixels (Algorithm 1 line 6).
+    A discriminator term's gradient is mixed with the activation's by its weight w:
+    `g = (1 - w) g_a + w rms(g_a) g_D / rms(g_D)`.
+    """
+    norm_act = normalize == "all"
+    norm_reg = normalize in ("regularizers", "all")
+    values: dict[str, Tensor] = {}
+    g_act: Tensor | None = None
+    g_disc: Tensor | None = None
+    disc_weight: Scalar = 0.0
+    regs: list[tuple[Tensor, Scalar]] = []
+    activation: Tensor | None = None
+    for term in terms:
+        wp = term.weight_param
+        if (wp is not None and skip[wp]) or not term.active():
+            continue
+        if type(term) is L2Term and wp is not None:
+            # Fast path for the common regularizer: one pass for ||x_i||^2 gives the value
+            # and the RMS, and -lam x is added straight into g with no -x tensor.
+            flat = x.flatten(1)
+            norm = torch.linalg.vector_norm(flat, dim=1)  # one reduction kernel
+            values[term.name] = norm.square().mul_(-0.5)
+            coef = -_bcast(weights[wp], x)
+            if norm_reg:
+                rms = norm.div(math.sqrt(flat.shape[1]))
+                coef = coef / _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), x)
+            regs.append((x, coef))
+            continue
+        value, g = autograd_value_and_grad(term, x)
+        values[term.name] = value
+        if term.group == "activation":
+            activation = value if activation is None else activation + value
+            if norm_act:
+                g = g / _rms(g)
+            g_act = g if g_act is None else g_act.add_(g)
+        elif term.group == "discriminator":
+            g_disc, disc_weight = g, weights[wp] if wp else 1.0
+        else:
+            regs.append((g / _rms(g) if norm_reg else g, weights[wp] if wp else 1.0))
+
+    g_total = g_act if g_act is not None else torch.zeros_like(x)
+    if g_disc is not None:
+        # The lead's rule: g = (1 - w) g_a + w * rms(g_a) * g_D / rms(g_D), continuous in w;
+        # with normalize="all" rms(g_a) = 1 and this is the paper's convex mix.
+        w = _bcast(disc_weight, x)
+        scale = _rms(g_total) / _rms(g_disc)
+        g_total = g_total.mul(1.0 - w) if g_act is not None else g_total
+        _add_scaled(g_total, g_disc * scale, w)
+    for g, weight in regs:
+        _add_scaled(g_total, g, _bcast(weight, x))
+    if activation is None:
+        activation = torch.zeros(x.shape[0], device=x.device)
+    return g_total, activation, values
+
+
+def _chain_value(value: float | list[float], like: Tensor) -> Scalar:
+    """A per-chain list as an `[N]` tensor with `like`'s dtype and device; a float as it is."""
+    if isinstance(value, list):
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
+    return value
+
+
+def _diverged(x: Tensor, activation: Tensor, limit: float) -> Tensor:
+    """`[N]` bool: the chains whose activation `[N]` is NaN/Inf or whose sample in `x` has a
+    pixel that is NaN/Inf or beyond `limit` in absolute value."""
+    # The limit matters: a step size far too large under gradient normalization drifts to huge
+    # but finite values (seen: activations ~1e8) that a finiteness test misses. amax propagates
+    # NaN and `not (peak <= limit)` is True for NaN, so one comparison covers all three cases.
+    peak = x.flatten(1).abs().amax(1)
+    return (peak <= limit).logical_and_(activation.isfinite()).logical_not_()
+
+
+def _check_terms(terms: Term | Sequence[Term]) -> list[Term]:
+    """The terms as a list, refused when one is not a `Term`, names clash, a weight setting is
+    not per-chain, or there is more than one discriminator."""
+    terms = [terms] if isinstance(terms, Term) else list(terms)
+    for term in terms:
+        if not isinstance(term, Term):
+            raise SamplerError(f"Energy terms must be Term objects, got {type(term).__name__}.")
+    names = [t.name for t in terms]
+    for term in terms:
+        if names.count(term.name) > 1:
+            raise SamplerError(
+                f"Two energy terms are both named {term.name!r}; give them different names."
+            )
+        if term.weight_param is not None and term.weight_param not in PER_CHAIN_SETTINGS:
+            raise SamplerError(
+                f"Term {term.name!r} is weighted by {term.weight_param!r}, which is not a "
+                f"per-chain sampler setting ({', '.join(PER_CHAIN_SETTINGS)})."
+            )
+    if sum(t.group == "discriminator" for t in terms) > 1:
+        raise SamplerError("Only one discriminator term is supported.")
+    return terms
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """`input_shape` as a `(C, H, W)` tuple of positive integers, else `SamplerError`."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
+        raise SamplerError(
+            f"input_shape must be three positive integers (C, H, W), got {tuple(input_shape)}."
+        )
+    return shape  # type: ignore[return-value]
+
+
 class Sampler:
-    """LDAM chains: owns x `[N, C, H, W]`, velocities, RNGs, averaging and burn-in state.
+    """LDAM chains: owns x `[N, C, H, W]`, velocities, the RNGs and the step counter, and steps
+    them with `langevin_step` along `update_direction`, feeding burn-in and the averages.
 
     Attributes:
         x: `[N, C, H, W]` the current samples (updated in place each step).
@@ -343,10 +283,10 @@ class Sampler:
         t: steps taken.
         age: `[N]` int64, steps since each chain was (re)initialized.
         resets: `[N]` int64, how many times each chain diverged (NaN/Inf) and was re-initialized.
-        burn_in_step: `[N]` int64, the steps each chain discarded (the samples of later steps
-            are averaged; for a re-initialized chain, counted from the start of the run), -1
-            while its current sample is not yet a kept one.
         config: the effective settings (live changes from `set` included once applied).
+        terms: the energy terms, in the order given.
+        input_shape: `(C, H, W)` of one chain.
+        device: where the chains live.
     """
 
     def __init__(
@@ -356,88 +296,59 @@ class Sampler:
         config: SamplerConfig | None = None,
         device: str | torch.device | None = None,
     ) -> None:
+        """Chains for `terms` (one or a list) over samples of `input_shape` `(C, H, W)`, set by
+        `config` (default `SamplerConfig()`), on `device` if given (else `config.device`); raises
+        `SamplerError` for bad terms or shape, a missing device or a window over the budget."""
         config = config if config is not None else SamplerConfig()
         if device is not None:
             config = dataclasses.replace(config, device=device)
-        self.terms: list[Term] = [terms] if isinstance(terms, Term) else list(terms)
-        self._check_terms(config)
-        shape = tuple(input_shape)
-        if len(shape) != 3 or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
-        ):
-            raise SamplerError(
-                f"input_shape must be three positive integers (C, H, W), got {tuple(input_shape)}."
-            )
-        self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
-        self.config = config
-        self.device = torch.device(config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise SamplerError(f"Device {str(self.device)!r} is not available on this machine.")
+        self.terms: list[Term] = _check_terms(terms)
+        self.input_shape = _check_input_shape(input_shape)
+        self.device = dev = torch.device(config.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SamplerError(f"Device {str(dev)!r} is not available on this machine.")
         n = config.chains
-        full = (n, *shape)
-        dev = self.device
-
+        full = (n, *self.input_shape)
         # Two generators: re-initializing a diverged chain must not shift the others' noise.
         seeder = torch.Generator().manual_seed(config.seed)
         init_seed, noise_seed = torch.randint(0, 2**62, (2,), generator=seeder).tolist()
         self._init_gen = torch.Generator(device=dev).manual_seed(init_seed)
         self._noise_gen = torch.Generator(device=dev).manual_seed(noise_seed)
-
         self.x = torch.empty(full, device=dev)
         self.v = torch.zeros(full, device=dev)
         self._noise = torch.empty(full, device=dev)
         self.t = 0
         self.age = torch.zeros(n, dtype=torch.long, device=dev)
         self.resets = torch.zeros(n, dtype=torch.long, device=dev)
-        self.burn_in_step = torch.full((n,), -1, dtype=torch.long, device=dev)
-        self._burned = torch.zeros(n, dtype=torch.bool, device=dev)
-        self._all_burned = False
-        # Running mean of all post-burn-in samples: float32 partial sum + float64 total.
-        self._mean_partial = torch.zeros(full, device=dev)
-        self._mean_total = torch.zeros(full, dtype=torch.float64, device=dev)
-        self._mean_count = torch.zeros(n, dtype=torch.long, device=dev)
-        # Auto burn-in: a ring of the last burn_in_window activations per chain.
-        half = config.burn_in_window // 2
-        self._hist = torch.zeros(2 * half, n, device=dev)
-        ring = torch.arange(2 * half, device=dev)
-        newest = (ring[:, None] - torch.arange(half, device=dev)[None, :]) % (2 * half)
-        self._hist_new = newest  # [2h, h]: slots of the newest half when slot s was just written
-        self._hist_old = (newest - half) % (2 * half)
         self._pending: SamplerConfig | None = None
         self._pending_lock = threading.Lock()  # set() may come from a control thread
         self._apply_config(config)
-        self._alloc_window(config.window)
+        thr = config.burn_in_threshold
+        self._burn_in = BurnIn(
+            n,
+            dev,
+            config.burn_in,
+            config.burn_in_window,
+            config.burn_in_epsilon,
+            None if thr is None else _chain_value(thr, self.x),
+        )
+        self._check_window_memory(config.window)
+        self._window = MovingWindow(config.window, full, dev)
+        self._mean = RunningMean(full, dev)
         self._reinit(torch.arange(n, device=dev))
 
-    # ---------------------------------------------------------------------- construction
-    def _check_terms(self, config: SamplerConfig) -> None:
-        for term in self.terms:
-            if not isinstance(term, Term):
-                raise SamplerError(f"Energy terms must be Term objects, got {type(term).__name__}.")
-        names = [t.name for t in self.terms]
-        for term in self.terms:
-            if names.count(term.name) > 1:
-                raise SamplerError(
-                    f"Two energy terms are both named {term.name!r}; give them different names."
-                )
-            if term.weight_param is not None and term.weight_param not in PER_CHAIN_SETTINGS:
-                raise SamplerError(
-                    f"Term {term.name!r} is weighted by {term.weight_param!r}, which is not a "
-                    f"per-chain sampler setting ({', '.join(PER_CHAIN_SETTINGS)})."
-                )
-        if sum(t.group == "discriminator" for t in self.terms) > 1:
-            raise SamplerError("Only one discriminator term is supported.")
-
-    def _chain_value(self, value: float | list[float]) -> Scalar:
-        if isinstance(value, list):
-            return torch.tensor(value, dtype=self.x.dtype, device=self.device)
-        return value
+    @property
+    def burn_in_step(self) -> Tensor:
+        """`[N]` int64, the steps each chain discarded (the samples of later steps are averaged;
+        for a re-initialized chain, counted from the start of the run), -1 while its current
+        sample is not yet a kept one."""
+        return self._burn_in.steps
 
     def _apply_config(self, config: SamplerConfig) -> None:
         """Turn settings into floats or per-chain device tensors once, not every step."""
         self.config = config
         self._p: dict[str, Scalar] = {
-            name: self._chain_value(getattr(config, name)) for name in PER_CHAIN_SETTINGS
+            name: _chain_value(getattr(config, name), self.x) for name in PER_CHAIN_SETTINGS
         }
         # Host-side: a term whose weight is 0 on every chain is skipped without a device sync.
         self._zero = {
@@ -445,20 +356,9 @@ class Sampler:
             for name in PER_CHAIN_SETTINGS
             for value in [getattr(config, name)]
         }
-        thr = config.burn_in_threshold
-        self._threshold = None if thr is None else self._chain_value(thr)
 
     def _check_window_memory(self, window: int) -> None:
         check_window_memory(window, self.config.chains, self.input_shape, self.x.element_size())
-
-    def _alloc_window(self, window: int) -> None:
-        self._check_window_memory(window)
-        n = self.config.chains
-        self._window = torch.zeros((window, *self.x.shape), device=self.device)
-        self._window_sum = torch.zeros_like(self.x)
-        self._window_count = torch.zeros(n, dtype=torch.long, device=self.device)
-        self._window_full_steps = 0  # steps every chain has been recorded: counts are K after K
-        self._since_resum = 0
 
     # ------------------------------------------------------------------------ controls
     def set(self, **params: Any) -> None:
@@ -468,18 +368,9 @@ class Sampler:
         `disc_weight`, `normalize`, `window` and `clamp`, each as in `SamplerConfig`.
         Changing `window` re-sizes the window and restarts it for every chain.
         """
-        for name in params:
-            if name not in LIVE_SETTINGS:
-                if name in {f.name for f in dataclasses.fields(SamplerConfig)}:
-                    raise SamplerError(
-                        f"Setting {name!r} cannot be changed while sampling; create a new sampler."
-                    )
-                raise SamplerError(
-                    f"Unknown setting {name!r}; live settings are {', '.join(LIVE_SETTINGS)}."
-                )
         with self._pending_lock:
             base = self._pending if self._pending is not None else self.config
-            pending = dataclasses.replace(base, **params)
+            pending = live_replace(base, params)
             self._check_window_memory(pending.window)
             self._pending = pending
 
@@ -490,8 +381,8 @@ class Sampler:
             pending, self._pending = self._pending, None
         window_changed = pending.window != self.config.window
         self._apply_config(pending)
-        if window_changed:
-            self._alloc_window(pending.window)
+        if window_changed:  # its memory was checked by `set`
+            self._window.resize(pending.window)
 
     def reset(self, chains: Sequence[int] | Tensor | None = None) -> None:
         """Re-initialize all chains (None) or the given chain indices: fresh x0, v = 0, burn-in,
@@ -518,31 +409,20 @@ class Sampler:
         self.x[idx] = fresh
         self.v[idx] = 0
         self.age[idx] = 0
-        self._window[:, idx] = 0
-        self._window_sum[idx] = 0
-        self._window_count[idx] = 0
-        self._window_full_steps = 0
-        self._mean_partial[idx] = 0
-        self._mean_total[idx] = 0
-        self._mean_count[idx] = 0
-        self._hist[:, idx] = 0
-        self._burned[idx] = False
-        self.burn_in_step[idx] = -1
-        self._all_burned = False
+        self._window.reset(idx)
+        self._mean.reset(idx)
+        self._burn_in.reset(idx)
 
     # -------------------------------------------------------------------------- reading
     def window_mean(self) -> Tensor:
         """`[N, C, H, W]` mean of each chain's last `window` post-burn-in samples; a chain with
         none yet shows its current sample."""
-        count = _bcast(self._window_count, self.x)
-        return torch.where(count > 0, self._window_sum / count.clamp(min=1), self.x)
+        return self._window.mean(self.x)
 
     def mean(self) -> Tensor:
         """`[N, C, H, W]` mean of all of each chain's post-burn-in samples since its last
         (re)initialization; a chain with none yet shows its current sample."""
-        count = _bcast(self._mean_count, self.x)
-        total = (self._mean_total + self._mean_partial).div_(count.clamp(min=1)).to(self.x.dtype)
-        return torch.where(count > 0, total, self.x)
+        return self._mean.mean(self.x)
 
     def step_size(self) -> Scalar:
         """The step size beta of the next step: constant, or `a (b + t)^(-mu)` with t = 1, 2, ..."""
@@ -552,59 +432,6 @@ class Sampler:
         return a * (b + self.t + 1) ** (-mu)
 
     # ----------------------------------------------------------------------------- step
-    def _gradient(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The update direction g `[N, C, H, W]`, the activation `[N]` and per-term values."""
-        cfg = self.config
-        norm_act = cfg.normalize == "all"
-        norm_reg = cfg.normalize in ("regularizers", "all")
-        values: dict[str, Tensor] = {}
-        g_act: Tensor | None = None
-        g_disc: Tensor | None = None
-        disc_weight: Scalar = 0.0
-        regs: list[tuple[Tensor, Scalar]] = []
-        activation: Tensor | None = None
-        for term in self.terms:
-            wp = term.weight_param
-            if (wp is not None and self._zero[wp]) or not term.active():
-                continue
-            if type(term) is L2Term and wp is not None:
-                # Fast path for the common regularizer: one pass for ||x_i||^2 gives the value
-                # and the RMS, and -lam x is added straight into g with no -x tensor.
-                flat = x.flatten(1)
-                norm = torch.linalg.vector_norm(flat, dim=1)  # one reduction kernel
-                values[term.name] = norm.square().mul_(-0.5)
-                coef = -_bcast(self._p[wp], x)
-                if norm_reg:
-                    rms = norm.div(math.sqrt(flat.shape[1]))
-                    coef = coef / _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), x)
-                regs.append((x, coef))
-                continue
-            value, g = autograd_value_and_grad(term, x)
-            values[term.name] = value
-            if term.group == "activation":
-                activation = value if activation is None else activation + value
-                if norm_act:
-                    g = g / _rms(g)
-                g_act = g if g_act is None else g_act.add_(g)
-            elif term.group == "discriminator":
-                g_disc, disc_weight = g, self._p[wp] if wp else 1.0
-            else:
-                regs.append((g / _rms(g) if norm_reg else g, self._p[wp] if wp else 1.0))
-
-        g_total = g_act if g_act is not None else torch.zeros_like(x)
-        if g_disc is not None:
-            # The lead's rule: g = (1 - w) g_a + w * rms(g_a) * g_D / rms(g_D), continuous in w;
-            # with normalize="all" rms(g_a) = 1 and this is the paper's convex mix.
-            w = _bcast(disc_weight, x)
-            scale = _rms(g_total) / _rms(g_disc)
-            g_total = g_total.mul(1.0 - w) if g_act is not None else g_total
-            _add_scaled(g_total, g_disc * scale, w)
-        for g, weight in regs:
-            _add_scaled(g_total, g, _bcast(weight, x))
-        if activation is None:
-            activation = torch.zeros(x.shape[0], device=x.device)
-        return g_total, activation, values
-
     def step(self) -> StepInfo:
         """One Langevin step of every chain; returns the activations, term values and burn-in.
 
@@ -613,9 +440,8 @@ class Sampler:
         the running mean.
         """
         self._apply_pending()
-        cfg = self.config
-        x = self.x
-        g, activation, values = self._gradient(x)
+        cfg, x, burn_in = self.config, self.x, self._burn_in
+        g, activation, values = update_direction(self.terms, x, self._p, self._zero, cfg.normalize)
         temperature = self._p["temperature"]
         noise = None
         if isinstance(temperature, Tensor) or temperature != 0.0:
@@ -627,21 +453,18 @@ class Sampler:
                 x.clamp_(*cfg.clamp)
             self.t += 1
             self.age += 1
-            self._update_burn_in(activation)
-            self._record(self._burned)
-            # A chain diverged when its activation is NaN/Inf or any pixel is NaN/Inf or beyond
-            # `divergence_limit`: a step size far too large under gradient normalization drifts
-            # to huge but finite values (seen: activations ~1e8) that a finiteness test misses.
-            # amax propagates NaN and `not (peak <= limit)` is True for NaN, so one comparison
-            # covers all three cases.
-            peak = x.flatten(1).abs().amax(1)
-            bad = (peak <= cfg.divergence_limit).logical_and_(activation.isfinite()).logical_not_()
+            burn_in.update(activation, self.age, self.t)
+            recording = None if burn_in.done else burn_in.burned
+            self._window.add(x, recording)
+            self._mean.add(x, recording)
+            bad = _diverged(x, activation, cfg.divergence_limit)
             # The one host sync per step: whether any chain diverged (and, until every chain
             # is burned in, whether all are now, so burn-in bookkeeping can stop).
-            if self._all_burned:
+            if burn_in.done:
                 any_bad = bool(bad.any())
             else:
-                any_bad, self._all_burned = torch.stack((bad.any(), self._burned.all())).tolist()
+                any_bad, all_burned = torch.stack((bad.any(), burn_in.burned.all())).tolist()
+                burn_in.set_done(all_burned)
             if any_bad:
                 idx = bad.nonzero().squeeze(1)
                 self.resets[idx] += 1
@@ -650,66 +473,7 @@ class Sampler:
             step=self.t,
             activation=activation,
             terms=values,
-            burned_in=self._burned.clone(),
+            burned_in=burn_in.burned.clone(),
             reset=bad,
             step_size=beta,
         )
-
-    def _record(self, recorded: Tensor) -> None:
-        """Put the new samples of burned-in chains into the window (a ring + running sum,
-        O(1) per step) and the running mean; other chains add zeros."""
-        x = self.x
-        k = self._window.shape[0]
-        slot = (self.t - 1) % k
-        old = self._window[slot]
-        if self._all_burned:
-            new = x
-            if self._window_full_steps < k:
-                self._window_count.add_(1).clamp_(max=k)
-                self._mean_count.add_(1)
-                self._window_full_steps += 1
-            else:
-                self._mean_count.add_(1)
-        else:
-            new = torch.where(_bcast(recorded, x), x, torch.zeros((), device=x.device))
-            self._window_count.add_(recorded).clamp_(max=k)
-            self._mean_count.add_(recorded)
-            self._window_full_steps = 0
-        self._window_sum.sub_(old).add_(new)
-        old.copy_(new)
-        self._since_resum += 1
-        if slot == k - 1 and self._since_resum >= WINDOW_RESUM_STEPS:
-            torch.sum(self._window, dim=0, out=self._window_sum)
-            self._since_resum = 0
-        self._mean_partial.add_(new)
-        if self.t % MEAN_FOLD_STEPS == 0:
-            self._mean_total.add_(self._mean_partial)
-            self._mean_partial.zero_()
-
-    def _update_burn_in(self, activation: Tensor) -> None:
-        """Mark chains burned in: fixed, after `burn_in` steps; auto, once the activation is over
-        the threshold and stable (paper section 3.2)."""
-        if self._all_burned:
-            return
-        cfg = self.config
-        if cfg.burn_in is not None:
-            newly = ~self._burned & (self.age > cfg.burn_in)
-        else:
-            ring = self._hist.shape[0]
-            half = ring // 2
-            slot = (self.t - 1) % ring
-            self._hist[slot] = activation
-            new = self._hist.index_select(0, self._hist_new[slot])
-            old = self._hist.index_select(0, self._hist_old[slot])
-            m_new, m_old = new.mean(0), old.mean(0)
-            diff = (m_new - m_old).abs()
-            level = torch.maximum(m_new.abs(), m_old.abs())
-            noise = ((new.var(0) + old.var(0)) / half).sqrt()
-            stable = (diff <= cfg.burn_in_epsilon * level) | (diff <= BURN_IN_Z * noise)
-            # age counts updates; the activations of states 0..age-1 are in the ring.
-            newly = ~self._burned & stable & (self.age >= ring)
-            if self._threshold is not None:
-                newly &= activation >= self._threshold
-        self._burned |= newly
-        # burn_in_step counts the discarded steps: this step's new sample is the first kept.
-        self.burn_in_step.masked_fill_(newly, self.t - 1)

@@ -1,0 +1,159 @@
+"""Averages of each chain's kept (post-burn-in) samples: a moving window and a running mean.
+
+Both take one batch of samples `x [N, C, H, W]` per step, `add(x, recording)`, where
+`recording [N]` bool says which chains' samples count (None: every chain's, the common case
+once all are burned in, which skips the masking). Both are O(1) per step in the number of
+samples kept, allocate their buffers once, and never sync with the device.
+
+- `MovingWindow`: the mean of each chain's last K kept samples, from a ring of K batches and a
+  running sum (add the new, subtract the one it overwrites), re-summed exactly from the ring
+  every `WINDOW_RESUM_STEPS` adds or so, so rounding never accumulates.
+- `RunningMean`: the mean of all of a chain's kept samples, as a float32 partial sum folded into
+  a float64 total every `MEAN_FOLD_STEPS` adds, so a long run keeps full precision at one
+  float32 add per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# The running mean adds samples into a float32 partial sum that is folded into a float64 total
+# this often, so a long run keeps full precision at one add per step.
+MEAN_FOLD_STEPS = 1024
+# The window's running sum (add new, subtract old) is re-summed exactly from the ring after at
+# least this many steps, so rounding never accumulates; amortized well under one pass per step.
+WINDOW_RESUM_STEPS = 4096
+
+
+def _per_chain(values: Tensor, like: Tensor) -> Tensor:
+    """A per-chain `[N]` tensor viewed as `[N, 1, 1, 1]` so it broadcasts over a chain's pixels."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _keep(x: Tensor, recording: Tensor | None, zero: Tensor, out: Tensor | None = None) -> Tensor:
+    """`x` where `recording [N]` is True and `zero` (a 0-dim 0) elsewhere, into `out` if given;
+    `x` itself (copied into `out`) when `recording` is None."""
+    if recording is None:
+        return x if out is None else out.copy_(x)
+    return torch.where(_per_chain(recording, x), x, zero, out=out)
+
+
+class MovingWindow:
+    """The mean of each chain's last `size` kept samples, O(1) per step.
+
+    A ring `[K, N, C, H, W]` holds the last K batches (0 for a chain that was not recording),
+    beside their running sum `[N, C, H, W]` and a per-chain count of kept samples, at most K.
+    Ring slot `i % K` takes the i-th add (i = 0, 1, ...), counted over the object's life, so a
+    resize keeps the slot cadence of the run.
+    """
+
+    def __init__(self, size: int, shape: tuple[int, ...], device: torch.device) -> None:
+        """An empty window of `size` >= 1 samples for chains `shape = (N, C, H, W)`. The caller
+        checks the memory it takes first (`check_window_memory`)."""
+        self._shape = shape
+        self._device = device
+        self._zero = torch.zeros((), device=device)
+        self._adds = 0
+        self.resize(size)
+
+    @property
+    def size(self) -> int:
+        """K, the number of samples the window keeps per chain."""
+        return self._ring.shape[0]
+
+    @property
+    def count(self) -> Tensor:
+        """`[N]` int64: each chain's kept samples now in the window, at most `size`."""
+        return self._count
+
+    def resize(self, size: int) -> None:
+        """Re-allocate for `size` samples and restart every chain with an empty window."""
+        self._ring = torch.zeros((size, *self._shape), device=self._device)
+        self._sum = torch.zeros(self._shape, device=self._device)
+        self._count = torch.zeros(self._shape[0], dtype=torch.long, device=self._device)
+        # Consecutive adds with every chain recording, up to K: at K every count is K and
+        # stays K while all keep recording, so the count kernels can be skipped.
+        self._full_adds = 0
+        self._since_resum = 0
+
+    def add(self, x: Tensor, recording: Tensor | None) -> None:
+        """Put `x [N, C, H, W]` of the chains where `recording [N]` bool is True (None: every
+        chain) into the window, replacing each chain's oldest slot; others get a 0 there."""
+        k = self._ring.shape[0]
+        slot = self._adds % k
+        self._adds += 1
+        old = self._ring[slot]
+        if recording is None:
+            # Every chain records: the counts change only until they reach K.
+            if self._full_adds < k:
+                self._count.add_(1).clamp_(max=k)
+                self._full_adds += 1
+        else:
+            self._count.add_(recording).clamp_(max=k)
+            self._full_adds = 0
+        # sum - old + new, the new batch written straight into the slot it takes.
+        self._sum.sub_(old)
+        self._sum.add_(_keep(x, recording, self._zero, out=old))
+        self._since_resum += 1
+        # Re-sum at the ring's last slot, so the exact sum is taken in one fixed slot order.
+        if slot == k - 1 and self._since_resum >= WINDOW_RESUM_STEPS:
+            torch.sum(self._ring, dim=0, out=self._sum)
+            self._since_resum = 0
+
+    def reset(self, chains: Tensor) -> None:
+        """Empty the window of the chains with indices `chains [M]` int64."""
+        self._ring[:, chains] = 0
+        self._sum[chains] = 0
+        self._count[chains] = 0
+        self._full_adds = 0
+
+    def mean(self, empty: Tensor) -> Tensor:
+        """`[N, C, H, W]` each chain's mean over its window; `empty [N, C, H, W]` gives the
+        value of a chain with no kept sample yet."""
+        count = _per_chain(self._count, empty)
+        return torch.where(count > 0, self._sum / count.clamp(min=1), empty)
+
+
+class RunningMean:
+    """The mean of all of each chain's kept samples since its last reset.
+
+    Samples go into a float32 partial sum `[N, C, H, W]` that is folded into a float64 total
+    every `MEAN_FOLD_STEPS` adds, so the float32 sum never holds more than that many samples.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        """An empty mean for chains `shape = (N, C, H, W)`."""
+        self._partial = torch.zeros(shape, device=device)
+        self._total = torch.zeros(shape, dtype=torch.float64, device=device)
+        self._count = torch.zeros(shape[0], dtype=torch.long, device=device)
+        self._zero = torch.zeros((), device=device)
+        self._adds = 0
+
+    @property
+    def count(self) -> Tensor:
+        """`[N]` int64: each chain's kept samples since its last reset."""
+        return self._count
+
+    def add(self, x: Tensor, recording: Tensor | None) -> None:
+        """Add `x [N, C, H, W]` of the chains where `recording [N]` bool is True (None: every
+        chain)."""
+        self._count.add_(1 if recording is None else recording)
+        self._partial.add_(_keep(x, recording, self._zero))
+        self._adds += 1
+        if self._adds % MEAN_FOLD_STEPS == 0:
+            self._total.add_(self._partial)
+            self._partial.zero_()
+
+    def reset(self, chains: Tensor) -> None:
+        """Forget every sample of the chains with indices `chains [M]` int64."""
+        self._partial[chains] = 0
+        self._total[chains] = 0
+        self._count[chains] = 0
+
+    def mean(self, empty: Tensor) -> Tensor:
+        """`[N, C, H, W]` each chain's mean, in `empty`'s dtype; `empty [N, C, H, W]` gives the
+        value of a chain with no kept sample yet."""
+        count = _per_chain(self._count, empty)
+        total = (self._total + self._partial).div_(count.clamp(min=1)).to(empty.dtype)
+        return torch.where(count > 0, total, empty)

@@ -1,0 +1,117 @@
+"""The moving window and the running mean over known values: exact means after wrap-around,
+masks, a live resize, resets, the window's re-sum cadence and the running mean's float64 fold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldam.sampling import averaging
+from ldam.sampling.averaging import MovingWindow, RunningMean
+
+CPU = torch.device("cpu")
+SHAPE = (2, 1, 1, 2)  # two chains of two pixels
+
+
+def batch(value: float, second: float | None = None) -> torch.Tensor:
+    """Chain 0 filled with `value`, chain 1 with `second` (default `value`), shape `SHAPE`."""
+    x = torch.full(SHAPE, float(value))
+    x[1] = value if second is None else second
+    return x
+
+
+def per_chain(x: torch.Tensor) -> list[float]:
+    """Each chain's value, checking that a chain's pixels are all equal."""
+    assert torch.equal(x, x[:, :1, :1, :1].expand_as(x))
+    return x[:, 0, 0, 0].tolist()
+
+
+def test_window_mean_is_exact_after_wrap_around() -> None:
+    window = MovingWindow(3, SHAPE, CPU)
+    assert window.size == 3
+    for value in range(1, 6):  # 1..5: the ring wraps after 3
+        window.add(batch(value, 10 * value), None)
+    assert window.count.tolist() == [3, 3]
+    assert per_chain(window.mean(batch(-1))) == [4.0, 40.0]  # (3 + 4 + 5) / 3
+
+
+def test_window_counts_only_recording_chains() -> None:
+    window = MovingWindow(3, SHAPE, CPU)
+    empty = batch(-1)
+    window.add(batch(1), torch.tensor([True, False]))
+    assert per_chain(window.mean(empty)) == [1.0, -1.0]  # chain 1 has no sample: shows `empty`
+    for value in range(2, 6):
+        window.add(batch(value), torch.tensor([True, value >= 4]))
+    assert window.count.tolist() == [3, 2]
+    assert per_chain(window.mean(empty)) == [4.0, 4.5]  # chain 1 kept only 4 and 5
+
+
+def test_window_resize_restarts_every_chain_with_the_new_size() -> None:
+    window = MovingWindow(3, SHAPE, CPU)
+    for value in range(1, 5):
+        window.add(batch(value), None)
+    window.resize(2)
+    assert window.size == 2
+    assert window.count.tolist() == [0, 0]
+    assert per_chain(window.mean(batch(-1))) == [-1.0, -1.0]
+    for value in (6, 7, 8):
+        window.add(batch(value), None)
+    assert window.count.tolist() == [2, 2]
+    assert per_chain(window.mean(batch(-1))) == [7.5, 7.5]  # (7 + 8) / 2
+    window.resize(5)  # growing: 5 slots, filled by the next adds only
+    for value in (1, 2, 3):
+        window.add(batch(value), None)
+    assert per_chain(window.mean(batch(-1))) == [2.0, 2.0]
+
+
+def test_window_reset_empties_only_those_chains() -> None:
+    window = MovingWindow(2, SHAPE, CPU)
+    for value in (1, 2, 3):
+        window.add(batch(value), None)
+    window.reset(torch.tensor([0]))
+    assert window.count.tolist() == [0, 2]
+    assert per_chain(window.mean(batch(-1))) == [-1.0, 2.5]
+    window.add(batch(9), None)
+    assert per_chain(window.mean(batch(-1))) == [9.0, 6.0]  # chain 1: (3 + 9) / 2
+
+
+def test_window_re_sums_exactly_at_the_rings_last_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In float32, 2^24 + 1 rounds to 2^24: the running sum loses the 1 beside the big value and
+    # keeps that error after the big value leaves, until the next re-sum from the ring.
+    monkeypatch.setattr(averaging, "WINDOW_RESUM_STEPS", 1)
+    window = MovingWindow(2, SHAPE, CPU)
+    big = 2.0**24
+    window.add(batch(big), None)  # slot 0
+    window.add(batch(1), None)  # slot 1, the last: re-summed, still 2^24 in float32
+    window.add(batch(2), None)  # slot 0: running sum 2^24 - 2^24 + 2 = 2, the 1 is lost
+    assert per_chain(window.mean(batch(-1))) == [1.0, 1.0]  # not yet (1 + 2) / 2
+    window.add(batch(3), None)  # slot 1: re-summed from the ring, exact again
+    assert per_chain(window.mean(batch(-1))) == [2.5, 2.5]
+
+
+def test_running_mean_of_all_recorded_samples() -> None:
+    mean = RunningMean(SHAPE, CPU)
+    empty = batch(-1)
+    assert per_chain(mean.mean(empty)) == [-1.0, -1.0]
+    for value in range(1, 8):
+        mean.add(batch(value), torch.tensor([True, value >= 5]))
+    assert mean.count.tolist() == [7, 3]
+    assert per_chain(mean.mean(empty)) == [4.0, 6.0]  # 1..7 and 5..7
+    mean.reset(torch.tensor([1]))
+    assert mean.count.tolist() == [7, 0]
+    mean.add(batch(8, 20), None)
+    assert per_chain(mean.mean(empty)) == [4.5, 20.0]
+
+
+def test_running_mean_folds_into_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2^24 + 1 + 1 + 2 in a float32 sum is 2^24 + 2 (each 1 rounds away); folded into float64
+    # after every add it is exact, and the mean 2^22 + 1 is exact in float32.
+    values = [2.0**24, 1.0, 1.0, 2.0]
+    for fold, expected in ((1, 2.0**22 + 1), (1024, 2.0**22 + 0.5)):
+        monkeypatch.setattr(averaging, "MEAN_FOLD_STEPS", fold)
+        mean = RunningMean(SHAPE, CPU)
+        for value in values:
+            mean.add(batch(value), None)
+        result = mean.mean(batch(-1))
+        assert result.dtype == torch.float32
+        assert per_chain(result) == [expected, expected]
