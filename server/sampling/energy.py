@@ -8,8 +8,8 @@ chain's gradient does not depend on how many chains run beside it.
 
 A term names the sampler setting that weights it (`weight_param`), so its weight can be one
 value or one per chain and can change live; the sampler owns the weights, the term only the
-energy. Terms compose like Lucent objectives: `ActivationTerm(target) + L2Term()` is the list
-of terms a `Sampler` takes.
+energy. A `Sampler` takes a list of terms, e.g. `[ActivationTerm(target), L2Term()]`, and sums
+them with their weights.
 """
 
 from __future__ import annotations

@@ -174,51 +174,60 @@ class SamplerConfig:
         if self.step_decay is not None:
             if not isinstance(self.step_decay, Sequence) or len(self.step_decay) != 3:
                 raise SamplerError(
-                    f"step_decay must be (a, b, mu) or None, got {self.step_decay!r}."
+                    f"step_decay must be (a, b, mu) or None, got {self.step_decay!r}.", "step_decay"
                 )
             a, b, mu = (_number("step_decay", v) for v in self.step_decay)
             if a <= 0:
-                raise SamplerError(f"step_decay a must be > 0, got {a}.")
+                raise SamplerError(f"step_decay a must be > 0, got {a}.", "step_decay")
             if b < 0:
-                raise SamplerError(f"step_decay b must be >= 0, got {b}.")
+                raise SamplerError(f"step_decay b must be >= 0, got {b}.", "step_decay")
             if not 0.5 < mu <= 1:
-                raise SamplerError(f"step_decay mu must be in (0.5, 1], got {mu}.")
+                raise SamplerError(f"step_decay mu must be in (0.5, 1], got {mu}.", "step_decay")
             self.step_decay = (a, b, mu)
         if self.normalize not in NORMALIZE_MODES:
             raise SamplerError(
-                f"normalize must be one of none, regularizers, all, got {self.normalize!r}."
+                f"normalize must be one of none, regularizers, all, got {self.normalize!r}.",
+                "normalize",
             )
         self.window = _int("window", self.window, 1)
         self.divergence_limit = _number("divergence_limit", self.divergence_limit)
         if not self.divergence_limit > 0:
-            raise SamplerError(f"divergence_limit must be > 0, got {self.divergence_limit}.")
+            raise SamplerError(
+                f"divergence_limit must be > 0, got {self.divergence_limit}.", "divergence_limit"
+            )
         self.init_std = _number("init_std", self.init_std)
         if self.init_std < 0:
-            raise SamplerError(f"init_std must be >= 0, got {self.init_std}.")
+            raise SamplerError(f"init_std must be >= 0, got {self.init_std}.", "init_std")
         if self.clamp is not None:
             if not isinstance(self.clamp, Sequence) or len(self.clamp) != 2:
-                raise SamplerError(f"clamp must be (low, high) or None, got {self.clamp!r}.")
+                raise SamplerError(
+                    f"clamp must be (low, high) or None, got {self.clamp!r}.", "clamp"
+                )
             low, high = (_number("clamp", v) for v in self.clamp)
             if not low < high:
                 raise SamplerError(
-                    f"clamp must be (low, high) with low < high, got ({low}, {high})."
+                    f"clamp must be (low, high) with low < high, got ({low}, {high}).", "clamp"
                 )
             self.clamp = (low, high)
         if self.burn_in is not None and (
             isinstance(self.burn_in, bool) or not isinstance(self.burn_in, int) or self.burn_in < 0
         ):
             raise SamplerError(
-                f"burn_in must be None (auto) or an integer >= 0, got {self.burn_in!r}."
+                f"burn_in must be None (auto) or an integer >= 0, got {self.burn_in!r}.", "burn_in"
             )
         self.burn_in_epsilon = _number("burn_in_epsilon", self.burn_in_epsilon)
         if self.burn_in_epsilon < 0:
-            raise SamplerError(f"burn_in_epsilon must be >= 0, got {self.burn_in_epsilon}.")
+            raise SamplerError(
+                f"burn_in_epsilon must be >= 0, got {self.burn_in_epsilon}.", "burn_in_epsilon"
+            )
         self.burn_in_window = _int("burn_in_window", self.burn_in_window, 2)
         self.seed = _int("seed", self.seed, 0)
         try:
             self.device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
-            raise SamplerError(f"device must name a torch device, got {self.device!r}.") from exc
+            raise SamplerError(
+                f"device must name a torch device, got {self.device!r}.", "device"
+            ) from exc
 
 
 def live_replace(config: SamplerConfig, params: Mapping[str, Any]) -> SamplerConfig:
