@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) $(NPM_STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# npm first: building the package (setup.py) needs the chart library in frontend/node_modules.
+$(STAMP): pyproject.toml setup.py Makefile $(NPM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
