@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ldam.errors import UserError
 from ldam.web import security
 from ldam.wire import limits, params
 from ldam.wire import messages as schemas
@@ -23,7 +24,13 @@ from ldam.wire.messages import (
     json_depth_exceeds,
     parse_client_message,
 )
-from ldam.wire.params import SamplerParams, SetMessage, grid_columns, grid_rows
+from ldam.wire.params import (
+    SamplerParams,
+    SetMessage,
+    check_layer_and_units,
+    grid_columns,
+    grid_rows,
+)
 
 
 def refused(raw: str | bytes) -> MessageError:
@@ -289,3 +296,17 @@ def test_grid_columns_is_one_rule_for_the_page_and_the_png() -> None:
     assert SamplerParams(layout="chains", chains=20).grid()[1] == 5
     assert [grid_columns(n, 1) for n in (1, 2, 4, 10, 16, 17)] == [1, 2, 2, 4, 4, 5]
     assert grid_columns(20, 10) == 10 and grid_rows(10, 4) == 3
+
+
+def test_layer_and_unit_rule_names_the_field_and_the_limit() -> None:
+    layers = {"fc3": 10, "conv1": 6}
+    check_layer_and_units(layers, "fc3", {"unit": 0, "unit_end": 9})
+    with pytest.raises(UserError) as info:
+        check_layer_and_units(layers, "fc9", {})
+    assert (info.value.field, str(info.value)) == ("layer", "The model has no layer named 'fc9'.")
+    with pytest.raises(UserError) as info:
+        check_layer_and_units(layers, "conv1", {"unit": 2, "unit_end": 6})
+    assert (info.value.field, str(info.value)) == (
+        "unit_end",
+        "Layer 'conv1' has 6 units; unit_end must be below 6.",
+    )

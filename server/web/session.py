@@ -18,9 +18,10 @@ from typing import Protocol
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ldam.errors import UserError
 from ldam.web import security
 from ldam.web.broadcast import Broadcaster, Client
-from ldam.wire.messages import AckMessage, MessageError, parse_client_message
+from ldam.wire.messages import AckMessage, error_payload, parse_client_message
 
 # The close code for a websocket refused because `security.MAX_CLIENTS` are connected.
 TRY_AGAIN_LATER = 1013
@@ -96,8 +97,8 @@ class Session:
                     client.ack(message.seq)
                 else:
                     self.host.apply(message)
-            except MessageError as err:
-                client.post("error", json.dumps(err.payload()))
+            except UserError as err:
+                client.post("error", json.dumps(error_payload(err)))
 
     async def _send(self, client: Client) -> None:
         broadcaster = self.host.broadcaster

@@ -17,11 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ldam.errors import UserError
 from ldam.web import security
 from ldam.wire.events import Ready, Rejected, SetParams
 from ldam.wire.link import WorkerConfig
 from ldam.wire.messages import MessageError
-from ldam.wire.params import SamplerParams, SetMessage
+from ldam.wire.params import SamplerParams, SetMessage, check_layer_and_units
 
 # The page keeps only settings that differ from these in its URL.
 _DEFAULTS = SamplerParams().model_dump()
@@ -113,19 +114,15 @@ class ParamStore:
         # checkpoint has layers of its own, which only the worker can check.
         if self.info is None or "checkpoint" in changes:
             return
-        layers = {layer["name"]: layer for layer in self.info.get("layers", [])}
-        layer_name = changes.get("layer", self.params.layer)
-        if "layer" in changes and layer_name not in layers:
-            raise MessageError(f"The model has no layer named {layer_name!r}.", "layer")
-        layer = layers.get(layer_name)
-        if layer is None:
-            return
-        for name in ("unit", "unit_end"):
-            if name in changes and changes[name] >= layer["units"]:
-                raise MessageError(
-                    f"Layer {layer_name!r} has {layer['units']} units; {name} must be below {layer['units']}.",
-                    name,
-                )
+        layers = {layer["name"]: layer["units"] for layer in self.info.get("layers", [])}
+        layer = changes.get("layer", self.params.layer)
+        if "layer" not in changes and layer not in layers:
+            return  # the worker fills in the layer it runs
+        values = {name: changes[name] for name in ("unit", "unit_end") if name in changes}
+        try:
+            check_layer_and_units(layers, layer, values)
+        except UserError as err:
+            raise MessageError(err.message, err.field or "layer") from None
 
     def on_ready(self, message: Ready) -> None:
         """A worker runs: keep what it filled in (the layer when none was given) if it runs

@@ -77,7 +77,13 @@ class MessageError(UserError):
 
     def payload(self) -> dict[str, str]:
         """The ``error`` message sent back to the browser."""
-        return {"type": "error", "field": self.field, "message": self.message}
+        return error_payload(self)
+
+
+def error_payload(err: UserError) -> dict[str, str]:
+    """The ``error`` message for any user error: its field (``message`` when it names none)
+    and its sentence."""
+    return {"type": "error", "field": err.field or "message", "message": err.message}
 
 
 _FIELD_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+)$")

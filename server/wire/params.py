@@ -10,10 +10,12 @@ No torch here: the web server validates with these models, the worker rebuilds f
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from ldam.errors import UserError
 from ldam.wire.limits import MAX_CHAINS, MAX_RANGE_UNITS, MAX_SWEEP_VALUES
 
 
@@ -23,6 +25,25 @@ def grid_columns(chains: int, units: int) -> int:
     if units > 1:
         return units
     return max(1, math.ceil(math.sqrt(chains)))
+
+
+def check_layer_and_units(
+    units_by_layer: Mapping[str, int], layer: str, values: Mapping[str, int]
+) -> None:
+    """The one rule for a picked target: `layer` is one of the model's layers (name -> unit
+    count) and each of `values` (``unit``, ``unit_end``) is below its unit count.
+
+    Raises `UserError` naming the field at fault. The web server checks a change with it
+    before the worker sees it; the worker checks every rebuild with it.
+    """
+    if layer not in units_by_layer:
+        raise UserError(f"The model has no layer named {layer!r}.", "layer")
+    units = units_by_layer[layer]
+    for name, value in values.items():
+        if value >= units:
+            raise UserError(
+                f"Layer {layer!r} has {units} units; {name} must be below {units}.", name
+            )
 
 
 def grid_rows(cells: int, columns: int) -> int:

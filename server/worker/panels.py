@@ -21,7 +21,7 @@ from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.images import grid_order
 from ldam.sampling.sampler import Sampler, SamplerConfig, check_window_memory
 from ldam.sampling.targets import LayerInfo, Target, list_layers
-from ldam.wire.params import SamplerParams, grid_rows
+from ldam.wire.params import SamplerParams, check_layer_and_units, grid_rows
 from ldam.worker.models import ModelCache
 
 Sources = dict[str, str | None]
@@ -129,21 +129,16 @@ class PanelBuilder:
         layers = target_layers(main)
         if not layers:
             raise UserError("The model has no layer that can be a target.", "layer")
-        names = {info.name: info for info in layers}
+        units_by_layer = {info.name: info.units for info in layers}
         # The last layer by default: for a classifier the pre-softmax logits (section 5.1).
         layer = params.layer or str(layers[-1].name)
-        if layer not in names:
-            raise UserError(f"The model has no layer named {layer!r}.", "layer")
-        units = names[layer].units
+        check_layer_and_units(units_by_layer, layer, {})
         if not params.layer:
-            params = params.model_copy(
-                update={"layer": layer, "unit_end": min(params.unit_end, units - 1)}
-            )
-        for name in ("unit", "unit_end"):
-            if getattr(params, name) >= units:
-                raise UserError(
-                    f"Layer {layer!r} has {units} units; {name} must be below {units}.", name
-                )
+            last = min(params.unit_end, units_by_layer[layer] - 1)
+            params = params.model_copy(update={"layer": layer, "unit_end": last})
+        check_layer_and_units(
+            units_by_layer, layer, {"unit": params.unit, "unit_end": params.unit_end}
+        )
         which = ["checkpoint"] + (["compare"] if sources["compare"] is not None else [])
         cells = len(params.grid()[0])
         check_window_memory(params.window, cells * len(which), main.input_shape)
