@@ -1,10 +1,11 @@
 """Load any PyTorch checkpoint a user points at into an eval-mode module plus its metadata.
 
 Formats are detected from the file's bytes, not its extension:
-- `torch.export` programs (`.pt2`, the recommended format): `torch.export.load` then
-  `torch.export.unflatten`, which gives back a module tree whose every submodule fires forward
-  hooks, so any layer can be a target. ldam's own metadata rides along as the extra file
-  `ldam.json` (input shape, normalization, class names, accuracy, training settings).
+- `torch.export` programs (`.pt2`, the recommended format): `torch.export.load`, run through
+  the program's flat graph (`ExportedProgram.module()`); any layer can be a target, because
+  `ldam.sampling.targets` cuts the graph at the layer's node. ldam's own metadata rides along
+  as the extra file `ldam.json` (input shape, normalization, class names, accuracy, training
+  settings).
 - TorchScript archives: runnable, but ScriptModules refuse forward hooks, so only the output
   can be a target.
 - State dicts (`torch.save` `.pt`/`.pth`, read with `weights_only=True`, or `.safetensors`) plus
@@ -244,12 +245,9 @@ def _read_export(
             f"{path} was exported in training mode ({' and '.join(active)} active); "
             "call model.eval() before torch.export.export."
         )
-    try:
-        module = torch.export.unflatten(program)
-    except Exception as error:
-        raise CheckpointError(
-            f"{path} could not be unflattened into modules ({_first_line(error)})."
-        ) from error
+    # The flat graph, not `torch.export.unflatten`: it runs at 0.90-0.99 of the eager network
+    # against 0.46-0.89, and `ldam.sampling.targets` reads any layer from it by cutting it.
+    module = program.module()
     return module, _parse_metadata(extra[METADATA_FILE], path), shape
 
 
@@ -551,7 +549,12 @@ def load_checkpoint(
     normalization = _metadata_normalization(meta) or (built.normalization if built else None)
     class_names = meta.get("class_names") or (built.class_names if built else None)
 
-    module.eval()
+    if fmt == "export":
+        # The graph was traced in eval mode (checked above) and refuses .eval(); say so.
+        for sub in module.modules():
+            sub.training = False
+    else:
+        module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     _check_forward(module, shape, batch_size or 1, path)

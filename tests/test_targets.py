@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,3 +247,98 @@ def test_torchscript_allows_output_targets_only(lenet: nn.Module) -> None:
         "torch.export (.pt2) to target inner layers."
     )
     assert list_layers(scripted, (1, 28, 28)) == [LayerInfo("", (10,), 10)]
+
+
+# ----------------------------------------------------------------------------- flat graph = hooks
+
+
+def _activation_and_gradient(target: Target, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    activation = target(x)
+    (grad,) = torch.autograd.grad(activation.sum(), x)
+    return activation.detach(), grad
+
+
+@pytest.mark.parametrize(
+    "arch, shape, specs",
+    [
+        (
+            "lenet",
+            (1, 28, 28),
+            ["conv1:2", "relu1:5@3,4", "pool2:7", "fc1:0-3", "fc3:0-9", "output:4"],
+        ),
+        (
+            "resnet18",
+            (3, 32, 32),
+            # a stem conv, a ReLU called twice per block (read at its first call), a whole
+            # block, a stage, the shortcut, a position, the logits
+            [
+                "conv1:3",
+                "layer1.0.relu:7",
+                "layer1.0:2",
+                "layer2:5",
+                "layer3.0.downsample:9@1,1",
+                "layer4.1.bn2:11",
+                "fc:0-3",
+            ],
+        ),
+    ],
+)
+def test_the_flat_graph_path_gives_the_hook_paths_values_and_gradients(
+    tmp_path: Path, arch: str, shape: tuple[int, int, int], specs: list[str]
+) -> None:
+    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.sampling import graph
+
+    torch.manual_seed(0)
+    if arch == "lenet":
+        model = LeNet().eval()
+    else:
+        torchvision = pytest.importorskip("torchvision")
+        model = torchvision.models.resnet18(weights=None).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    loaded = load_checkpoint(export_checkpoint(model, tmp_path / f"{arch}.pt2", shape))
+    assert graph.is_flat_export(loaded.module)
+    # The old path: the same program unflattened into modules, read with hooks.
+    program = torch.export.load(tmp_path / f"{arch}.pt2")
+    unflat = torch.export.unflatten(program)
+    x = torch.randn(4 if arch == "resnet18" else 20, *shape)
+    for spec in specs:
+        chains = x.shape[0]
+        flat = Target(loaded.module, spec, chains)
+        assert flat.cut is not None and flat.layer is None
+        eager = Target(model, spec, chains)
+        hooked = Target(unflat, spec, chains)
+        assert eager.cut is None and hooked.cut is None
+        a_flat, g_flat = _activation_and_gradient(flat, x)
+        for other in (eager, hooked):
+            a, g = _activation_and_gradient(other, x)
+            torch.testing.assert_close(a_flat, a, rtol=1e-5, atol=1e-5, msg=spec)
+            torch.testing.assert_close(g_flat, g, rtol=1e-4, atol=1e-6, msg=spec)
+        assert float(g_flat.abs().sum()) > 0, spec
+
+
+def test_the_cut_graph_runs_nothing_above_the_target(tmp_path: Path) -> None:
+    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.sampling import graph
+
+    torch.manual_seed(0)
+    loaded = load_checkpoint(export_checkpoint(LeNet().eval(), tmp_path / "l.pt2", (1, 28, 28)))
+    cut = Target(loaded.module, "conv2:1", 2).cut
+    assert isinstance(cut, torch.fx.GraphModule)
+    ops = [str(n.target) for n in cut.graph.nodes if n.op == "call_function"]
+    assert any("conv2d" in op for op in ops)
+    assert not any("linear" in op or "addmm" in op for op in ops), ops
+    # The layers are the same as the eager model's, in the order their outputs are computed.
+    assert list(graph.regions(loaded.module)) == [n for n, _ in LeNet().named_modules() if n]
+
+
+def test_unknown_layer_of_an_export_lists_the_layers(tmp_path: Path) -> None:
+    from ldam.models.loading import export_checkpoint, load_checkpoint
+
+    loaded = load_checkpoint(export_checkpoint(LeNet().eval(), tmp_path / "l.pt2", (1, 28, 28)))
+    with pytest.raises(TargetError) as info:
+        Target(loaded.module, "fc9:1", 2)
+    assert str(info.value) == f"No layer named 'fc9'; the layers are: {LENET_LAYERS}."
+    assert info.value.field == "layer"

@@ -3,9 +3,16 @@
 The target grammar (`fc3:7`, `conv1:3@12,12`, `fc3:0-9`, `output:7`) is parsed by
 `ldam.wire.targets.parse_target`; this module resolves a parsed target against a model.
 LAYER is the dotted path of `named_modules()` (native names, resolved exactly, no `_` joining).
-The hook sits on the target module only, for one forward, and is removed in `finally`; the
-forward stops right after the target module ran, so a shallow target does not pay for the
-layers above it. A module called several times in one forward is read at its first call.
+
+Two ways to read a layer, with the same results:
+- a `torch.export` program (`ExportedProgram.module()`, a flat graph) is cut at the node that
+  produces the layer's output (`ldam.sampling.graph`): no hook, and nothing above the layer
+  is computed;
+- an eager module (a state dict with its architecture) gets a forward hook on the target
+  module only, for one forward, removed in `finally`; the forward stops right after the target
+  module ran, so a shallow target does not pay for the layers above it either.
+
+A module called several times in one forward is read at its first call.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ldam.sampling import graph
 from ldam.wire.targets import TargetError, TargetSpec, parse_target
 
 
@@ -76,7 +84,11 @@ class Target:
         self.units_per_chain: list[int] = [units[i // per_unit] for i in range(chains)]
         self._units = torch.tensor(self.units_per_chain)
         self.layer: nn.Module | None = None
-        if not self.spec.is_output:
+        # A flat export graph, cut at the target's node (None: run `module`, with a hook).
+        self.cut: nn.Module | None = None
+        if graph.is_flat_export(module):
+            self.cut = self._cut_graph(module)  # type: ignore[arg-type]
+        elif not self.spec.is_output:
             if _is_torchscript(module):
                 raise TargetError(
                     "A TorchScript model allows only output targets (such as output:7); export it with "
@@ -94,6 +106,29 @@ class Target:
             probe = torch.zeros(batch_size or 1, *input_shape)
             with torch.no_grad():
                 self._check(self._forward(probe))
+
+    def _cut_graph(self, module: torch.fx.GraphModule) -> nn.Module:
+        if self.spec.is_output:
+            nodes = graph.output_nodes(module)
+            if len(nodes) != 1:
+                raise TargetError(
+                    f"The model returns {len(nodes)} values, not one tensor, so its output "
+                    "cannot be a target."
+                )
+            return graph.cut(module, nodes)
+        found = graph.regions(module)
+        region = found.get(self.spec.layer)
+        if region is None:
+            raise TargetError(
+                f"No layer named {self.spec.layer!r}; the layers are: {', '.join([*found, 'output'])}.",
+                "layer",
+            )
+        if len(region.outputs) != 1:
+            raise TargetError(
+                f"Layer {self.spec.layer!r} returns {len(region.outputs)} values, not one tensor.",
+                "layer",
+            )
+        return graph.cut(module, region.outputs)
 
     @property
     def chains(self) -> int:
@@ -122,6 +157,8 @@ class Target:
         return self._select(out)
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.cut is not None:
+            return self.cut(x)
         if self.layer is None:
             out = self.module(x)
             if not isinstance(out, Tensor):
@@ -207,8 +244,11 @@ def list_layers(
     """Every layer that ran in one forward of zeros `[batch, *input_shape]`, in call order,
     then the output (name ""), with output shapes and unit counts. Hooks are removed after.
 
-    For TorchScript (which refuses hooks) only the output is listed.
+    For TorchScript (which refuses hooks) only the output is listed; a flat export graph is
+    read through its graph (`ldam.sampling.graph.layer_shapes`), with the same result.
     """
+    if graph.is_flat_export(module):
+        return _list_graph_layers(module, input_shape, batch_size)  # type: ignore[arg-type]
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
 
@@ -227,9 +267,7 @@ def list_layers(
         with torch.no_grad():
             out = module(torch.zeros(batch_size or 1, *input_shape))
     except Exception as error:
-        shape = ",".join(str(s) for s in input_shape)
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200].rstrip(". ")
-        raise TargetError(f"The model does not accept input of shape {shape} ({first}).") from None
+        raise _refused_input(input_shape, error) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -241,3 +279,24 @@ def list_layers(
 
 def _units(shape: tuple[int, ...]) -> int:
     return shape[0] if len(shape) in (1, 3) else 0
+
+
+def _list_graph_layers(
+    module: torch.fx.GraphModule, input_shape: Sequence[int], batch_size: int | None
+) -> list[LayerInfo]:
+    try:
+        shapes = graph.layer_shapes(module, tuple(input_shape), batch_size or 1)
+        with torch.no_grad():
+            out = module(torch.zeros(batch_size or 1, *input_shape))
+    except Exception as error:
+        raise _refused_input(input_shape, error) from None
+    layers = [LayerInfo(name, s, _units(s)) for name, s in shapes.items() if s is not None]
+    if isinstance(out, Tensor):
+        layers.append(LayerInfo("", tuple(out.shape[1:]), _units(tuple(out.shape[1:]))))
+    return layers
+
+
+def _refused_input(input_shape: Sequence[int], error: Exception) -> TargetError:
+    shape = ",".join(str(s) for s in input_shape)
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200].rstrip(". ")
+    return TargetError(f"The model does not accept input of shape {shape} ({first}).")
