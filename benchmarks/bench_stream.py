@@ -1,6 +1,7 @@
 """Streaming benchmark: real websocket clients on loopback against the dashboard.
 
     python -m benchmarks.bench_stream [--quick] [--checkpoint PATH] [--chains 16]
+        [--target LAYER:UNIT] [--device cpu|cuda]
 
 Starts the dashboard (the default LeNet, one panel of 16 chains) in a subprocess and measures:
 
@@ -42,7 +43,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(port: int, checkpoint: str | None, chains: int) -> None:
+def serve(port: int, checkpoint: str | None, chains: int, target: str | None, device: str) -> None:
     """The server side (run in its own process): the dashboard with `chains` chains."""
     import uvicorn
 
@@ -53,9 +54,10 @@ def serve(port: int, checkpoint: str | None, chains: int) -> None:
     app = create_app(
         ServeConfig(
             checkpoint=checkpoint,
+            target=target,
             port=port,
-            device="cpu",
-            params={"layout": "chains", "unit": 0, "chains": chains},
+            device=device,
+            params={"layout": "chains", "chains": chains},
             default_compare=False,
         )
     )
@@ -212,7 +214,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def report(r: dict[str, Any], chains: int) -> str:
+def report(r: dict[str, Any], chains: int, what: str = "LeNet", device: str = "cpu") -> str:
     lat = r["latency_ms"]
     ratio = r["steps_streaming"] / r["steps_idle"] if r["steps_idle"] else float("nan")
     rows = [
@@ -247,7 +249,7 @@ def report(r: dict[str, Any], chains: int) -> str:
         )
     load = os.getloadavg()[0]
     head = (
-        f"LeNet, {chains} chains, CPU, {os.cpu_count()} cores (load average {load:.1f}), "
+        f"{what}, {chains} chains, {device}, {os.cpu_count()} cores (load average {load:.1f}), "
         "loopback websockets\n\n"
     )
     return head + "\n".join(rows)
@@ -258,10 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter periods (a smoke run)")
     parser.add_argument("--checkpoint", help="a checkpoint (default: the bundled LeNet)")
     parser.add_argument("--chains", type=int, default=16)
+    parser.add_argument("--target", help="LAYER:UNIT (default: the model's last layer, unit 0)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.target is None:
+        args.target = "fc3:0" if args.checkpoint is None else None
     if args.serve is not None:
-        serve(args.serve, args.checkpoint, args.chains)
+        serve(args.serve, args.checkpoint, args.chains, args.target, args.device)
         return 0
 
     port = free_port()
@@ -273,9 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         str(port),
         "--chains",
         str(args.chains),
+        "--device",
+        args.device,
     ]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.target:
+        cmd += ["--target", args.target]
     proc = subprocess.Popen(cmd, cwd=REPO)
     global SERVER_PID
     SERVER_PID = proc.pid
@@ -296,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.3)
         result = asyncio.run(measure(port, args.quick))
-        print(report(result, args.chains))
+        what = Path(args.checkpoint).name if args.checkpoint else "LeNet"
+        print(report(result, args.chains, what, args.device))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
