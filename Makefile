@@ -10,7 +10,7 @@ NPM_STAMP := frontend/node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench chromium frontend clean
+.PHONY: setup run test lint bench chromium frontend clean gpu-wheels
 
 setup: $(STAMP) $(NPM_STAMP)
 
@@ -46,3 +46,13 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) frontend/node_modules
+
+# For benchmarks/gpu.sh on a lent GPU machine (Python 3.12, torch already there, no network):
+# the ldam wheel, the web packages that machine lacks, and Lucent for the side-by-side rows.
+GPU_PY := --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
+gpu-wheels: $(STAMP)
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/lucent
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .gpu/wheels .
+	$(BIN)/pip download -q $(GPU_PY) -d .gpu/wheels fastapi uvicorn websockets pydantic httpx
+	$(BIN)/pip download -q $(GPU_PY) --no-deps -d .gpu/lucent torch-lucent==0.1.8 decorator kornia kornia_rs tqdm
+
