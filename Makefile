@@ -10,7 +10,7 @@ NPM_STAMP := frontend/node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench chromium frontend clean
+.PHONY: setup run test lint bench bench-deps chromium frontend clean
 
 setup: $(STAMP) $(NPM_STAMP)
 
@@ -41,8 +41,22 @@ test: setup chromium
 lint: $(STAMP)
 	$(BIN)/ruff check server models tests benchmarks
 
-bench: setup
-	$(BIN)/ldam bench
+# `ldam bench` compares against Lucent (torch-lucent), which is never a dependency of ldam: it
+# goes into the git-ignored .bench-deps/, which only the benchmark puts on sys.path (--lucent).
+# --no-deps keeps Lucent's own requirements (torch, torchvision, numpy, ...) from replacing the
+# environment's; IPython (imported by lucent.optvis.render for notebook display) comes with its
+# pure-Python requirements.
+BENCH_DEPS := .bench-deps
+LUCENT := torch-lucent==0.1.8 kornia==0.9.0 kornia_rs==0.2.0 tqdm decorator
+$(BENCH_DEPS)/.installed: Makefile $(STAMP)
+	$(BIN)/pip install -q --upgrade --no-deps --target $(BENCH_DEPS) $(LUCENT)
+	$(BIN)/pip install -q --upgrade --target $(BENCH_DEPS) ipython
+	touch $@
+
+bench-deps: $(BENCH_DEPS)/.installed
+
+bench: setup bench-deps
+	$(BIN)/ldam bench --lucent $(BENCH_DEPS)
 
 clean:
 	rm -rf $(VENV) frontend/node_modules
