@@ -85,7 +85,8 @@ def test_quick_run_prints_the_table_with_positive_finite_ratios(tmp_path: Path) 
     assert header == _cells(HEADER)
     for column in ("eager steps/s", "ldam steps/s", "Lucent steps/s"):
         assert column in header
-    rows = [_cells(line) for line in lines[3:]]
+    assert lines[-1].startswith("load average ") and lines[-1].endswith(" at end")
+    rows = [_cells(line) for line in lines[3:-1]]
     assert len(rows) == 1
     row = dict(zip(header, rows[0], strict=True))
     assert row["case"] == ALL_CASES["lenet-1"].label

@@ -528,10 +528,20 @@ def main(args: argparse.Namespace) -> int:
             about += f" (written against {LUCENT_VERSION})"
     print(
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{rounds} rounds of ~{seconds:g} s per loop; {about}"
+        f"{rounds} rounds of ~{seconds:g} s per loop, {_load()} at start; {about}"
     )
     print(HEADER)
     print(RULE, flush=True)
     for case in chosen:
         print(format_row(run_case(case, device, rounds, seconds, lucent)), flush=True)
+    # Other processes' load is what makes figures on a shared machine swing: say how much.
+    print(f"{_load()} at end")
     return 0
+
+
+def _load() -> str:
+    """The 1-minute load average, as a phrase (the machine's, not only this process's)."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "load average unknown"
