@@ -311,6 +311,8 @@ def import_lucent(folder: str | None) -> Lucent:
         found = version("torch-lucent")
     except Exception:
         found = "unknown version"
+    # Where it really came from: an environment that has Lucent wins over an appended folder.
+    where = str(Path(render.__file__).resolve().parents[2])
     return Lucent(render, objectives, util.get_model_layers, found, where=where)
 
 
