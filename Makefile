@@ -10,7 +10,7 @@ NPM_STAMP := frontend/node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench chromium frontend clean gpu-wheels
+.PHONY: setup run test lint bench bench-deps chromium frontend clean gpu-wheels
 
 setup: $(STAMP) $(NPM_STAMP)
 
@@ -41,11 +41,25 @@ test: setup chromium
 lint: $(STAMP)
 	$(BIN)/ruff check server models tests benchmarks
 
-bench: setup
-	$(BIN)/ldam bench
+# `ldam bench` compares against Lucent (torch-lucent), which is never a dependency of ldam: it
+# goes into the git-ignored .bench-deps/, which only the benchmark puts on sys.path (--lucent).
+# --no-deps keeps Lucent's own requirements (torch, torchvision, numpy, ...) from replacing the
+# environment's; IPython (imported by lucent.optvis.render for notebook display) comes with its
+# pure-Python requirements.
+BENCH_DEPS := .bench-deps
+LUCENT := torch-lucent==0.1.8 kornia==0.9.0 kornia_rs==0.2.0 tqdm decorator
+$(BENCH_DEPS)/.installed: Makefile $(STAMP)
+	$(BIN)/pip install -q --upgrade --no-deps --target $(BENCH_DEPS) $(LUCENT)
+	$(BIN)/pip install -q --upgrade --target $(BENCH_DEPS) ipython
+	touch $@
+
+bench-deps: $(BENCH_DEPS)/.installed
+
+bench: setup bench-deps
+	$(BIN)/ldam bench --lucent $(BENCH_DEPS)
 
 clean:
-	rm -rf $(VENV) frontend/node_modules
+	rm -rf $(VENV) frontend/node_modules .bench-deps .gpu
 
 # For benchmarks/gpu.sh on a lent GPU machine (Python 3.12, torch already there, no network):
 # the ldam wheel, the web packages that machine lacks, and Lucent for the side-by-side rows.

@@ -80,13 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=train.cmd_train)
 
-    b = sub.add_parser("bench", help="sampler steps/s against a bare forward+backward loop")
-    b.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
+    b = sub.add_parser("bench", help="ldam's steps/s against eager PyTorch and Lucent")
+    b.add_argument("--quick", action="store_true", help="fewer, shorter rounds (a smoke run)")
     b.add_argument("--device", default="auto")
     b.add_argument(
         "--cases",
         default="default",
         help="'default', 'gpu' (adds resnet50 at 224) or a comma list of names",
+    )
+    b.add_argument(
+        "--lucent",
+        metavar="DIR",
+        default=None,
+        help="folder holding torch-lucent for the comparison (default: $LDAM_BENCH_LUCENT, "
+        "else the environment); 'off' skips Lucent",
     )
     b.set_defaults(func=cmd_bench)
 
