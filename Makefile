@@ -69,4 +69,5 @@ gpu-wheels: $(STAMP)
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .gpu/wheels .
 	$(BIN)/pip download -q $(GPU_PY) -d .gpu/wheels fastapi uvicorn websockets pydantic httpx
 	$(BIN)/pip download -q $(GPU_PY) --no-deps -d .gpu/lucent torch-lucent==0.1.8 decorator kornia kornia_rs tqdm
+	$(BIN)/pip download -q $(GPU_PY) -d .gpu/lucent ipython
 

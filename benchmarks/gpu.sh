@@ -7,7 +7,7 @@
 #                                         # packages the device image lacks, and Lucent
 #   run: bash benchmarks/gpu.sh           # there, with carry [".gpu"]; then copy
 #                                         # $OUT/BENCHMARKS.md back over BENCHMARKS.md
-#   DEVICE=cpu QUICK=1 bash benchmarks/gpu.sh   # here: a dry run of the script on the CPU
+#   DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu.sh   # here: a dry run
 #
 # What it runs: `ldam bench` on the device (LeNet 16/256/1024 chains, resnet18 at 64x64,
 # the small ViT, resnet50 at 224x224 with 16 chains; eager PyTorch and Lucent side by side),
@@ -34,12 +34,14 @@ if [ "$DEVICE" != cpu ]; then
     LUCENT=(--lucent "$WORK/lucent")
   fi
   CASES=lenet-16,lenet-256,lenet-1024,resnet18-64,vit-224,resnet50-224
+  STREAM_ARCH=resnet50 STREAM_CHAINS=16
 else
+  # The dry run checks the script, not the figures: small cases, a small streaming model.
   LUCENT=()
   [ -d .bench-deps ] && LUCENT=(--lucent .bench-deps)
   CASES=lenet-16,resnet18-64
+  STREAM_ARCH=resnet18 STREAM_CHAINS=2
 fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
 {
   echo "## GPU"
@@ -58,7 +60,7 @@ EOF
 } > "$OUT/gpu.md"
 
 # The dashboard on the device: resnet50 (random weights) at 224x224, 16 chains, one panel.
-"$PY" - "$WORK/resnet50.pt2" <<'EOF'
+"$PY" - "$WORK/$STREAM_ARCH.pt2" "$STREAM_ARCH" <<'EOF'
 import sys
 
 import torch
@@ -67,14 +69,14 @@ import torchvision
 from ldam.models.loading import export_checkpoint
 
 torch.manual_seed(0)
-model = torchvision.models.resnet50(weights=None).eval()
+model = getattr(torchvision.models, sys.argv[2])(weights=None).eval()
 export_checkpoint(model, sys.argv[1], (3, 224, 224))
 EOF
 {
-  echo "### \`python -m benchmarks.bench_stream --checkpoint resnet50.pt2 --target fc:1 --chains 16 --device $DEVICE\`"
+  echo "### \`python -m benchmarks.bench_stream --checkpoint $STREAM_ARCH.pt2 --target fc:1 --chains $STREAM_CHAINS --device $DEVICE\`"
   echo
-  "$PY" -m benchmarks.bench_stream ${QUICK:+--quick} --checkpoint "$WORK/resnet50.pt2" \
-    --target fc:1 --chains 16 --device "$DEVICE"
+  "$PY" -m benchmarks.bench_stream ${QUICK:+--quick} --checkpoint "$WORK/$STREAM_ARCH.pt2" \
+    --target fc:1 --chains "$STREAM_CHAINS" --device "$DEVICE"
   echo
 } >> "$OUT/gpu.md"
 

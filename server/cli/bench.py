@@ -122,6 +122,8 @@ ALL_CASES: dict[str, Case] = {
     "lenet-1": Case("LeNet 1x28x28, 1 chain", _lenet, (1, 28, 28), "fc3:3", 1),
     "lenet-16": Case("LeNet 1x28x28, 16 chains", _lenet, (1, 28, 28), "fc3:3", 16),
     "lenet-256": Case("LeNet 1x28x28, 256 chains", _lenet, (1, 28, 28), "fc3:3", 256),
+    # For the GPU: enough chains that the device, not the launch of each op, sets the pace.
+    "lenet-1024": Case("LeNet 1x28x28, 1024 chains", _lenet, (1, 28, 28), "fc3:3", 1024),
     # An inner conv channel: the unit Lucent targets natively.
     "resnet18-64": Case(
         "resnet18 (random) 3x64x64, 16 chains",
@@ -154,12 +156,13 @@ DEFAULT_CASES = ["lenet-1", "lenet-16", "lenet-256", "resnet18-64", "resnet18-64
 
 
 def cases(which: str) -> list[Case]:
-    """The rows asked for: `default`, `gpu` (default plus resnet50 at 224x224, 16 chains) or a
+    """The rows asked for: `default`, `gpu` (default plus LeNet with 1024 chains and resnet50 at
+    224x224 with 16 chains) or a
     comma list of case names; raises `UsageError` naming the first unknown one."""
     if which == "default":
         names = DEFAULT_CASES
     elif which == "gpu":
-        names = [*DEFAULT_CASES, "resnet50-224"]
+        names = [*DEFAULT_CASES, "lenet-1024", "resnet50-224"]
     else:
         names = [n.strip() for n in which.split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL_CASES]

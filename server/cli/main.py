@@ -20,7 +20,7 @@ from ldam.models.bundled import DEFAULT_CHECKPOINT
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Time the sampler against a bare forward+backward loop and print the table."""
+    """ldam against the eager network and Lucent on the same unit, and print the table."""
     from ldam.cli.bench import main as bench_main
 
     return bench_main(args)
