@@ -83,7 +83,7 @@ class Recorder:
         if sample_every is not None and (sample_every < 1 or sample_shape is None):
             raise ValueError("sample_every must be >= 1 and needs sample_shape.")
         device = torch.device(device)
-        self._act = torch.empty((block, chains), device=device)
+        self._act = torch.empty((block, chains), dtype=torch.float32, device=device)
         self._burned = torch.empty((block, chains), dtype=torch.bool, device=device)
         self._every = sample_every or 1
         self._shape = (chains, *(sample_shape or ()))
@@ -91,7 +91,7 @@ class Recorder:
         if sample_every is not None:
             batch_bytes = 4 * math.prod(self._shape)
             slots = max(1, min(block, staging_bytes // batch_bytes))
-            self._xs = torch.empty((slots, *self._shape), device=device)
+            self._xs = torch.empty((slots, *self._shape), dtype=torch.float32, device=device)
         self._copy = HostCopy(device)
         self.steps = 0  # steps added
         self._rows = 0  # rows of the block being written

@@ -63,7 +63,7 @@ from ldam.sampling.settings import (
     check_window_memory,
     live_replace,
 )
-from ldam.sampling.transfer import HostCopy
+from ldam.sampling.transfer import HostCopy, to_device
 
 __all__ = [
     "CHECK_STEPS",
@@ -203,12 +203,12 @@ def update_direction(
         if type(term) is L2Term and wp is not None:
             # Fast path for the common regularizer: one pass for ||x_i||^2 gives the value
             # and the RMS, and -lam x is added straight into g with no -x tensor.
-            flat = x.flatten(1)
-            norm = torch.linalg.vector_norm(flat, dim=1)  # one reduction kernel
+            # One reduction kernel over a chain's pixels (no flatten view: the same sums).
+            norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())))
             values[term.name] = norm.square().mul_(-0.5)
             coef = -_bcast(weights[wp], x)
             if norm_reg:
-                rms = norm.div(math.sqrt(flat.shape[1]))
+                rms = norm.div(math.sqrt(math.prod(x.shape[1:])))
                 coef = coef / _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), x)
             regs.append((x, coef))
             continue
@@ -242,7 +242,9 @@ def update_direction(
 def _chain_value(value: float | list[float], like: Tensor) -> Scalar:
     """A per-chain list as an `[N]` tensor with `like`'s dtype and device; a float as it is."""
     if isinstance(value, list):
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
+        # Made on the host and sent without waiting: a blocking host-to-device copy (what
+        # torch.tensor(..., device=) does) would wait for the device's queue on every `set`.
+        return to_device(torch.tensor(value, dtype=like.dtype), like.device)
     return value
 
 
@@ -505,7 +507,7 @@ class Sampler:
             burned, resets = self._copy.wait()
             changed = (resets != self._resets_seen).nonzero().squeeze(1)
             if changed.numel():
-                self._refill(changed.to(self.device))
+                self._refill(to_device(changed, self.device))
             self._resets_seen = resets.clone()
             burn_in.set_done(bool(burned.all()) and self._host_resets == self._copy_host_resets)
         self._copy.post(burn_in.burned, self.resets)

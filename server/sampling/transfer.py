@@ -9,12 +9,26 @@ for work it has just enqueued, and the queue stays full.
 On CUDA the host buffers are pinned and the copies asynchronous, marked by a CUDA event. On the
 CPU there is no queue: the copy is made at `post`. Any other device copies at `post` too,
 which waits for the device there (correct, just not overlapped).
+
+`to_device` is the other direction: a small host tensor sent without waiting for the queue.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def to_device(host: Tensor, device: torch.device) -> Tensor:
+    """`host` (a CPU tensor) on `device`, copied without waiting for the device's queue.
+
+    A plain `.to(device)` waits for the queue to drain after a CUDA copy; from pinned memory
+    with `non_blocking` it does not, and the caching host allocator keeps the pinned block
+    until the copy is done, so `host` may be dropped at once.
+    """
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 class HostCopy:
