@@ -143,7 +143,8 @@ def langevin_step(
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one `Sampler.step()` reports; every tensor is detached and on the sampler's device.
+    """What one `Sampler.step()` reports; every tensor is detached and on the sampler's device,
+    and read-only: consecutive steps may share one (`burned_in`, while no chain changes).
 
     Attributes:
         step: steps taken so far, this one included.
@@ -577,8 +578,8 @@ class Sampler:
             self._window.add(x, recording)
             self._mean.add(x, recording)
             bad = _diverged(x, activation, cfg.divergence_limit, self._zero0)
-            # On the CPU reading `bad.any()` waits for nothing, and skips the masked reset
-            # (a dozen kernels) on the steps where no chain diverged, which is nearly all.
+            # Not sync-free (the CPU's default, where reading `bad.any()` waits for nothing):
+            # skip the masked reset (a dozen kernels) on the steps no chain diverged, nearly all.
             if sync_free or bool(bad.any()):
                 self._reset_where(bad)
             if self.t % self._period == 0:
