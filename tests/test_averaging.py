@@ -115,3 +115,49 @@ def test_running_mean_folds_into_float64(monkeypatch: pytest.MonkeyPatch) -> Non
         result = mean.mean(batch(-1))
         assert result.dtype == torch.float32
         assert per_chain(result) == [expected, expected]
+
+
+def test_masked_restarts_are_exact_across_re_sums_and_a_nan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A masked restart leaves the chain's ring slots stale rather than zeroing them; the window
+    # must still equal the mean of the chain's last K samples since its restart, also across
+    # re-sums from the ring and when a stale slot holds the NaN of a chain that diverged.
+    monkeypatch.setattr(averaging, "WINDOW_RESUM_STEPS", 2)
+    monkeypatch.setattr(averaging, "MEAN_FOLD_STEPS", 3)
+    window, mean = MovingWindow(3, SHAPE, CPU), RunningMean(SHAPE, CPU)
+    restarts = {4: [False, True], 5: [True, False], 9: [False, True], 13: [True, True]}
+    kept: list[list[float]] = [[], []]
+    empty = batch(-1)
+    for step in range(1, 21):
+        values = [float(step), 100.0 + step]
+        x = batch(*values)
+        if step == 4:
+            x[1] = float("nan")  # chain 1 diverged: its NaN goes in, then it restarts
+        window.add(x, None)
+        mean.add(x, None)
+        mask = restarts.get(step, [False, False])
+        if any(mask):
+            window.reset_mask(torch.tensor(mask))
+            mean.reset_mask(torch.tensor(mask))
+        for chain in range(2):
+            kept[chain] = [] if mask[chain] else [*kept[chain], values[chain]]
+        expected_window = [sum(k[-3:]) / len(k[-3:]) if k else -1.0 for k in kept]
+        expected_mean = [sum(k) / len(k) if k else -1.0 for k in kept]
+        assert per_chain(window.mean(empty)) == pytest.approx(expected_window), step
+        assert per_chain(mean.mean(empty)) == pytest.approx(expected_mean), step
+        assert window.count.tolist() == [min(3, len(k)) for k in kept]
+        assert mean.count.tolist() == [len(k) for k in kept]
+
+
+def test_a_masked_restart_with_recording_masks_counts_only_kept_samples() -> None:
+    window = MovingWindow(2, SHAPE, CPU)
+    for value in (1, 2, 3):
+        window.add(batch(value), torch.tensor([True, True]))
+    window.reset_mask(torch.tensor([True, False]))
+    window.add(batch(4), torch.tensor([False, True]))  # chain 0 burning in again
+    assert window.count.tolist() == [0, 2]
+    assert per_chain(window.mean(batch(-1))) == [-1.0, 3.5]
+    window.add(batch(5), torch.tensor([True, True]))
+    window.add(batch(6), torch.tensor([True, True]))
+    assert per_chain(window.mean(batch(-1))) == [5.5, 5.5]

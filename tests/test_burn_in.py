@@ -106,3 +106,55 @@ def test_reset_restarts_only_those_chains_counting_steps_from_the_start() -> Non
         detector.update(torch.tensor([7.0, 5.0]), age, t)
         expected = [t - 1 if t == step + 10 else -1, 9]
         assert detector.steps.tolist() == expected
+
+
+def test_a_masked_restart_is_an_indexed_one_that_leaves_done_alone() -> None:
+    indexed, masked = auto(chains=3), auto(chains=3)
+    rows = [[5.0, 5.0, 5.0]] * 12
+    feed(indexed, rows)
+    feed(masked, rows)
+    masked.set_done(True)
+    indexed.reset(torch.tensor([1]))
+    masked.reset_mask(torch.tensor([False, True, False]))
+    assert masked.done  # only the caller knows whether the mask held a chain
+    masked.set_done(False)
+    age = torch.tensor([12, 0, 12])
+    for t in range(13, 30):
+        age += 1
+        for detector in (indexed, masked):
+            detector.update(torch.tensor([5.0, 7.0, 5.0]), age, t)
+    assert torch.equal(masked.burned, indexed.burned)
+    assert masked.steps.tolist() == indexed.steps.tolist() == [9, 21, 9]
+
+
+def test_record_while_done_keeps_a_chain_restarted_unseen_exact() -> None:
+    # The sampler without host reads learns of a masked restart a few steps late; meanwhile it
+    # calls `record`, and once it calls `update` again the chain burns in at the same step as
+    # with `update` all along, as long as it learns before the chain's age reaches the window.
+    for late in range(1, 10):
+        exact, unseen = auto(chains=2), auto(chains=2)
+        feed(exact, [[5.0, 5.0]] * 12)
+        feed(unseen, [[5.0, 5.0]] * 12)
+        unseen.set_done(True)
+        for detector in (exact, unseen):
+            detector.reset_mask(torch.tensor([True, False]))
+        age = torch.tensor([0, 12])
+        for t in range(13, 40):
+            age += 1
+            activation = torch.tensor([float(t % 3), 5.0])
+            exact.update(activation, age, t)
+            if t == 12 + late:
+                unseen.set_done(False)
+            (unseen.update if not unseen.done else unseen.record)(activation, age, t)
+        assert unseen.steps.tolist() == exact.steps.tolist(), late
+        assert exact.steps[0] >= 21  # chain 0 needed a full window of its own
+
+
+def test_record_runs_fixed_burn_in_in_full() -> None:
+    detector = BurnIn(2, CPU, 0, 10, 0.02)
+    feed(detector, [[0.0, 0.0]])
+    assert detector.steps.tolist() == [0, 0]
+    detector.set_done(True)
+    detector.reset_mask(torch.tensor([True, False]))
+    detector.record(torch.zeros(2), torch.tensor([1, 2]), 2)
+    assert detector.steps.tolist() == [1, 0]  # burn-in 0: chain 0 is kept again at once

@@ -9,11 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ldam.cli.main import main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.models.loading import load_checkpoint
+from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import grid_order
+from ldam.sampling.sampler import Sampler, SamplerConfig
+from ldam.sampling.targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,3 +206,60 @@ def test_disc_weight_without_a_trained_discriminator_is_refused() -> None:
         "ldam: --disc-weight above 0 needs a trained discriminator: "
         "give --disc-steps N or --disc-checkpoint FILE.\n"
     )
+
+
+def per_step_reference(
+    target_spec: str, config: SamplerConfig, steps: int, record_every: int
+) -> tuple[dict[str, np.ndarray], int | None]:
+    """What `ldam sample` wrote before its recorder, for the bundled LeNet, `target_spec` and
+    `config`: the same sampler, read on the host every step (the activation, whether every
+    chain is burned in) and each recorded sample copied at once. Returns the arrays by npz key
+    and the first all-burned-in step."""
+    loaded = load_checkpoint(str(DEFAULT_CHECKPOINT))
+    chains = config.chains
+    target = Target(loaded.module, target_spec, chains, batch_size=loaded.batch_size)
+    sampler = Sampler([ActivationTerm(target), L2Term()], loaded.input_shape, config)
+    activation = np.zeros((steps, chains), dtype=np.float32)
+    recorded: list[np.ndarray] = []
+    record_from: int | None = None
+    for t in range(steps):
+        info = sampler.step()
+        activation[t] = info.activation.detach().float().cpu().numpy()
+        if record_from is None and bool((sampler.burn_in_step >= 0).all()):
+            record_from = t
+        if record_from is not None and (t - record_from) % record_every == 0:
+            recorded.append(sampler.x.detach().float().cpu().numpy().copy())
+    with torch.no_grad():
+        arrays = {
+            "samples": np.stack(recorded),
+            "final": sampler.x.numpy(),
+            "mean": sampler.mean().numpy(),
+            "window_mean": sampler.window_mean().numpy(),
+            "activation": activation,
+            "burn_in_step": sampler.burn_in_step.numpy(),
+            "resets": sampler.resets.numpy(),
+        }
+    return arrays, record_from
+
+
+def test_sample_npz_is_the_per_step_loops_for_a_fixed_seed(tmp_path: Path) -> None:
+    # Auto burn-in ends at step 98 of 300 here, in the middle of a recorder block, so the
+    # samples come from its staging; the npz must be what the per-step loop wrote, bit for bit.
+    out = tmp_path / "run.npz"
+    argv = ["--target", "fc3:1", "--chains", "4", "--steps", "300", "--temperature", "1.0"]
+    argv += ["--step-size", "0.1", "--window", "50", "--record-every", "7", "--seed", "3"]
+    assert (
+        main(["sample", str(DEFAULT_CHECKPOINT), *argv, "--device", "cpu", "--out", str(out)]) == 0
+    )
+    data = np.load(out)
+    # The CLI's defaults for everything else: l2 0.1, momentum 0, auto burn-in, no clamp.
+    config = SamplerConfig(
+        chains=4, temperature=1.0, step_size=0.1, l2_weight=0.1, window=50, seed=3, device="cpu"
+    )
+    expected, record_from = per_step_reference("fc3:1", config, 300, 7)
+    assert record_from is not None and 64 < record_from < 290
+    assert json.loads(str(data["params"]))["record_from_step"] == record_from
+    assert data["samples"].shape[0] == len(range(record_from, 300, 7))
+    for key, value in expected.items():
+        assert data[key].dtype == value.dtype, key
+        assert np.array_equal(data[key], value), key

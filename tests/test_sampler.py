@@ -207,10 +207,13 @@ def test_a_nan_activation_resets_only_that_chain() -> None:
     assert bad.burn_in_step.tolist() == [0, 3, 0, 0]
 
 
-def test_a_chain_that_overflows_is_reset_every_time_and_never_crashes() -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_a_chain_that_overflows_is_reset_every_time_and_never_crashes(sync_free: bool) -> None:
     scale = torch.tensor([1.0, 1e38])
     term = ActivationTerm(lambda x: scale * x.flatten(1).sum(1))
-    config = SamplerConfig(chains=2, temperature=0.0, step_size=10.0, l2_weight=0.0, burn_in=0)
+    config = SamplerConfig(
+        chains=2, temperature=0.0, step_size=10.0, l2_weight=0.0, burn_in=0, sync_free=sync_free
+    )
     sampler = Sampler([term], (1, 2, 2), config)
     x0 = sampler.x[0].clone()
     run(sampler, 5)
@@ -542,7 +545,8 @@ def test_clamp_keeps_samples_in_range() -> None:
     assert float(sampler.x.min()) >= -0.5 and float(sampler.x.max()) <= 0.25
 
 
-def test_a_huge_but_finite_chain_counts_as_diverged() -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_a_huge_but_finite_chain_counts_as_diverged(sync_free: bool) -> None:
     # Under gradient normalization a step size far too large never overflows: x drifts to
     # huge finite values. Past divergence_limit the chain is reset like a NaN one.
     term = ActivationTerm(lambda x: x.flatten(1).sum(1))
@@ -555,6 +559,7 @@ def test_a_huge_but_finite_chain_counts_as_diverged() -> None:
         divergence_limit=1e6,
         burn_in=0,
         seed=0,
+        sync_free=sync_free,
     )
     s = Sampler([term], (1, 2, 2), config)
     for _ in range(10):
@@ -567,3 +572,159 @@ def test_a_huge_but_finite_chain_counts_as_diverged() -> None:
 def test_divergence_limit_must_be_positive() -> None:
     with pytest.raises(SamplerError, match=r"^divergence_limit must be > 0, got 0.0.$"):
         SamplerConfig(divergence_limit=0)
+
+
+# -------------------------------------------------------------- host syncs (sync_free)
+def poisoned_net(calls_to_poison: set[int], chain: int, seed: int = 0):
+    """The activation of `small_net`, NaN for `chain` on the listed calls (1, 2, ...)."""
+    net = small_net(seed)
+    calls = {"n": 0}
+
+    def activation(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = net(x)[:, 0]
+        if calls["n"] in calls_to_poison:
+            out = torch.where(torch.arange(x.shape[0]) == chain, torch.nan, out)
+        return out
+
+    return activation
+
+
+def trace(sampler: Sampler, steps: int, actions: dict | None = None) -> dict[str, torch.Tensor]:
+    """Everything observable of `steps` steps, with `actions[t](sampler)` run before step t."""
+    rows: dict[str, list[torch.Tensor]] = {"activation": [], "burned_in": [], "reset": [], "x": []}
+    for t in range(steps):
+        if actions and t in actions:
+            actions[t](sampler)
+        info = sampler.step()
+        rows["activation"].append(info.activation.clone())
+        rows["burned_in"].append(info.burned_in.clone())
+        rows["reset"].append(info.reset.clone())
+        rows["x"].append(sampler.x.clone())
+    out = {name: torch.stack(values) for name, values in rows.items()}
+    out.update(
+        mean=sampler.mean(),
+        window_mean=sampler.window_mean(),
+        burn_in_step=sampler.burn_in_step.clone(),
+        resets=sampler.resets.clone(),
+        age=sampler.age.clone(),
+    )
+    return out
+
+
+SCENARIOS = {
+    # Auto burn-in; chain 2 diverges before, while and after every chain is burned in, twice
+    # in a row, and again within one check period.
+    "auto": (
+        dict(chains=5, temperature=0.05, window=5, burn_in_window=6, seed=8),
+        {3, 4, 40, 41, 42, 90, 100},
+        2,
+        160,
+        {},
+    ),
+    # Fixed burn-in of 0 (a reset chain is burned in again at once), a clamp changed live.
+    "fixed": (
+        dict(chains=4, temperature=0.05, window=6, burn_in=0, clamp=(-2.0, 2.0), seed=9),
+        {10, 11, 12, 13, 70},
+        1,
+        120,
+        {50: lambda s: s.set(clamp=(-1.0, 1.5))},
+    ),
+    # reset() and a window resize between steps, momentum and per-chain temperatures.
+    "controls": (
+        dict(
+            chains=4,
+            temperature=[0.0, 0.05, 0.1, 0.2],
+            momentum=0.5,
+            window=4,
+            burn_in_window=8,
+            seed=10,
+        ),
+        {5, 60, 61, 62},
+        3,
+        150,
+        {30: lambda s: s.reset([0, 3]), 80: lambda s: s.set(window=9), 81: lambda s: s.reset()},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_sync_free_steps_give_the_same_run_as_host_checks(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small fold and re-sum periods, so the window re-sums over the stale slots of resets.
+    monkeypatch.setattr(averaging, "MEAN_FOLD_STEPS", 5)
+    monkeypatch.setattr(averaging, "WINDOW_RESUM_STEPS", 6)
+    settings, poison, chain, steps, actions = SCENARIOS[name]
+    runs = {}
+    for sync_free in (False, True):
+        config = SamplerConfig(**settings, sync_free=sync_free)
+        sampler = Sampler(
+            [ActivationTerm(poisoned_net(poison, chain)), L2Term()], (1, 4, 4), config
+        )
+        assert sampler.sync_free is sync_free
+        runs[sync_free] = trace(sampler, steps, actions)
+    for key, value in runs[False].items():  # bit for bit; the poisoned activations are NaN
+        torch.testing.assert_close(value, runs[True][key], rtol=0, atol=0, equal_nan=True)
+    resets = runs[True]["resets"]
+    assert resets[chain] > 0 and resets.sum() == resets[chain]
+    # Every poisoned step resets the chain, and no other step does.
+    assert runs[True]["reset"].nonzero()[:, 0].add(1).tolist() == sorted(poison)
+
+
+def test_sync_free_is_off_on_the_cpu_unless_asked() -> None:
+    assert not Sampler([L2Term()], (1, 2, 2), SamplerConfig(chains=2)).sync_free
+    assert Sampler([L2Term()], (1, 2, 2), SamplerConfig(chains=2, sync_free=True)).sync_free
+    with pytest.raises(SamplerError, match=r"^sync_free must be True, False or None, got 1\.$"):
+        SamplerConfig(sync_free=1)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_a_diverged_chain_takes_a_fresh_start_that_shifts_no_other_chain(sync_free: bool) -> None:
+    # The NaN activation test again, with and without host checks: chain 1 restarts from its
+    # spare start (init_std-scaled, clamped), the others go on exactly as without the NaN.
+    net = small_net()
+    config = SamplerConfig(
+        chains=4, temperature=0.1, burn_in=0, init_std=5.0, clamp=(-2.0, 2.0), sync_free=sync_free
+    )
+    good = Sampler([ActivationTerm(lambda x: net(x)[:, 0]), L2Term()], (1, 4, 4), config)
+    bad = Sampler([ActivationTerm(poisoned_net({3}, 1)), L2Term()], (1, 4, 4), config)
+    spare = bad._spare[1].clone()
+    run(good, 2)
+    run(bad, 2)
+    info = bad.step()
+    good.step()
+    assert info.reset.tolist() == [False, True, False, False]
+    assert torch.equal(bad.x[1], spare)
+    assert float(spare.abs().max()) == 2.0  # clamped: init_std 5 puts pixels beyond 2
+    assert bad.resets.tolist() == [0, 1, 0, 0] and bad.age.tolist() == [3, 0, 3, 3]
+    keep = torch.tensor([0, 2, 3])
+    run(good, 3)
+    run(bad, 3)
+    assert torch.equal(bad.x[keep], good.x[keep])
+    assert torch.equal(bad.mean()[keep], good.mean()[keep])
+    assert bad.burn_in_step.tolist() == [0, 3, 0, 0]
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_used_spare_starts_are_redrawn_within_two_check_periods(sync_free: bool) -> None:
+    # A chain that overflows every step uses its spare start every step; the host redraws it
+    # from the copy of the reset counts it reads every CHECK_STEPS steps, a period late.
+    from ldam.sampling.sampler import CHECK_STEPS
+
+    scale = torch.tensor([1.0, 1e38])
+    term = ActivationTerm(lambda x: scale * x.flatten(1).sum(1))
+    config = SamplerConfig(
+        chains=2, temperature=0.0, step_size=10.0, l2_weight=0.0, burn_in=0, sync_free=sync_free
+    )
+    sampler = Sampler([term], (1, 2, 2), config)
+    starts = []
+    for _ in range(4 * CHECK_STEPS):
+        sampler.step()
+        starts.append(sampler.x[1].clone())
+    assert sampler.resets.tolist() == [0, 4 * CHECK_STEPS]
+    distinct = {tuple(s.flatten().tolist()) for s in starts}
+    # Redrawn at steps 2K (for resets up to K), 3K and 4K (the 4K draw is not used yet).
+    assert len(distinct) == 3
+    assert all(torch.equal(starts[i], starts[0]) for i in range(2 * CHECK_STEPS))
+    assert not torch.equal(starts[2 * CHECK_STEPS], starts[0])

@@ -37,6 +37,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ldam.models.loading import load_checkpoint
     from ldam.sampling.diagnostics import effective_sample_size, split_rhat
     from ldam.sampling.energy import ActivationTerm, L2Term
+    from ldam.sampling.recorder import Recorder
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
 
@@ -116,32 +117,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trainer.start()
 
     chains = args.chains
-    activation = np.zeros((args.steps, chains), dtype=np.float32)
-    recorded: list[np.ndarray] = []
-    record_from: int | None = None
+    # The loop only enqueues device work: the recorder keeps each step's activation and
+    # burn-in flags, and the samples from the first step after which every chain is burned
+    # in, on the device, and copies them to the host in blocks; the progress bar counts steps
+    # on the host.
+    recorder = Recorder(
+        chains, sampler.device, sample_shape=loaded.input_shape, sample_every=args.record_every
+    )
     progress = Progress(args.steps, "sampling")
     started = time.perf_counter()
     try:
         for t in range(args.steps):
             info = sampler.step()
-            activation[t] = info.activation.detach().float().cpu().numpy()
+            recorder.add(info, sampler.x)
             if trainer is not None and disc_steps:
                 trainer.offer(sampler.x, sampler.age)
-            if record_from is None:
-                burned = sampler.burn_in_step >= 0
-                if bool(burned.all()):
-                    record_from = t
-            if record_from is not None and (t - record_from) % args.record_every == 0:
-                recorded.append(sampler.x.detach().float().cpu().numpy().copy())
             progress.update(t + 1)
+        recording = recorder.finish()  # waits for the device: part of the run's time
     finally:
         progress.close()
         if trainer is not None:
             trainer.stop()
     elapsed = time.perf_counter() - started
 
-    shape = (chains, *loaded.input_shape)
-    samples = np.stack(recorded) if recorded else np.zeros((0, *shape), dtype=np.float32)
+    activation = recording.activation.numpy()
+    record_from = recording.record_from
+    samples = recording.samples.numpy()
     burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
     diagnostics = chain_diagnostics(
         activation, burn_in_step, target.units_per_chain, split_rhat, effective_sample_size

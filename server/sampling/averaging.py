@@ -3,11 +3,15 @@
 Both take one batch of samples `x [N, C, H, W]` per step, `add(x, recording)`, where
 `recording [N]` bool says which chains' samples count (None: every chain's, the common case
 once all are burned in, which skips the masking). Both are O(1) per step in the number of
-samples kept, allocate their buffers once, and never sync with the device.
+samples kept, allocate their buffers once, and never sync with the device: chains are
+restarted by index (`reset`) or under a device-side mask (`reset_mask`), which a sampler may
+call every step without knowing whether any chain is in it.
 
 - `MovingWindow`: the mean of each chain's last K kept samples, from a ring of K batches and a
   running sum (add the new, subtract the one it overwrites), re-summed exactly from the ring
-  every `WINDOW_RESUM_STEPS` adds or so, so rounding never accumulates.
+  every `WINDOW_RESUM_STEPS` adds or so, so rounding never accumulates. A restart leaves the
+  chain's ring slots as they are and marks them stale, so it costs one pass over the chain's
+  sum instead of K passes over its ring.
 - `RunningMean`: the mean of all of a chain's kept samples, as a float32 partial sum folded into
   a float64 total every `MEAN_FOLD_STEPS` adds, so a long run keeps full precision at one
   float32 add per step.
@@ -46,6 +50,11 @@ class MovingWindow:
     beside their running sum `[N, C, H, W]` and a per-chain count of kept samples, at most K.
     Ring slot `i % K` takes the i-th add (i = 0, 1, ...), counted over the object's life, so a
     resize keeps the slot cadence of the run.
+
+    A restarted chain's ring slots keep their old values: `_start [N]` (the index of the
+    chain's first add since its restart) marks them stale, and an add subtracts the value it
+    overwrites only where that value is not stale. The sum is then exactly what zeroing the
+    slots would have given, and so is the periodic re-sum, which zeroes the stale slots first.
     """
 
     def __init__(self, size: int, shape: tuple[int, ...], device: torch.device) -> None:
@@ -72,18 +81,29 @@ class MovingWindow:
         self._ring = torch.zeros((size, *self._shape), device=self._device)
         self._sum = torch.zeros(self._shape, device=self._device)
         self._count = torch.zeros(self._shape[0], dtype=torch.long, device=self._device)
+        # A fresh ring holds zeros, which are never stale: no chain needs masking.
+        self._start = torch.zeros(self._shape[0], dtype=torch.long, device=self._device)
+        # Host-side: the add index of the latest restart (None: none since the resize). While
+        # it is less than K adds ago some slots may be stale and adds mask them; after that,
+        # every slot was written since, and an add is the plain subtract.
+        self._restarted_at: int | None = None
         # Consecutive adds with every chain recording, up to K: at K every count is K and
         # stays K while all keep recording, so the count kernels can be skipped.
         self._full_adds = 0
         self._since_resum = 0
 
+    def _may_be_stale(self, add: int) -> bool:
+        """Whether the slot add `add` overwrites may hold a value from before a restart."""
+        return self._restarted_at is not None and add - self._restarted_at < self._ring.shape[0]
+
     def add(self, x: Tensor, recording: Tensor | None) -> None:
         """Put `x [N, C, H, W]` of the chains where `recording [N]` bool is True (None: every
         chain) into the window, replacing each chain's oldest slot; others get a 0 there."""
         k = self._ring.shape[0]
-        slot = self._adds % k
+        add = self._adds
+        slot = add % k
         self._adds += 1
-        old = self._ring[slot]
+        old = self._ring.select(0, slot)
         if recording is None:
             # Every chain records: the counts change only until they reach K.
             if self._full_adds < k:
@@ -92,20 +112,40 @@ class MovingWindow:
         else:
             self._count.add_(recording).clamp_(max=k)
             self._full_adds = 0
-        # sum - old + new, the new batch written straight into the slot it takes.
-        self._sum.sub_(old)
+        # sum - old + new, the new batch written straight into the slot it takes. A stale old
+        # value counts as the 0 a restart would have written (where, not a product: a stale
+        # value may be the NaN of a chain that diverged).
+        if self._may_be_stale(add):
+            fresh = _per_chain(self._start <= add - k, x)
+            self._sum.sub_(torch.where(fresh, old, self._zero))
+        else:
+            self._sum.sub_(old)
         self._sum.add_(_keep(x, recording, self._zero, out=old))
         self._since_resum += 1
         # Re-sum at the ring's last slot, so the exact sum is taken in one fixed slot order.
         if slot == k - 1 and self._since_resum >= WINDOW_RESUM_STEPS:
+            # Slot s now holds add `add + 1 - k + s`; zero those from before a chain's restart
+            # (the oldest slot is stale exactly when the next add would find it so).
+            if self._may_be_stale(add + 1):
+                written = torch.arange(add + 1 - k, add + 1, device=self._device)
+                stale = written[:, None] < self._start[None, :]
+                self._ring.masked_fill_(stale.view(k, -1, *([1] * (x.dim() - 1))), 0)
             torch.sum(self._ring, dim=0, out=self._sum)
             self._since_resum = 0
 
     def reset(self, chains: Tensor) -> None:
         """Empty the window of the chains with indices `chains [M]` int64."""
-        self._ring[:, chains] = 0
-        self._sum[chains] = 0
-        self._count[chains] = 0
+        mask = torch.zeros(self._shape[0], dtype=torch.bool, device=self._device)
+        mask[chains.to(self._device)] = True
+        self.reset_mask(mask)
+
+    def reset_mask(self, chains: Tensor) -> None:
+        """Empty the window of the chains where `chains [N]` bool is True; a device-side mask,
+        never read on the host, so this may run every step."""
+        self._sum.masked_fill_(_per_chain(chains, self._sum), 0)
+        self._count.masked_fill_(chains, 0)
+        self._start.masked_fill_(chains, self._adds)
+        self._restarted_at = self._adds
         self._full_adds = 0
 
     def mean(self, empty: Tensor) -> Tensor:
@@ -129,16 +169,29 @@ class RunningMean:
         self._count = torch.zeros(shape[0], dtype=torch.long, device=device)
         self._zero = torch.zeros((), device=device)
         self._adds = 0
+        # Adds with every chain recording not yet added into `_count`: one host integer per
+        # step instead of one kernel, folded in whenever the counts are read or masked.
+        self._uncounted = 0
+
+    def _fold_counts(self) -> None:
+        if self._uncounted:
+            self._count.add_(self._uncounted)
+            self._uncounted = 0
 
     @property
     def count(self) -> Tensor:
         """`[N]` int64: each chain's kept samples since its last reset."""
+        self._fold_counts()
         return self._count
 
     def add(self, x: Tensor, recording: Tensor | None) -> None:
         """Add `x [N, C, H, W]` of the chains where `recording [N]` bool is True (None: every
         chain)."""
-        self._count.add_(1 if recording is None else recording)
+        if recording is None:
+            self._uncounted += 1
+        else:
+            self._fold_counts()
+            self._count.add_(recording)
         self._partial.add_(_keep(x, recording, self._zero))
         self._adds += 1
         if self._adds % MEAN_FOLD_STEPS == 0:
@@ -147,13 +200,23 @@ class RunningMean:
 
     def reset(self, chains: Tensor) -> None:
         """Forget every sample of the chains with indices `chains [M]` int64."""
+        self._fold_counts()
         self._partial[chains] = 0
         self._total[chains] = 0
         self._count[chains] = 0
 
+    def reset_mask(self, chains: Tensor) -> None:
+        """Forget every sample of the chains where `chains [N]` bool is True; a device-side
+        mask, never read on the host, so this may run every step."""
+        self._fold_counts()
+        mask = _per_chain(chains, self._partial)
+        self._partial.masked_fill_(mask, 0)
+        self._total.masked_fill_(mask, 0)
+        self._count.masked_fill_(chains, 0)
+
     def mean(self, empty: Tensor) -> Tensor:
         """`[N, C, H, W]` each chain's mean, in `empty`'s dtype; `empty [N, C, H, W]` gives the
         value of a chain with no kept sample yet."""
-        count = _per_chain(self._count, empty)
+        count = _per_chain(self.count, empty)
         total = (self._total + self._partial).div_(count.clamp(min=1)).to(empty.dtype)
         return torch.where(count > 0, total, empty)

@@ -25,6 +25,11 @@ BURN_IN_Z = 2.0
 class BurnIn:
     """Which chains are burned in, fixed or auto, updated once per step without a host sync.
 
+    Chains restart by index (`reset`) or under a device-side mask (`reset_mask`, which a
+    sampler may call every step). `done` is a host-side hint that every chain is burned in,
+    set by the caller from a value it read: `update` then does nothing, and `record` does what
+    must go on for a caller that may not yet know of a masked restart.
+
     Attributes:
         burned: `[N]` bool, whether each chain's current sample is a kept one.
         steps: `[N]` int64, the steps each chain discarded (counted from the start of the run,
@@ -60,10 +65,9 @@ class BurnIn:
         self._ring = torch.zeros(2 * half, chains, device=device)
         slots = torch.arange(2 * half, device=device)
         newest = (slots[:, None] - torch.arange(half, device=device)[None, :]) % (2 * half)
-        # [2h, h] each: the slots of the newest and of the older half once slot s was written,
-        # so both halves are one index_select each, with no Python loop over the ring.
-        self._newest = newest
-        self._older = (newest - half) % (2 * half)
+        # [2h, 2h]: row s lists the slots of the newest half, then of the older half, once
+        # slot s was written, so both halves are one index_select, with no Python loop.
+        self._halves = torch.cat((newest, (newest - half) % (2 * half)), dim=1)
 
     @property
     def done(self) -> bool:
@@ -72,8 +76,8 @@ class BurnIn:
         return self._done
 
     def set_done(self, all_burned: bool) -> None:
-        """Report the host value of `burned.all()`. The detector never syncs with the device on
-        its own: the sampler reads that flag in the one sync per step it makes anyway."""
+        """Report a host value of `burned.all()`. The detector never syncs with the device on
+        its own: the sampler reads that flag from a copy it makes every few steps."""
         self._done = all_burned
 
     def update(self, activation: Tensor, age: Tensor, step: int) -> None:
@@ -83,8 +87,11 @@ class BurnIn:
         `age [N]` int64 is the steps each chain has taken since its (re)initialization, this
         one included. A chain stays burned in until it is `reset`.
         """
-        if self._done:
-            return
+        if not self._done:
+            self._mark(activation, age, step)
+
+    def _mark(self, activation: Tensor, age: Tensor, step: int) -> None:
+        """`update`'s work, whether or not `done`."""
         if self.burn_in is not None:
             newly = ~self.burned & (age > self.burn_in)
         else:
@@ -95,14 +102,29 @@ class BurnIn:
         # This step's new sample is the first kept one: the step-1 before it were discarded.
         self.steps.masked_fill_(newly, step - 1)
 
+    def record(self, activation: Tensor, age: Tensor, step: int) -> None:
+        """What `update` must still do while `done`, for a caller that learns late (from a copy)
+        that a chain was restarted under a mask: arguments as for `update`.
+
+        Auto burn-in only puts the activations into its ring, so a restarted chain's ring is
+        full when its age reaches the window (the caller learns of the restart within that
+        many steps, and `update` runs again; until then the test could not pass for it anyway).
+        Fixed burn-in runs its whole update, a few kernels, since a restarted chain may be
+        burned in again at any age.
+        """
+        if self.burn_in is None:
+            self._ring[(step - 1) % self._ring.shape[0]] = activation
+        else:
+            self._mark(activation, age, step)
+
     def _stable(self, activation: Tensor, step: int) -> Tensor:
         """`[N]` bool: record `activation`, then whether the two half-window means agree."""
         ring = self._ring.shape[0]
         half = ring // 2
         slot = (step - 1) % ring
         self._ring[slot] = activation
-        new = self._ring.index_select(0, self._newest[slot])
-        old = self._ring.index_select(0, self._older[slot])
+        halves = self._ring.index_select(0, self._halves[slot])
+        new, old = halves[:half], halves[half:]
         m_new, m_old = new.mean(0), old.mean(0)
         diff = (m_new - m_old).abs()
         level = torch.maximum(m_new.abs(), m_old.abs())
@@ -117,3 +139,11 @@ class BurnIn:
         self.burned[chains] = False
         self.steps[chains] = -1
         self._done = False
+
+    def reset_mask(self, chains: Tensor) -> None:
+        """Restart burn-in of the chains where `chains [N]` bool is True, a device-side mask
+        never read on the host. `done` is left as it is: only the caller knows whether the
+        mask held any chain (see `record`)."""
+        self._ring.masked_fill_(chains[None, :], 0)
+        self.burned.masked_fill_(chains, False)
+        self.steps.masked_fill_(chains, -1)

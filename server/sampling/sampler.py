@@ -16,14 +16,26 @@ Conventions:
 - Energies are summed over chains, never averaged, so a chain's gradient does not depend on N.
   At T = 0 a chain's trajectory is independent of the batch; at T > 0 the noise of the whole
   batch comes from one generator (one draw per step, fast), so chain i's noise depends on N.
-  Re-initializing diverged chains uses a second generator and does not shift anyone's noise.
+  Initial states and `reset()` draw from a second generator; a chain that diverges takes the
+  fresh start waiting for it in a spare batch drawn ahead from a third one (see "Host syncs"),
+  so neither shifts anyone's noise.
 - Step t (t = 1, 2, ...) evaluates the energy at x_{t-1} (reported as `StepInfo.activation`)
   and moves to x_t. A chain's `burn_in_step` b is the number of steps it discarded: samples
   x_t with t > b enter its window and running mean, and `burn_in_step >= 0` holds exactly
   when the current `x` is such a sample. Fixed `burn_in = N` discards x_1..x_N (b = N); auto
   burn-in waits until the activation is stable over `burn_in_window` steps (`SamplerConfig`).
-- Hot path: no Python loop over chains, one host sync per step (the divergence check), noise
-  and averaging buffers allocated once.
+- Hot path: no Python loop over chains, noise and averaging buffers allocated once.
+
+Host syncs: a step only enqueues device work (`SamplerConfig.sync_free`, on by default off the
+CPU). Every step decides on the device which chains diverged and resets them under that mask:
+a diverged chain takes its row of a spare batch of fresh starts, drawn ahead. Every
+`CHECK_STEPS` steps the sampler copies the burn-in flags and reset counts to the host, and
+reads the copy made the period before (`ldam.sampling.transfer.HostCopy`), which the device
+has long finished: from it the host redraws the spare rows that were used and learns when
+every chain is burned in, so burn-in bookkeeping can stop. A chain that diverges twice within
+about two periods starts from the same spare row both times. On the CPU, where reading a value
+waits for nothing, the sampler instead reads each step whether any chain diverged and skips the
+masked reset when none did; the samples are the same either way.
 """
 
 from __future__ import annotations
@@ -51,8 +63,10 @@ from ldam.sampling.settings import (
     check_window_memory,
     live_replace,
 )
+from ldam.sampling.transfer import HostCopy, to_device
 
 __all__ = [
+    "CHECK_STEPS",
     "LIVE_SETTINGS",
     "NORMALIZE_MODES",
     "PER_CHAIN_SETTINGS",
@@ -69,6 +83,10 @@ __all__ = [
 ]
 
 Scalar = float | Tensor  # a float, or a per-chain tensor [N] broadcast over C, H, W
+
+# How often (in steps) the host reads the device's burn-in flags and reset counts, from the copy
+# it made one period before; with auto burn-in at most half the burn-in window (see `_check`).
+CHECK_STEPS = 32
 
 
 def _bcast(s: Scalar, x: Tensor) -> Scalar:
@@ -125,7 +143,8 @@ def langevin_step(
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one `Sampler.step()` reports; every tensor is detached and on the sampler's device.
+    """What one `Sampler.step()` reports; every tensor is detached and on the sampler's device,
+    and read-only: consecutive steps may share one (`burned_in`, while no chain changes).
 
     Attributes:
         step: steps taken so far, this one included.
@@ -185,12 +204,12 @@ def update_direction(
         if type(term) is L2Term and wp is not None:
             # Fast path for the common regularizer: one pass for ||x_i||^2 gives the value
             # and the RMS, and -lam x is added straight into g with no -x tensor.
-            flat = x.flatten(1)
-            norm = torch.linalg.vector_norm(flat, dim=1)  # one reduction kernel
+            # One reduction kernel over a chain's pixels (no flatten view: the same sums).
+            norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())))
             values[term.name] = norm.square().mul_(-0.5)
             coef = -_bcast(weights[wp], x)
             if norm_reg:
-                rms = norm.div(math.sqrt(flat.shape[1]))
+                rms = norm.div(math.sqrt(math.prod(x.shape[1:])))
                 coef = coef / _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), x)
             regs.append((x, coef))
             continue
@@ -224,18 +243,23 @@ def update_direction(
 def _chain_value(value: float | list[float], like: Tensor) -> Scalar:
     """A per-chain list as an `[N]` tensor with `like`'s dtype and device; a float as it is."""
     if isinstance(value, list):
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
+        # Made on the host and sent without waiting: a blocking host-to-device copy (what
+        # torch.tensor(..., device=) does) would wait for the device's queue on every `set`.
+        return to_device(torch.tensor(value, dtype=like.dtype), like.device)
     return value
 
 
-def _diverged(x: Tensor, activation: Tensor, limit: float) -> Tensor:
+def _diverged(x: Tensor, activation: Tensor, limit: float, zero: Tensor) -> Tensor:
     """`[N]` bool: the chains whose activation `[N]` is NaN/Inf or whose sample in `x` has a
-    pixel that is NaN/Inf or beyond `limit` in absolute value."""
+    pixel that is NaN/Inf or beyond `limit` in absolute value; `zero` is a 0-dim 0 on x's
+    device."""
     # The limit matters: a step size far too large under gradient normalization drifts to huge
     # but finite values (seen: activations ~1e8) that a finiteness test misses. amax propagates
-    # NaN and `not (peak <= limit)` is True for NaN, so one comparison covers all three cases.
-    peak = x.flatten(1).abs().amax(1)
-    return (peak <= limit).logical_and_(activation.isfinite()).logical_not_()
+    # NaN; adding `activation * 0` adds 0 to a finite activation's chain and NaN to a NaN/Inf
+    # one (Inf * 0 is NaN), and `not (score <= limit)` is True for NaN, so one comparison
+    # covers every case: 5 small kernels, where a separate finiteness test took 9.
+    score = x.abs().amax(tuple(range(1, x.dim()))).addcmul_(activation, zero)
+    return score.le(limit).logical_not_()
 
 
 def _check_terms(terms: Term | Sequence[Term]) -> list[Term]:
@@ -287,6 +311,8 @@ class Sampler:
         terms: the energy terms, in the order given.
         input_shape: `(C, H, W)` of one chain.
         device: where the chains live.
+        sync_free: whether a step never reads the device on the host (`SamplerConfig.sync_free`
+            resolved for this device).
     """
 
     def __init__(
@@ -307,16 +333,22 @@ class Sampler:
         self.device = dev = torch.device(config.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SamplerError(f"Device {str(dev)!r} is not available on this machine.")
+        self.sync_free = config.sync_free if config.sync_free is not None else dev.type != "cpu"
         n = config.chains
         full = (n, *self.input_shape)
-        # Two generators: re-initializing a diverged chain must not shift the others' noise.
+        # Three generators: initial states and resets, the noise, and the spare starts of
+        # diverged chains, so re-initializing one chain never shifts another's noise. The
+        # spare seed is drawn after the other two, which stay what they were before it existed.
         seeder = torch.Generator().manual_seed(config.seed)
         init_seed, noise_seed = torch.randint(0, 2**62, (2,), generator=seeder).tolist()
+        spare_seed = int(torch.randint(0, 2**62, (1,), generator=seeder))
         self._init_gen = torch.Generator(device=dev).manual_seed(init_seed)
         self._noise_gen = torch.Generator(device=dev).manual_seed(noise_seed)
+        self._spare_gen = torch.Generator(device=dev).manual_seed(spare_seed)
         self.x = torch.empty(full, device=dev)
         self.v = torch.zeros(full, device=dev)
         self._noise = torch.empty(full, device=dev)
+        self._zero0 = torch.zeros((), device=dev)
         self.t = 0
         self.age = torch.zeros(n, dtype=torch.long, device=dev)
         self.resets = torch.zeros(n, dtype=torch.long, device=dev)
@@ -335,6 +367,27 @@ class Sampler:
         self._check_window_memory(config.window)
         self._window = MovingWindow(config.window, full, dev)
         self._mean = RunningMean(full, dev)
+        # The spare starts `[N, C, H, W]`: row i is chain i's next start should it diverge,
+        # `init_std` times a standard normal; `_spare` is that clamped by the current `clamp`.
+        self._spare_raw = torch.randn(full, generator=self._spare_gen, device=dev).mul_(
+            config.init_std
+        )
+        self._spare = self._spare_raw
+        self._clamp_spare()
+        # Host checks: every `_period` steps post a copy of (burned, resets) and read the one
+        # posted the period before. With auto burn-in the period is at most half the burn-in
+        # window: a chain reset under a mask while the host believes every chain burned in is
+        # then known within 2 periods, before its age reaches the window (`BurnIn.record`).
+        self._period = CHECK_STEPS
+        if config.burn_in is None:
+            self._period = max(1, min(CHECK_STEPS, config.burn_in_window // 2))
+        self._copy = HostCopy(dev)
+        self._resets_seen = torch.zeros(n, dtype=torch.long)  # host: resets as of the last read
+        # Host: resets the host itself made (`reset()`, and divergences when not sync-free), in
+        # all and as of the posted copy; a copy older than one of them no longer shows burn-in.
+        self._host_resets = 0
+        self._copy_host_resets = 0
+        self._burned_in: Tensor | None = None  # the clone of `burned` reported while unchanged
         self._reinit(torch.arange(n, device=dev))
 
     @property
@@ -356,6 +409,12 @@ class Sampler:
             for name in PER_CHAIN_SETTINGS
             for value in [getattr(config, name)]
         }
+
+    def _clamp_spare(self) -> None:
+        """Make `_spare` the raw spare starts clamped to the current `clamp` (they are drawn
+        before the clamp that applies when they are used is known)."""
+        clamp = self.config.clamp
+        self._spare = self._spare_raw if clamp is None else self._spare_raw.clamp(*clamp)
 
     def _check_window_memory(self, window: int) -> None:
         check_window_memory(window, self.config.chains, self.input_shape, self.x.element_size())
@@ -380,9 +439,12 @@ class Sampler:
         with self._pending_lock:
             pending, self._pending = self._pending, None
         window_changed = pending.window != self.config.window
+        clamp_changed = pending.clamp != self.config.clamp
         self._apply_config(pending)
         if window_changed:  # its memory was checked by `set`
             self._window.resize(pending.window)
+        if clamp_changed:
+            self._clamp_spare()
 
     def reset(self, chains: Sequence[int] | Tensor | None = None) -> None:
         """Re-initialize all chains (None) or the given chain indices: fresh x0, v = 0, burn-in,
@@ -398,6 +460,8 @@ class Sampler:
         self._reinit(idx)
 
     def _reinit(self, idx: Tensor) -> None:
+        """Fresh starts for the chains with indices `idx [M]`, drawn from the init generator
+        (the host knows M: this is `reset()` and the first start, never a divergence)."""
         if idx.numel() == 0:
             return
         cfg = self.config
@@ -412,6 +476,52 @@ class Sampler:
         self._window.reset(idx)
         self._mean.reset(idx)
         self._burn_in.reset(idx)
+        self._burned_in = None
+        self._host_resets += 1
+
+    def _reset_where(self, bad: Tensor) -> None:
+        """Re-initialize the chains where `bad [N]` bool is True from their spare starts and
+        count them in `resets`, all under the mask: nothing here reads the device."""
+        bad4 = _bcast(bad, self.x)
+        self.resets.add_(bad)
+        torch.where(bad4, self._spare, self.x, out=self.x)  # type: ignore[arg-type]
+        self.v.masked_fill_(bad4, 0)  # type: ignore[arg-type]
+        self.age.masked_fill_(bad, 0)
+        self._window.reset_mask(bad)
+        self._mean.reset_mask(bad)
+        self._burn_in.reset_mask(bad)
+        self._burned_in = None
+        if not self.sync_free:  # the host looked: some chain was reset
+            self._burn_in.set_done(False)
+            self._host_resets += 1
+
+    def _check(self) -> None:
+        """Read the copy of (burned, resets) posted one period ago and post a new one.
+
+        From the copy: redraw the spare rows of the chains reset since the copy before (only
+        those rows, in chain order, so the draws do not depend on timing), and mark burn-in
+        done when every chain was burned in then, unless the host has reset a chain since.
+        The copy is a period old, so reading it normally waits for nothing.
+        """
+        burn_in = self._burn_in
+        if self._copy.posted:
+            burned, resets = self._copy.wait()
+            changed = (resets != self._resets_seen).nonzero().squeeze(1)
+            if changed.numel():
+                self._refill(to_device(changed, self.device))
+            self._resets_seen = resets.clone()
+            burn_in.set_done(bool(burned.all()) and self._host_resets == self._copy_host_resets)
+        self._copy.post(burn_in.burned, self.resets)
+        self._copy_host_resets = self._host_resets
+
+    def _refill(self, idx: Tensor) -> None:
+        """Draw new spare starts for the chains with indices `idx [M]` (their rows were used)."""
+        fresh = torch.randn(
+            (idx.numel(), *self.input_shape), generator=self._spare_gen, device=self.device
+        ).mul_(self.config.init_std)
+        self._spare_raw[idx] = fresh
+        if self._spare is not self._spare_raw:
+            self._spare[idx] = fresh.clamp(*self.config.clamp)  # type: ignore[misc]
 
     # -------------------------------------------------------------------------- reading
     def window_mean(self) -> Tensor:
@@ -437,7 +547,7 @@ class Sampler:
 
         A chain whose activation or new sample is NaN/Inf is re-initialized and counted in
         `resets`; the run continues. The new sample of a burned-in chain enters the window and
-        the running mean.
+        the running mean. With `sync_free` nothing here waits for the device.
         """
         self._apply_pending()
         cfg, x, burn_in = self.config, self.x, self._burn_in
@@ -445,35 +555,43 @@ class Sampler:
         temperature = self._p["temperature"]
         noise = None
         if isinstance(temperature, Tensor) or temperature != 0.0:
-            noise = torch.randn(x.shape, generator=self._noise_gen, out=self._noise)
+            # What torch.randn(..., out=) does, minus its resize: the same draws.
+            noise = self._noise.normal_(generator=self._noise_gen)
         beta = self.step_size()
+        sync_free = self.sync_free
         with torch.no_grad():
             langevin_step(x, self.v, g, noise, beta, self._p["momentum"], temperature)
             if cfg.clamp is not None:
                 x.clamp_(*cfg.clamp)
             self.t += 1
-            self.age += 1
-            burn_in.update(activation, self.age, self.t)
-            recording = None if burn_in.done else burn_in.burned
+            self.age.add_(1)
+            # Once every chain is burned in, burn-in bookkeeping stops and every sample counts.
+            # Without host reads a chain may have been reset since the host learned that, so
+            # burn-in does what `record` says and the averages keep their mask.
+            if not burn_in.done:
+                burn_in.update(activation, self.age, self.t)
+                self._burned_in = None
+            elif sync_free:
+                burn_in.record(activation, self.age, self.t)
+                self._burned_in = None
+            recording = burn_in.burned if sync_free or not burn_in.done else None
             self._window.add(x, recording)
             self._mean.add(x, recording)
-            bad = _diverged(x, activation, cfg.divergence_limit)
-            # The one host sync per step: whether any chain diverged (and, until every chain
-            # is burned in, whether all are now, so burn-in bookkeeping can stop).
-            if burn_in.done:
-                any_bad = bool(bad.any())
-            else:
-                any_bad, all_burned = torch.stack((bad.any(), burn_in.burned.all())).tolist()
-                burn_in.set_done(all_burned)
-            if any_bad:
-                idx = bad.nonzero().squeeze(1)
-                self.resets[idx] += 1
-                self._reinit(idx)
+            bad = _diverged(x, activation, cfg.divergence_limit, self._zero0)
+            # Not sync-free (the CPU's default, where reading `bad.any()` waits for nothing):
+            # skip the masked reset (a dozen kernels) on the steps no chain diverged, nearly all.
+            if sync_free or bool(bad.any()):
+                self._reset_where(bad)
+            if self.t % self._period == 0:
+                self._check()
+        burned_in = self._burned_in
+        if burned_in is None:  # `burned` may have changed: report a copy of it
+            burned_in = self._burned_in = burn_in.burned.clone()
         return StepInfo(
             step=self.t,
             activation=activation,
             terms=values,
-            burned_in=burn_in.burned.clone(),
+            burned_in=burned_in,
             reset=bad,
             step_size=beta,
         )

@@ -142,6 +142,12 @@ class SamplerConfig:
             pixel or activation has diverged: it is re-initialized and counted in `resets`.
         seed: seeds the init and noise generators: same seed, same device -> same samples.
         device: where chains live, e.g. "cpu" or "cuda".
+        sync_free: True: a step never waits for the device; diverged chains are reset under a
+            device-side mask every step, and the host reads device flags only from copies it
+            made some steps before. False: the host reads each step whether any chain
+            diverged and skips the reset work when none did, the cheaper choice where reading
+            a device value waits for nothing. None (default): True on an accelerator, False on
+            the CPU. Both give the same samples.
     """
 
     chains: int = 16
@@ -162,6 +168,7 @@ class SamplerConfig:
     divergence_limit: float = 1e6
     seed: int = 0
     device: str | torch.device = field(default="cpu")
+    sync_free: bool | None = None
 
     def __post_init__(self) -> None:
         self.chains = _int("chains", self.chains, 1)
@@ -222,6 +229,10 @@ class SamplerConfig:
             )
         self.burn_in_window = _int("burn_in_window", self.burn_in_window, 2)
         self.seed = _int("seed", self.seed, 0)
+        if self.sync_free is not None and not isinstance(self.sync_free, bool):
+            raise SamplerError(
+                f"sync_free must be True, False or None, got {self.sync_free!r}.", "sync_free"
+            )
         try:
             self.device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
