@@ -6,16 +6,28 @@ team size (and the default for threads that start later). D's thread sets its ow
 `stop()`: on 2 cores one thread each, because two OpenMP teams asking for more threads than
 there are cores spin against each other and both slow down many times over. On CUDA, D's
 thread works on D's own stream (see `DiscriminatorStream`).
+
+Pacing: with a duty cycle below 1, the thread works at most that fraction of wall time. After
+handling an offer that took t seconds it rests `t * (1 - duty) / duty` seconds before it takes
+the next one, so D's work no longer competes with the sampler's for the memory bandwidth, caches
+and, on a machine shared with other processes, the cores, for the rest of the time. The
+time counted is the thread's own wall time; on CUDA that is the time to queue D's work, not
+the GPU's time to run it.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import torch
 
+from ldam.sampling.discriminator.errors import DiscriminatorError
+from ldam.sampling.discriminator.metrics import BusyClock
 from ldam.sampling.discriminator.offers import OfferBox
 from ldam.sampling.discriminator.stream import DiscriminatorStream
 
@@ -23,6 +35,20 @@ from ldam.sampling.discriminator.stream import DiscriminatorStream
 _POLL_S = 0.1
 # How long `start()` waits for the thread to set itself up (seconds).
 _READY_S = 10.0
+
+
+def check_duty_cycle(duty: float) -> float:
+    """`duty` as a float if it is a fraction in (0, 1]; else a one-sentence `DiscriminatorError`."""
+    ok = isinstance(duty, numbers.Real) and not isinstance(duty, bool)
+    if not (ok and math.isfinite(duty) and 0.0 < duty <= 1.0):
+        raise DiscriminatorError(f"The duty cycle must be more than 0 and at most 1, got {duty!r}.")
+    return float(duty)
+
+
+def pause_after(busy_s: float, duty: float) -> float:
+    """Seconds to rest after `busy_s` seconds of work so that work fills at most the fraction
+    `duty` (in (0, 1]) of wall time: `busy_s * (1 - duty) / duty`, 0 at duty 1."""
+    return max(0.0, busy_s) * (1.0 - duty) / duty
 
 
 def _failure_sentence(exc: BaseException) -> str:
@@ -44,7 +70,8 @@ class TrainingThread:
     """Takes each new offer from `offers` and hands it to `handle(x, ages)`, until stopped.
 
     An exception from `handle` ends the thread; `on_error` gets its sentence. `threads`:
-    intra-op threads of this thread on CPU; `share_cores`: see `start()`.
+    intra-op threads of this thread on CPU; `share_cores`: see `start()`; `duty_cycle`: the
+    most of wall time the thread works, in (0, 1] (1 = no cap; see the module's docstring).
     """
 
     def __init__(
@@ -56,9 +83,12 @@ class TrainingThread:
         *,
         threads: int = 1,
         share_cores: bool = True,
+        duty_cycle: float = 1.0,
     ) -> None:
         self.threads = threads
         self.share_cores = share_cores
+        self._duty = check_duty_cycle(duty_cycle)
+        self.busy = BusyClock()
         self._offers = offers
         self._stream = stream
         self._device = stream.device
@@ -68,6 +98,20 @@ class TrainingThread:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def duty_cycle(self) -> float:
+        """The most of wall time the thread works, in (0, 1]; 1 = no cap."""
+        return self._duty
+
+    @duty_cycle.setter
+    def duty_cycle(self, duty: float) -> None:
+        # Read again at every poll of a rest, so a change applies within _POLL_S seconds.
+        self._duty = check_duty_cycle(duty)
+
+    def busy_fraction(self) -> float:
+        """The fraction of the thread's recent wall time (see `BusyClock`) spent on offers."""
+        return self.busy.fraction()
 
     @property
     def running(self) -> bool:
@@ -115,6 +159,7 @@ class TrainingThread:
             torch.set_num_threads(self.threads)
         elif self._device.type == "cuda" and self._device.index is not None:
             torch.cuda.set_device(self._device)
+        self.busy.started()
         self._ready.set()
         taken = 0
         try:
@@ -123,8 +168,22 @@ class TrainingThread:
                 if offer is None:
                     continue
                 taken = offer.index
+                self.busy.working()
                 with self._stream.active():
                     self._stream.wait_for(offer.ready)
                     self._handle(offer.x, offer.ages)
+                self._rest(self.busy.idle())
         except Exception as exc:  # reported through on_error; the thread ends here
             self._on_error(_failure_sentence(exc))
+        finally:
+            self.busy.stopped()
+
+    def _rest(self, busy_s: float) -> None:
+        """Wait out the pause the duty cycle asks for after `busy_s` seconds of work, or
+        until `stop()`. Offers made meanwhile are not lost: the newest is taken after."""
+        begun = time.perf_counter()
+        while not self._stop.is_set():
+            left = begun + pause_after(busy_s, self._duty) - time.perf_counter()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, _POLL_S))
