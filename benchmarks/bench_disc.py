@@ -74,6 +74,7 @@ class Background:
     sampler: Sampler
     rates: list[float] = field(default_factory=list)  # sampler steps/s, one per round
     busy: list[float] = field(default_factory=list)  # D's busy fraction, one per round
+    d_rates: list[float] = field(default_factory=list)  # D's steps/s, one per round
     d_steps: int = 0  # D's online steps over all rounds
     seconds: float = 0.0  # wall time over all rounds
 
@@ -94,17 +95,22 @@ class Background:
             trainer.stop()  # also gives this thread its cores back
         self.rates.append(steps / elapsed)
         self.busy.append(trainer.metrics()["busy_fraction"])
+        self.d_rates.append((trainer.steps - before) / elapsed)
         self.d_steps += trainer.steps - before
         self.seconds += elapsed
 
 
-def _quality(d: nn.Module, real: torch.Tensor, chains: torch.Tensor) -> dict[str, float]:
-    """D's accuracy (logit > 0 means real) and mean sigmoid(D(x)) on `real` and `chains`."""
+def _quality(
+    d: nn.Module, real: torch.Tensor, chains: torch.Tensor, every: torch.Tensor
+) -> dict[str, float]:
+    """D's accuracy (logit > 0 means real) and mean sigmoid(D(x)) on `real` and on `chains`
+    (its own mode's), and its accuracy on `every` (all modes' chains: the same test for all)."""
     with torch.no_grad():
-        on_real, on_chains = d(real), d(chains)
+        on_real, on_chains, on_every = d(real), d(chains), d(every)
     return {
         "acc_real": float((on_real > 0).float().mean()),
         "acc_chains": float((on_chains < 0).float().mean()),
+        "acc_every": float((on_every < 0).float().mean()),
         "mean_real": float(torch.sigmoid(on_real).mean()),
         "mean_chains": float(torch.sigmoid(on_chains).mean()),
     }
@@ -127,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[1.0, DEFAULT_DUTY_CYCLE],
         help=f"duty cycles of D's thread, one C mode each (default: 1 and {DEFAULT_DUTY_CYCLE})",
+    )
+    parser.add_argument(
+        "--show-rounds", action="store_true", help="also print every round's steps/s per mode"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -174,14 +183,24 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.synchronize(device)
 
     rates: dict[str, list[float]] = {name: [] for name in plain}
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for name, s in plain.items():
             start = time.perf_counter()
             run_plain(s)
             rates[name].append(args.steps / (time.perf_counter() - start))
-        for bg in backgrounds:  # each as long as B took this round
+        # Each as long as B took this round, in an order that turns round by round, so that
+        # no duty always runs last (when other processes' load on the machine built up).
+        shift = round_ % len(backgrounds)
+        for bg in backgrounds[shift:] + backgrounds[:shift]:
             bg.run_for(args.steps / rates["B"][-1])
     rate = {name: statistics.median(r) for name, r in rates.items()}
+    if args.show_rounds:
+        for i in range(args.rounds):
+            row = [f"{name} {r[i]:.1f}" for name, r in rates.items()]
+            row += [
+                f"C@{bg.duty:g} {bg.rates[i]:.1f} (busy {bg.busy[i]:.2f})" for bg in backgrounds
+            ]
+            print(f"round {i + 1}: " + ", ".join(row))
 
     # Where the time goes, each piece alone in this thread.
     x = plain["B"].x.clone()
@@ -201,30 +220,33 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| mode | sampler steps/s | ms/step | C/B | D steps/s | D busy | D acc, held-out real "
-        "| D acc, chains | mean D, held-out real | mean D, chains |"
+        "| D acc, own chains | D acc, every C's chains | mean D, held-out real "
+        "| mean D, own chains |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    blank = " | ".join([""] * 7)
+    print("| --- |" + " ---: |" * 10)
+    blank = " | ".join([""] * 8)
     print(f"| A: w = 0 (no D) | {rate['A']:.1f} | {1e3 / rate['A']:.2f} | {blank} |")
     print(
         f"| B: w = {args.disc_weight}, D frozen | {rate['B']:.1f} | {1e3 / rate['B']:.2f} | {blank} |"
     )
+    every = torch.cat([bg.sampler.x for bg in backgrounds])
     for bg in backgrounds:
         r = statistics.median(bg.rates)
         ratio = statistics.median(c / b for b, c in zip(rates["B"], bg.rates, strict=True))
-        q = _quality(bg.trainer.current(), held_out.to(device), bg.sampler.x)
+        q = _quality(bg.trainer.current(), held_out.to(device), bg.sampler.x, every)
         print(
             f"| C: w = {args.disc_weight}, D training, duty {_duty_name(bg.duty)} | {r:.1f} "
-            f"| {1e3 / r:.2f} | **{ratio:.2f}** | {bg.d_steps / bg.seconds:.1f} "
+            f"| {1e3 / r:.2f} | **{ratio:.2f}** | {statistics.median(bg.d_rates):.1f} "
             f"| {statistics.median(bg.busy):.2f} | {q['acc_real']:.3f} | {q['acc_chains']:.3f} "
-            f"| {q['mean_real']:.3f} | {q['mean_chains']:.3f} |"
+            f"| {q['acc_every']:.3f} | {q['mean_real']:.3f} | {q['mean_chains']:.3f} |"
         )
-    seconds = backgrounds[0].seconds
     print(
-        f"\nC/B: median over rounds of C's rate / B's in the same round (goal >= 0.7). Each C "
-        f"mode ran {seconds:.1f} s in all; D's quality is measured after that, on "
-        f"{len(held_out)} held-out digits and on that mode's {args.chains} chains; D busy: "
-        "median over rounds of the fraction of wall time D's thread worked.\n"
+        f"\nC/B: median over rounds of C's rate / B's in the same round (goal >= 0.7). D steps/s "
+        "and D busy (the fraction of wall time D's thread worked): medians over rounds. Each C "
+        f"mode ran {backgrounds[0].seconds:.1f} s in all (D steps in all: "
+        + ", ".join(f"{bg.d_steps} at duty {bg.duty:g}" for bg in backgrounds)
+        + f"); D's quality is measured after that, on {len(held_out)} held-out digits, on "
+        f"its own mode's {args.chains} chains and on all {len(every)} C chains.\n"
     )
     print("| piece (alone, this thread) | ms |")
     print("| --- | ---: |")

@@ -563,16 +563,26 @@ def test_busy_fraction_stays_near_the_duty_cycle(digits) -> None:
     assert m["busy_fraction"] > 0.5, m  # about 1: a new offer is always waiting
 
 
-def test_duty_cycle_changes_live_and_stop_ends_a_rest(digits) -> None:
+def test_duty_cycle_changes_live_rests_give_the_cores_back_and_stop_ends_a_rest(digits) -> None:
     # At duty 1e-4 a step of t seconds is followed by a rest of about 10,000 t (minutes):
     # D goes on stepping only if the running thread follows the live change.
     trainer = _trainer(digits, max_age=0, duty_cycle=1e-4)
     trainer.warm_up(torch.randn(64, 1, 28, 28), steps=2)
     x, ages = torch.randn(8, 1, 28, 28), torch.full((8,), 10**6)
+    torch.set_num_threads(2)  # the sampler's thread before D starts
+    shared = max(1, min(2, len(os.sched_getaffinity(0)) - 1))  # 1 on a 2-core machine
     trainer.start()
     try:
-        trainer.offer(x, ages)
-        _wait(lambda: trainer.steps == 3)  # one step taken, a long rest begun
+        trainer.offer(x, ages)  # D is not resting: it takes this one, on the cores left
+        assert torch.get_num_threads() == shared
+        _wait(lambda: trainer.steps == 3)  # one step taken, a long rest about to begin
+
+        def offered_and_widened() -> bool:
+            trainer.offer(x, ages)
+            return torch.get_num_threads() == 2
+
+        _wait(offered_and_widened)  # D rests: the offering thread has all its threads again
+        assert trainer.steps == 3 and trainer.running
         trainer.set(duty_cycle=1.0)
         assert trainer.metrics()["duty_cycle"] == 1.0
 
@@ -581,9 +591,9 @@ def test_duty_cycle_changes_live_and_stop_ends_a_rest(digits) -> None:
             return trainer.steps >= 5
 
         _wait(offered_and_stepped)
-        trainer.set(duty_cycle=1e-4)  # the next step's rest is minutes long again
-        before = trainer.steps
-        _wait(lambda: trainer.offer(x, ages) or trainer.steps > before)
+        assert torch.get_num_threads() == shared  # no rests at duty 1: D always works
+        trainer.set(duty_cycle=1e-4)  # the rest after the step in hand is minutes long again
+        _wait(offered_and_widened)
     finally:
         assert trainer.stop()  # the rest ended at once (stop waits 10 s at most)
-    assert not trainer.running
+    assert not trainer.running and torch.get_num_threads() == 2

@@ -8,11 +8,14 @@ there are cores spin against each other and both slow down many times over. On C
 thread works on D's own stream (see `DiscriminatorStream`).
 
 Pacing: with a duty cycle below 1, the thread works at most that fraction of wall time. After
-handling an offer that took t seconds it rests `t * (1 - duty) / duty` seconds before it takes
-the next one, so D's work no longer competes with the sampler's for the memory bandwidth, caches
-and, on a machine shared with other processes, the cores, for the rest of the time. The
-time counted is the thread's own wall time; on CUDA that is the time to queue D's work, not
-the GPU's time to run it.
+handling an offer that took t seconds it rests `t * (1 - duty) / duty` seconds, then takes the
+first offer made after the rest. While it rests the sampler's thread has every core again: each
+`offer()` answers whether D rests, and `after_offer` gives the offering thread its full thread
+count for its next step, or the shared count back once D is about to work. D only ever takes an
+offer whose caller was told it is back, so the two teams never run on more threads than cores.
+(Sleeping alone would not do: on 2 cores the sampler would still run on 1 thread, and that
+thread count, not D's interference, is most of what D's training costs the sampler.) The time
+counted is the thread's own wall time; on CUDA that is the time to queue D's work, not the GPU's.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class TrainingThread:
         self._handle = handle
         self._on_error = on_error
         self._caller: tuple[int, int] | None = None  # (thread id, its thread count) for stop()
+        self._shared = 1  # the caller's thread count while D works (set by start())
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,6 +128,8 @@ class TrainingThread:
         On CPU with `share_cores`, the calling thread (the sampler's) is set to the cores this
         thread leaves free, `max(1, min(its count, cores - threads))`, until `stop()` is called
         from that same thread: 2 cores = 1 thread each, so OpenMP teams never oversubscribe.
+        While the thread rests (duty cycle below 1), `after_offer` gives that thread its own
+        count back between two offers.
         """
         if self.running:
             return
@@ -140,6 +146,24 @@ class TrainingThread:
             torch.set_num_threads(shared if self.share_cores else caller_threads)
             if self._caller is None:
                 self._caller = (threading.get_ident(), caller_threads)
+            self._shared = shared
+
+    def after_offer(self, resting: bool) -> None:
+        """Called in the thread that just offered, with what the offer answered: on CPU with
+        `share_cores`, if that is the thread that started this one, set its intra-op threads
+        for its next step: its own count while D rests, the shared count otherwise."""
+        caller = self._caller
+        if (
+            caller is None
+            or caller[0] != threading.get_ident()
+            or not self.share_cores
+            or self._device.type != "cpu"
+            or not self.running  # a failed thread: leave the cores as they are until stop()
+        ):
+            return
+        wanted = caller[1] if resting else self._shared
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Ask the thread to stop after its current step; True once it has stopped. Called
@@ -172,18 +196,28 @@ class TrainingThread:
                 with self._stream.active():
                     self._stream.wait_for(offer.ready)
                     self._handle(offer.x, offer.ages)
-                self._rest(self.busy.idle())
+                skip = self._rest(self.busy.idle())
+                if skip is not None:  # offers made while resting went to a sampler on all cores
+                    taken = skip
         except Exception as exc:  # reported through on_error; the thread ends here
             self._on_error(_failure_sentence(exc))
         finally:
             self.busy.stopped()
 
-    def _rest(self, busy_s: float) -> None:
-        """Wait out the pause the duty cycle asks for after `busy_s` seconds of work, or
-        until `stop()`. Offers made meanwhile are not lost: the newest is taken after."""
+    def _rest(self, busy_s: float) -> int | None:
+        """Wait out the pause the duty cycle asks for after `busy_s` seconds of work, or until
+        `stop()`. Returns None if there was none, else the index of the newest offer made
+        during it, which must not be taken: its caller went on with every core."""
         begun = time.perf_counter()
-        while not self._stop.is_set():
-            left = begun + pause_after(busy_s, self._duty) - time.perf_counter()
-            if left <= 0:
-                return
-            self._stop.wait(min(left, _POLL_S))
+        if pause_after(busy_s, self._duty) <= 0:
+            return None
+        self._offers.rest()
+        try:
+            while not self._stop.is_set():
+                left = begun + pause_after(busy_s, self._duty) - time.perf_counter()
+                if left <= 0:
+                    break
+                self._stop.wait(min(left, _POLL_S))
+        finally:
+            skip = self._offers.resume()
+        return skip

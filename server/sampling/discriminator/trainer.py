@@ -167,8 +167,11 @@ class DiscriminatorTrainer:
         """Hand the sampler's chains `x [N, C, H, W]` and their ages `[N]` (steps run) to D.
 
         Cheap: one copy of `x` into a one-slot mailbox; an offer not yet taken is replaced.
+        On CPU, from the thread that called `start()`, this also sets that thread's intra-op
+        threads for its next step: all of its own while D's thread rests (`duty_cycle`), the
+        cores D leaves otherwise.
         """
-        self._offers.offer(x, ages)
+        self._thread.after_offer(self._offers.offer(x, ages))
 
     # --------------------------------------------------------------------------- settings
     @property
@@ -223,6 +226,8 @@ class DiscriminatorTrainer:
         On CPU with `share_cores`, the calling thread (the sampler's) is set to the cores D's
         thread leaves free, `max(1, min(its count, cores - threads))`, until `stop()` is called
         from that same thread: 2 cores = 1 thread each, so OpenMP teams never oversubscribe.
+        While D's thread rests (`duty_cycle` below 1), that thread's `offer()` calls give it
+        its own count back until D is about to train again.
         """
         self._thread.start()
 
