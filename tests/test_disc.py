@@ -26,6 +26,8 @@ from ldam.sampling.discriminator import (
     real_images_for,
     run_with_discriminator,
 )
+from ldam.sampling.discriminator.thread import pause_after
+from ldam.sampling.discriminator.trainer import DEFAULT_DUTY_CYCLE
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
@@ -131,6 +133,8 @@ def test_process_pools_only_chains_that_fool_d_or_are_old(digits) -> None:
         "training",
         "tau",
         "lr",
+        "duty_cycle",
+        "busy_fraction",
         "error",
     }
     assert 0.0 <= m["acc_real"] <= 1.0 and m["loss"] > 0.0
@@ -486,3 +490,110 @@ def test_bad_learning_rate_and_missing_folder_are_one_sentence(tmp_path: Path) -
         f"Cannot write the discriminator to {target}: the folder {target.parent} does not exist."
     )
     assert not target.parent.exists()
+
+
+def test_duty_cycle_is_a_fraction_in_0_1_and_a_bad_one_is_one_sentence(digits) -> None:
+    trainer = _trainer(digits)
+    assert trainer.duty_cycle == DEFAULT_DUTY_CYCLE and 0.0 < DEFAULT_DUTY_CYCLE <= 1.0
+    assert trainer.metrics()["duty_cycle"] == DEFAULT_DUTY_CYCLE
+    assert trainer.metrics()["busy_fraction"] == 0.0  # the thread never ran
+    for bad, shown in [
+        (0.0, "0.0"),
+        (-0.5, "-0.5"),
+        (1.5, "1.5"),
+        (float("nan"), "nan"),
+        (True, "True"),
+        ("0.5", "'0.5'"),
+    ]:
+        message = f"The duty cycle must be more than 0 and at most 1, got {shown}."
+        with pytest.raises(DiscriminatorError) as info:
+            _trainer(digits, duty_cycle=bad)
+        assert str(info.value) == message
+        with pytest.raises(DiscriminatorError) as info:
+            trainer.set(lr=1e-3, duty_cycle=bad)
+        assert str(info.value) == message
+    # A refused setting changes nothing, not even the good one given with it.
+    assert (trainer.duty_cycle, trainer.metrics()["lr"]) == (DEFAULT_DUTY_CYCLE, 2e-4)
+    trainer.set(duty_cycle=1)
+    assert trainer.duty_cycle == 1.0 and trainer.metrics()["duty_cycle"] == 1.0
+    assert _trainer(digits, duty_cycle=0.25).metrics()["duty_cycle"] == 0.25
+
+
+def test_pause_after_a_step_leaves_work_the_duty_share_of_wall_time() -> None:
+    assert pause_after(0.03, 1.0) == 0.0  # no cap
+    assert pause_after(0.03, 0.5) == pytest.approx(0.03)
+    assert pause_after(0.03, 0.25) == pytest.approx(0.09)
+    assert pause_after(0.0, 0.25) == 0.0 and pause_after(-1.0, 0.5) == 0.0
+    for busy in (0.001, 0.028, 0.043, 2.0):
+        for duty in (0.1, 0.3, 0.5, 0.9):
+            assert busy / (busy + pause_after(busy, duty)) == pytest.approx(duty)
+
+
+def _train_in_background(trainer: DiscriminatorTrainer, steps: int) -> dict:
+    """Offer chains (every 5 ms, so a new one always waits) until D's thread has taken `steps`
+    more steps; stop it and answer its metrics."""
+    target = trainer.steps + steps
+    x = torch.randn(16, 1, 28, 28)
+    ages = torch.full((16,), 10**6)  # past max_age: every offer gets a step
+    trainer.start()
+    try:
+        end = time.monotonic() + 120
+        while trainer.steps < target:
+            assert time.monotonic() < end, "D's thread took too few steps in time"
+            assert trainer.metrics()["error"] is None
+            trainer.offer(x, ages)
+            time.sleep(0.005)
+    finally:
+        assert trainer.stop()
+    return trainer.metrics()
+
+
+def test_busy_fraction_stays_near_the_duty_cycle(digits) -> None:
+    # Worst case over k steps: stopped just after a step, before its rest, counts as
+    # (k + 1) t / (k t / duty + t): under 0.29 for k = 7 at duty 0.25. Slow steps on a loaded
+    # machine change t, not the ratio, which comes from the thread's own clock.
+    capped = _trainer(digits, max_age=0, duty_cycle=0.25)
+    capped.warm_up(torch.randn(64, 1, 28, 28), steps=2)  # not in the thread: one long span
+    m = _train_in_background(capped, 8)
+    assert 0.0 < m["busy_fraction"] < 0.35, m
+    assert m["steps_per_s"] > 0.0 and not m["training"]
+    free = _trainer(digits, max_age=0, duty_cycle=1.0)
+    free.warm_up(torch.randn(64, 1, 28, 28), steps=2)
+    m = _train_in_background(free, 8)
+    assert m["busy_fraction"] > 0.5, m  # about 1: a new offer is always waiting
+
+
+def test_duty_cycle_changes_live_rests_give_the_cores_back_and_stop_ends_a_rest(digits) -> None:
+    # At duty 1e-4 a step of t seconds is followed by a rest of about 10,000 t (minutes):
+    # D goes on stepping only if the running thread follows the live change.
+    trainer = _trainer(digits, max_age=0, duty_cycle=1e-4)
+    trainer.warm_up(torch.randn(64, 1, 28, 28), steps=2)
+    x, ages = torch.randn(8, 1, 28, 28), torch.full((8,), 10**6)
+    torch.set_num_threads(2)  # the sampler's thread before D starts
+    shared = max(1, min(2, len(os.sched_getaffinity(0)) - 1))  # 1 on a 2-core machine
+    trainer.start()
+    try:
+        trainer.offer(x, ages)  # D is not resting: it takes this one, on the cores left
+        assert torch.get_num_threads() == shared
+        _wait(lambda: trainer.steps == 3)  # one step taken, a long rest about to begin
+
+        def offered_and_widened() -> bool:
+            trainer.offer(x, ages)
+            return torch.get_num_threads() == 2
+
+        _wait(offered_and_widened)  # D rests: the offering thread has all its threads again
+        assert trainer.steps == 3 and trainer.running
+        trainer.set(duty_cycle=1.0)
+        assert trainer.metrics()["duty_cycle"] == 1.0
+
+        def offered_and_stepped() -> bool:
+            trainer.offer(x, ages)
+            return trainer.steps >= 5
+
+        _wait(offered_and_stepped)
+        assert torch.get_num_threads() == shared  # no rests at duty 1: D always works
+        trainer.set(duty_cycle=1e-4)  # the rest after the step in hand is minutes long again
+        _wait(offered_and_widened)
+    finally:
+        assert trainer.stop()  # the rest ended at once (stop waits 10 s at most)
+    assert not trainer.running and torch.get_num_threads() == 2

@@ -2,6 +2,10 @@
 
 The sampler never waits for D: an offer is one copy of the chains, and an offer D has not
 taken yet is simply replaced, so D trains at most once per offer, on the freshest chains.
+
+The box also says whether D's thread is resting (its duty cycle; see `thread`): each offer
+answers it, so the sampler's thread can use every core until the next offer, and D, when its
+rest ends, takes only an offer made after that (whose caller was told D is back).
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ class OfferBox:
         self._cond = threading.Condition()
         self._latest: Offer | None = None
         self._count = 0
+        self._resting = False
 
-    def offer(self, x: torch.Tensor, ages: torch.Tensor) -> None:
-        """Replace the offer with copies of the chains `x [N, C, H, W]` and their `ages [N]`."""
+    def offer(self, x: torch.Tensor, ages: torch.Tensor) -> bool:
+        """Replace the offer with copies of the chains `x [N, C, H, W]` and their `ages [N]`.
+        Returns whether D's thread is resting (so it will not take this offer)."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise DiscriminatorError(
                 f"Offered chains are {tuple(x.shape[1:])} but the discriminator expects {self.input_shape}."
@@ -56,6 +62,7 @@ class OfferBox:
             self._count += 1
             self._latest = Offer(snapshot, ages, ready, self._count)
             self._cond.notify()
+            return self._resting
 
     def take(self, taken: int, timeout: float) -> Offer | None:
         """The newest offer if its index is not `taken` (the last one taken); else wait up to
@@ -66,6 +73,19 @@ class OfferBox:
                 self._cond.wait(timeout=timeout)
                 return None
             return offer
+
+    def rest(self) -> None:
+        """D's thread begins a rest: offers from now on answer True."""
+        with self._cond:
+            self._resting = True
+
+    def resume(self) -> int:
+        """D's thread ends a rest: offers from now on answer False. Returns the index of the
+        newest offer, made while D rested, for D to pass over in `take` (under the same lock
+        as `offer`, so no offer falls between the two)."""
+        with self._cond:
+            self._resting = False
+            return self._count
 
     def wake(self) -> None:
         """End every wait in `take` now (so a stopping thread notices at once)."""

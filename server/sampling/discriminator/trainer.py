@@ -44,12 +44,23 @@ from ldam.sampling.discriminator.checkpoint import (
 from ldam.sampling.discriminator.data import real_images_for
 from ldam.sampling.discriminator.errors import DiscriminatorError
 from ldam.sampling.discriminator.offers import OfferBox
-from ldam.sampling.discriminator.thread import TrainingThread
+from ldam.sampling.discriminator.thread import TrainingThread, check_duty_cycle
 from ldam.sampling.discriminator.training import DiscriminatorLearner
+
+# The share of wall time D's thread may train by default: the largest duty that kept the
+# sampler at >= 0.7 of its speed with D frozen, with margin, on the 2-core benchmark machine
+# (`benchmarks/bench_disc.py`, 10 rounds: C/B 0.67 at 1, 0.70 at 0.75, 0.75 at 0.6, 0.79 at
+# 0.5), with D's accuracy on held-out digits and on the chains as good as with no cap.
+DEFAULT_DUTY_CYCLE = 0.5
 
 
 def _check_options(
-    real_images: torch.Tensor, batch_size: int, max_age: int, threads: int, warm_up_steps: int
+    real_images: torch.Tensor,
+    batch_size: int,
+    max_age: int,
+    threads: int,
+    warm_up_steps: int,
+    duty_cycle: float,
 ) -> None:
     """Raise `DiscriminatorError` for the first bad argument, before anything is built."""
     if real_images.dim() != 4 or real_images.shape[0] == 0:
@@ -64,6 +75,7 @@ def _check_options(
         raise DiscriminatorError(f"threads must be at least 1, got {threads}.")
     if warm_up_steps < 0:
         raise DiscriminatorError(f"Warm-up steps must be 0 or more, got {warm_up_steps}.")
+    check_duty_cycle(duty_cycle)
 
 
 class DiscriminatorTrainer:
@@ -87,15 +99,19 @@ class DiscriminatorTrainer:
         seed: int = 0,
         threads: int = 1,
         share_cores: bool = True,
+        duty_cycle: float = DEFAULT_DUTY_CYCLE,
         on_publish: Callable[[int, nn.Module], None] | None = None,
     ) -> None:
         """`warm_up_steps`: a D that never trained is first warmed up this many steps against
         the first chains it is offered (0 = never). `threads`: intra-op threads of D's thread
-        on CPU; `share_cores`: see `start()`.
+        on CPU; `share_cores`: see `start()`. `duty_cycle`: the most of wall time, a fraction
+        in (0, 1], that the background thread spends training (1 = no cap): after an offer
+        that took t seconds it rests `t * (1 - duty_cycle) / duty_cycle` seconds, which leaves
+        the sampler the machine more of the time at the price of fewer D steps.
         `on_publish(version, module)`, if given, is called with each new published copy just
         before `current()` can return it (from the trainer's thread, or the caller's for
         warm-up and load)."""
-        _check_options(real_images, batch_size, max_age, threads, warm_up_steps)
+        _check_options(real_images, batch_size, max_age, threads, warm_up_steps, duty_cycle)
         self.device = torch.device(device)
         self.input_shape: tuple[int, int, int] = tuple(real_images.shape[1:])  # type: ignore[assignment]
         expected = getattr(discriminator, "input_shape", None)
@@ -126,6 +142,7 @@ class DiscriminatorTrainer:
             self._publisher.fail,
             threads=int(threads),
             share_cores=bool(share_cores),
+            duty_cycle=duty_cycle,
         )
 
     # ----------------------------------------------------------------- what the sampler reads
@@ -153,8 +170,11 @@ class DiscriminatorTrainer:
         """Hand the sampler's chains `x [N, C, H, W]` and their ages `[N]` (steps run) to D.
 
         Cheap: one copy of `x` into a one-slot mailbox; an offer not yet taken is replaced.
+        On CPU, from the thread that called `start()`, this also sets that thread's intra-op
+        threads for its next step: all of its own while D's thread rests (`duty_cycle`), the
+        cores D leaves otherwise.
         """
-        self._offers.offer(x, ages)
+        self._thread.after_offer(self._offers.offer(x, ages))
 
     # --------------------------------------------------------------------------- settings
     @property
@@ -178,15 +198,29 @@ class DiscriminatorTrainer:
         return self._thread.share_cores
 
     @property
+    def duty_cycle(self) -> float:
+        """The most of wall time D's background thread spends training, in (0, 1]; 1 = no cap."""
+        return self._thread.duty_cycle
+
+    @property
     def on_publish(self) -> Callable[[int, nn.Module], None] | None:
         """Called with each new published copy, `(version, module)`, or None."""
         return self._publisher.on_publish
 
     def set(
-        self, lr: float | None = None, tau: float | None = None, training: bool | None = None
+        self,
+        lr: float | None = None,
+        tau: float | None = None,
+        training: bool | None = None,
+        duty_cycle: float | None = None,
     ) -> None:
-        """Change the learning rate (> 0), tau (in [0, 1]) or switch online training on/off."""
+        """Change the learning rate (> 0), tau (in [0, 1]), switch online training on/off, or
+        change the duty cycle (in (0, 1]; a running thread follows within 0.1 s)."""
+        if duty_cycle is not None:
+            check_duty_cycle(duty_cycle)  # before anything changes, like the others
         self._learner.set(lr=lr, tau=tau, training=training)
+        if duty_cycle is not None:
+            self._thread.duty_cycle = duty_cycle
 
     # --------------------------------------------------------------------------- the thread
     def start(self) -> None:
@@ -195,6 +229,8 @@ class DiscriminatorTrainer:
         On CPU with `share_cores`, the calling thread (the sampler's) is set to the cores D's
         thread leaves free, `max(1, min(its count, cores - threads))`, until `stop()` is called
         from that same thread: 2 cores = 1 thread each, so OpenMP teams never oversubscribe.
+        While D's thread rests (`duty_cycle` below 1), that thread's `offer()` calls give it
+        its own count back until D is about to train again.
         """
         self._thread.start()
 
@@ -219,7 +255,9 @@ class DiscriminatorTrainer:
         """Live figures: `loss` (BCE of the last batch), `acc_real`, `acc_generated` (fractions
         of the last batch D got right), `mean_d` (mean sigmoid(D(x)) over the last offered
         chains), `steps_per_s`, `step_ms` (mean time of one D step), `steps`, `version`,
-        `training`, `tau`, `lr`, `error` (one sentence, or None)."""
+        `training`, `tau`, `lr`, `duty_cycle`, `busy_fraction` (the fraction of the thread's
+        last 10 s of wall time, up to now or to `stop()`, spent on offers; 0.0 before it
+        first ran), `error` (one sentence, or None)."""
         learner = self._learner
         return {
             **learner.stats.as_dict(),
@@ -228,6 +266,8 @@ class DiscriminatorTrainer:
             "training": learner.training and self.running,
             "tau": learner.tau,
             "lr": learner.lr,
+            "duty_cycle": self._thread.duty_cycle,
+            "busy_fraction": self._thread.busy_fraction(),
             "error": self._publisher.error,
         }
 
@@ -276,7 +316,7 @@ def build_discriminator_for(
 
     Real images come from `real_images_for`; `checkpoint` (a file from `save()`) sets the
     starting weights; `trainer_options` go to the trainer (lr, tau, max_age, batch_size, seed,
-    threads). Raises `DiscriminatorError` with one sentence on any bad input.
+    threads, duty_cycle, ...). Raises `DiscriminatorError` with one sentence on any bad input.
     """
     real = real_images_for(input_shape, normalization, data)
     try:
