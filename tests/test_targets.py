@@ -342,3 +342,30 @@ def test_unknown_layer_of_an_export_lists_the_layers(tmp_path: Path) -> None:
         Target(loaded.module, "fc9:1", 2)
     assert str(info.value) == f"No layer named 'fc9'; the layers are: {LENET_LAYERS}."
     assert info.value.field == "layer"
+
+
+def test_the_flat_graph_path_gives_the_same_samples_as_the_hook_path(tmp_path: Path) -> None:
+    # The whole sampler on the two paths of one checkpoint: same seed, same chains after 30
+    # steps of Langevin dynamics at T > 0.
+    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.sampling.energy import ActivationTerm, L2Term
+    from ldam.sampling.sampler import Sampler, SamplerConfig
+
+    torch.manual_seed(0)
+    path = export_checkpoint(LeNet().eval(), tmp_path / "l.pt2", (1, 28, 28))
+    flat = load_checkpoint(path).module
+    unflat = torch.export.unflatten(torch.export.load(path))
+    finals = []
+    for module in (flat, unflat):
+        target = Target(module, "conv2:0-3", 8)
+        config = SamplerConfig(chains=8, temperature=0.05, step_size=0.05, seed=3, window=10)
+        sampler = Sampler([ActivationTerm(target), L2Term()], (1, 28, 28), config)
+        for _ in range(30):
+            sampler.step()
+        finals.append((sampler.x.clone(), sampler.window_mean().clone()))
+    assert (Target(flat, "conv2:0-3", 8).cut is not None) and Target(
+        unflat, "conv2:0", 8
+    ).cut is None
+    torch.testing.assert_close(finals[0][0], finals[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(finals[0][1], finals[1][1], rtol=1e-4, atol=1e-5)
+    assert float((finals[0][0] - finals[0][0].mean()).abs().max()) > 0.1  # the chains moved
