@@ -689,7 +689,7 @@ def test_a_diverged_chain_takes_a_fresh_start_that_shifts_no_other_chain(sync_fr
     )
     good = Sampler([ActivationTerm(lambda x: net(x)[:, 0]), L2Term()], (1, 4, 4), config)
     bad = Sampler([ActivationTerm(poisoned_net({3}, 1)), L2Term()], (1, 4, 4), config)
-    spare = bad._spare[1].clone()
+    spare = bad.spare.starts[1].clone()
     run(good, 2)
     run(bad, 2)
     info = bad.step()

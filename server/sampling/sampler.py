@@ -297,6 +297,45 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+class SpareStarts:
+    """Each chain's next start should it diverge, drawn ahead of need, so that a reset under a
+    mask reads nothing on the host.
+
+    `starts` `[N, C, H, W]` is `init_std` times a standard normal from its own generator
+    (seeded `seed`), clamped by the current `clamp`; `refill` redraws the rows that were used.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        init_std: float,
+        clamp: tuple[float, float] | None,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.init_std = init_std
+        self._gen = torch.Generator(device=device).manual_seed(seed)
+        self._raw = torch.randn(shape, generator=self._gen, device=device).mul_(init_std)
+        self._clamp: tuple[float, float] | None = None
+        self.starts = self._raw
+        self.set_clamp(clamp)
+
+    def set_clamp(self, clamp: tuple[float, float] | None) -> None:
+        """Clamp the starts to `clamp` (they are drawn before the clamp that applies when they
+        are used is known), or leave them raw (None)."""
+        self._clamp = clamp
+        self.starts = self._raw if clamp is None else self._raw.clamp(*clamp)
+
+    def refill(self, idx: Tensor) -> None:
+        """Draw new starts for the chains with indices `idx [M]` (their rows were used)."""
+        fresh = torch.randn(
+            (idx.numel(), *self._raw.shape[1:]), generator=self._gen, device=self._raw.device
+        ).mul_(self.init_std)
+        self._raw[idx] = fresh
+        if self._clamp is not None:
+            self.starts[idx] = fresh.clamp(*self._clamp)
+
+
 class Sampler:
     """LDAM chains: owns x `[N, C, H, W]`, velocities, the RNGs and the step counter, and steps
     them with `langevin_step` along `update_direction`, feeding burn-in and the averages.
@@ -313,6 +352,7 @@ class Sampler:
         device: where the chains live.
         sync_free: whether a step never reads the device on the host (`SamplerConfig.sync_free`
             resolved for this device).
+        spare: `SpareStarts`, each chain's next start should it diverge.
     """
 
     def __init__(
@@ -344,7 +384,6 @@ class Sampler:
         spare_seed = int(torch.randint(0, 2**62, (1,), generator=seeder))
         self._init_gen = torch.Generator(device=dev).manual_seed(init_seed)
         self._noise_gen = torch.Generator(device=dev).manual_seed(noise_seed)
-        self._spare_gen = torch.Generator(device=dev).manual_seed(spare_seed)
         self.x = torch.empty(full, device=dev)
         self.v = torch.zeros(full, device=dev)
         self._noise = torch.empty(full, device=dev)
@@ -367,13 +406,7 @@ class Sampler:
         self._check_window_memory(config.window)
         self._window = MovingWindow(config.window, full, dev)
         self._mean = RunningMean(full, dev)
-        # The spare starts `[N, C, H, W]`: row i is chain i's next start should it diverge,
-        # `init_std` times a standard normal; `_spare` is that clamped by the current `clamp`.
-        self._spare_raw = torch.randn(full, generator=self._spare_gen, device=dev).mul_(
-            config.init_std
-        )
-        self._spare = self._spare_raw
-        self._clamp_spare()
+        self.spare = SpareStarts(full, config.init_std, config.clamp, spare_seed, dev)
         # Host checks: every `_period` steps post a copy of (burned, resets) and read the one
         # posted the period before. With auto burn-in the period is at most half the burn-in
         # window: a chain reset under a mask while the host believes every chain burned in is
@@ -410,12 +443,6 @@ class Sampler:
             for value in [getattr(config, name)]
         }
 
-    def _clamp_spare(self) -> None:
-        """Make `_spare` the raw spare starts clamped to the current `clamp` (they are drawn
-        before the clamp that applies when they are used is known)."""
-        clamp = self.config.clamp
-        self._spare = self._spare_raw if clamp is None else self._spare_raw.clamp(*clamp)
-
     def _check_window_memory(self, window: int) -> None:
         check_window_memory(window, self.config.chains, self.input_shape, self.x.element_size())
 
@@ -444,7 +471,7 @@ class Sampler:
         if window_changed:  # its memory was checked by `set`
             self._window.resize(pending.window)
         if clamp_changed:
-            self._clamp_spare()
+            self.spare.set_clamp(pending.clamp)
 
     def reset(self, chains: Sequence[int] | Tensor | None = None) -> None:
         """Re-initialize all chains (None) or the given chain indices: fresh x0, v = 0, burn-in,
@@ -484,7 +511,7 @@ class Sampler:
         count them in `resets`, all under the mask: nothing here reads the device."""
         bad4 = _bcast(bad, self.x)
         self.resets.add_(bad)
-        torch.where(bad4, self._spare, self.x, out=self.x)  # type: ignore[arg-type]
+        torch.where(bad4, self.spare.starts, self.x, out=self.x)  # type: ignore[arg-type]
         self.v.masked_fill_(bad4, 0)  # type: ignore[arg-type]
         self.age.masked_fill_(bad, 0)
         self._window.reset_mask(bad)
@@ -508,20 +535,11 @@ class Sampler:
             burned, resets = self._copy.wait()
             changed = (resets != self._resets_seen).nonzero().squeeze(1)
             if changed.numel():
-                self._refill(to_device(changed, self.device))
+                self.spare.refill(to_device(changed, self.device))
             self._resets_seen = resets.clone()
             burn_in.set_done(bool(burned.all()) and self._host_resets == self._copy_host_resets)
         self._copy.post(burn_in.burned, self.resets)
         self._copy_host_resets = self._host_resets
-
-    def _refill(self, idx: Tensor) -> None:
-        """Draw new spare starts for the chains with indices `idx [M]` (their rows were used)."""
-        fresh = torch.randn(
-            (idx.numel(), *self.input_shape), generator=self._spare_gen, device=self.device
-        ).mul_(self.config.init_std)
-        self._spare_raw[idx] = fresh
-        if self._spare is not self._spare_raw:
-            self._spare[idx] = fresh.clamp(*self.config.clamp)  # type: ignore[misc]
 
     # -------------------------------------------------------------------------- reading
     def window_mean(self) -> Tensor:
