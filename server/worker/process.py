@@ -30,6 +30,7 @@ import torch
 
 from ldam.errors import UserError
 from ldam.sampling.device import pick_device
+from ldam.sampling.sampler import check_window_memory
 from ldam.wire.events import (
     Command,
     Reset,
@@ -55,7 +56,9 @@ IDLE_FRAME_EVERY_S = 1.0
 class Worker:
     """The sampler loop and its state; `run` until the server says stop or goes away."""
 
-    def __init__(self, config: WorkerConfig, end: WorkerEnd) -> None:
+    def __init__(
+        self, config: WorkerConfig, end: WorkerEnd, publisher: Publisher | None = None
+    ) -> None:
         self.config = config
         self.end = end
         self.device = pick_device(config.device)
@@ -65,7 +68,8 @@ class Worker:
             "checkpoint": config.checkpoint,
             "compare": config.compare,
         }
-        self.publisher = Publisher(end.outbox, config.jpeg_quality)
+        # One publisher per process: `run_worker` makes it before the worker, for a refused start.
+        self.publisher = publisher or Publisher(end.outbox, config.jpeg_quality)
         trusted = config.trusted_paths
         if trusted is None:  # started directly (not by the server): the config's own files
             trusted = (config.checkpoint, config.compare)
@@ -150,8 +154,6 @@ class Worker:
             if rebuild:
                 params = self.build(params, sources)
             elif "window" in changed:
-                from ldam.sampling.sampler import check_window_memory
-
                 main = self.panels[0]
                 chains = sum(p.sampler.config.chains for p in self.panels)
                 check_window_memory(params.window, chains, main.loaded.input_shape)
@@ -280,7 +282,7 @@ def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     publisher = Publisher(end.outbox, config.jpeg_quality)
     try:
-        worker = Worker(config, end)
+        worker = Worker(config, end, publisher)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         elif worker.device.type == "cpu":
