@@ -92,7 +92,7 @@ def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
     named = [info for info in layers if info.name and info.units > 0]
     out = [info for info in layers if not info.name and info.units > 0]
     if out and (not named or tuple(named[-1].shape) != tuple(out[0].shape)):
-        named.append(LayerInfo("output", out[0].shape, out[0].units))
+        named.append(LayerInfo("output", out[0].shape, out[0].units, out[0].kind))
     return named
 
 

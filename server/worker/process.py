@@ -113,7 +113,8 @@ class Worker:
         return {
             "device": str(self.device),
             "layers": [
-                {"name": i.name, "shape": list(i.shape), "units": i.units} for i in self.layers
+                {"name": i.name, "shape": list(i.shape), "units": i.units, "kind": i.kind}
+                for i in self.layers
             ],
             "input_shape": list(main.input_shape),
             "class_names": main.class_names,
