@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ldam.cli import inspect, sample, serve, train
+from ldam.cli import atlas, inspect, sample, serve, train
 from ldam.cli.options import add_checkpoint_options, add_layout_option
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_options(i)
     add_layout_option(i)
     i.set_defaults(func=inspect.cmd_inspect)
+
+    atlas.add_atlas_parser(sub, add_checkpoint_options, add_layout_option)
 
     t = sub.add_parser("train", help="train the bundled LeNet (plain and parameter-averaged)")
     t.add_argument("dataset", choices=["mnist"])
