@@ -302,3 +302,65 @@ def test_an_existing_cluster_started_with_ray_start(local: Path, tmp_path: Path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 units of fc1" in result.stderr
     same_results(local, out, range(2, 4))
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+def test_the_dashboard_shows_the_atlas_and_a_click_samples_the_unit_live(
+    local: Path, tmp_path: Path
+) -> None:
+    from ldam.atlas.plan import unit_seed
+    from tests.support import LiveServer
+
+    server = LiveServer(tmp_path, "--atlas", str(local))
+    try:
+        server.wait_ready()
+        assert server.http.get("/api/atlas").json() == {"atlas": {"layer": "fc1", "units": 8}}
+        page = server.http.get("/atlas")
+        assert page.status_code == 200 and '"base": "/atlas/"' in page.text
+        png = server.http.get("/atlas/units/unit_00003.png")
+        assert png.content == (local / "units" / "unit_00003.png").read_bytes()
+        for bad in (
+            "/atlas/units/unit_00099.png",
+            "/atlas/units/atlas.json",
+            "/atlas/units/..%2Fatlas.json",
+        ):
+            assert server.http.get(bad).status_code == 404, bad
+        if not Path(CHROMIUM).exists():
+            pytest.skip(f"no chromium at {CHROMIUM} (make chromium installs it)")
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+            try:
+                tab = browser.new_page()
+                tab.goto(server.base + "/")
+                link = tab.locator("#atlas-link")
+                link.wait_for()
+                assert link.text_content() == "Atlas: 8 units of fc1"
+                link.click()
+                tab.wait_for_url(server.base + "/atlas")
+                tab.wait_for_function(
+                    "[...document.images].slice(0, 8).every(i => i.complete && i.naturalWidth > 0)"
+                )
+                tab.locator('figure[data-unit="3"] a.live').click()
+                tab.wait_for_function(
+                    "window.ldam && window.ldam.header && window.ldam.header.panels[0].target === 'fc1:3'",
+                    timeout=60_000,
+                )
+            finally:
+                browser.close()
+        params = server.state()["params"]
+        assert (params["layer"], params["unit"], params["layout"], params["chains"]) == (
+            "fc1",
+            3,
+            "chains",
+            8,
+        )
+        assert params["seed"] == unit_seed(0, 3)
+        assert (params["temperature"], params["step_size"], params["window"]) == (0.01, 0.05, 50)
+    finally:
+        server.stop()

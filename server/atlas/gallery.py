@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ldam.atlas.render import atomic_write
+from ldam.atlas.files import atomic_write
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -67,15 +67,23 @@ function draw() {{
     const fig = document.createElement("figure");
     fig.dataset.unit = u.unit;
     const img = document.createElement("img");
-    img.src = u.png;
+    img.src = atlas.base + u.png;
     img.alt = `unit ${{u.unit}}`;
     img.loading = "lazy";
     const cap = document.createElement("figcaption");
     cap.textContent = caption(u);
     if (u.rhat !== null && u.rhat > 1.1) cap.classList.add("bad");
     fig.append(img, cap);
+    if (u.live) {{
+      const link = document.createElement("a");
+      link.href = u.live;
+      link.className = "live";
+      link.textContent = "sample live";
+      link.addEventListener("click", (e) => e.stopPropagation());
+      fig.append(link);
+    }}
     fig.addEventListener("click", () => {{
-      big.querySelector("img").src = u.png;
+      big.querySelector("img").src = atlas.base + u.png;
       document.getElementById("big-caption").textContent = caption(u);
       big.classList.add("open");
     }});
@@ -93,8 +101,12 @@ draw();
 """
 
 
-def write_gallery(out: Path, manifest: dict[str, Any]) -> Path:
-    """Write `out/index.html` for `manifest` (atomically) and return its path."""
+def gallery_html(
+    manifest: dict[str, Any], live: dict[int, str] | None = None, base: str = ""
+) -> str:
+    """The gallery page for `manifest`; `live` maps units to a dashboard URL that samples the
+    unit live with the atlas's settings (the dashboard's Atlas view), None for the static page;
+    `base` goes before the image paths (``/atlas/`` in the dashboard, "" beside the files)."""
     checkpoint = Path(manifest["checkpoint"]["path"]).name
     title = f"{checkpoint} · {manifest['layer']}"
     s = manifest["settings"]
@@ -104,10 +116,16 @@ def write_gallery(out: Path, manifest: dict[str, Any]) -> Path:
         f"L2 {s['l2_weight']} · seed {s['seed']}. Each image: the window means (top row) and the "
         "last samples (bottom row), grey = 0."
     )
-    data = {"units": manifest["units"], "layer": manifest["layer"]}
+    units = [{**e, "live": (live or {}).get(e["unit"])} for e in manifest["units"]]
+    data = {"units": units, "layer": manifest["layer"], "base": base}
     # `</` inside the JSON would end the script element early.
     text = json.dumps(data).replace("</", "<\\/")
-    page = _PAGE.format(title=html.escape(title), subtitle=html.escape(subtitle), data=text)
+    return _PAGE.format(title=html.escape(title), subtitle=html.escape(subtitle), data=text)
+
+
+def write_gallery(out: Path, manifest: dict[str, Any]) -> Path:
+    """Write `out/index.html` for `manifest` (atomically) and return its path."""
+    page = gallery_html(manifest)
     path = out / "index.html"
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

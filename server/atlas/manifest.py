@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ldam.atlas.files import atomic_write
 from ldam.atlas.plan import Job
-from ldam.atlas.render import atomic_write
 from ldam.errors import UserError
 
 MANIFEST = "atlas.json"

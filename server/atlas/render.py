@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,25 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldam.atlas.plan import Job, unit_files, unit_seed
+from ldam.atlas.files import atomic_write, unit_files
+from ldam.atlas.plan import Job, unit_seed
 from ldam.models.loading import load_checkpoint
 from ldam.sampling.diagnostics import unit_diagnostics
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import tile, to_display, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename the file into place: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="access token for a non-loopback bind (default: $LDAM_TOKEN, else one is generated and printed)",
     )
     v.add_argument("--trust-checkpoint", action="store_true")
+    v.add_argument(
+        "--atlas", help="an ldam atlas folder: its gallery at /atlas, each unit a click from live"
+    )
     v.set_defaults(func=serve.cmd_serve)
     return parser
 
