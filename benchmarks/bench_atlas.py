@@ -33,7 +33,7 @@ def run(layer: str, units: int, steps: int, executor: str, workers: int) -> dict
     argv = [
         sys.executable, "-m", "ldam", "atlas", str(DEFAULT_CHECKPOINT), "--layer", layer,
         "--units", f"0-{units - 1}", "--steps", str(steps), "--chains", "8",
-        "--batch-units", "4", "--out", str(out / "a"),
+        "--batch-units", "2", "--out", str(out / "a"),
     ]  # fmt: skip
     if executor == "ray":
         argv += ["--executor", "ray", "--workers", str(workers)]
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args(argv)
-    print(f"ldam atlas on LeNet, {args.steps} steps x 8 chains per unit, 4 units per batch")
+    print(f"ldam atlas on LeNet, {args.steps} steps x 8 chains per unit, 2 units per batch")
     print(
         f"{'layer':<6} {'run':<14} {'units/min total':>16} {'units/min rendering':>20} {'wall s':>7}"
     )
