@@ -43,9 +43,6 @@ class _ActorRenderer:
     def render(self, units: list[int]) -> list[Rendered]:
         return self.renderer.render(units)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def _replace_checkpoint(job: Job, path: str) -> Job:
     from dataclasses import replace
@@ -53,11 +50,8 @@ def _replace_checkpoint(job: Job, path: str) -> Job:
     return replace(job, checkpoint=path)
 
 
-def ray_init(address: str | None, workers: int, threads: int) -> Any:
-    """Connect to the cluster at `address` (or start a local one sized to this machine) and
-    return the `ray` module. Token authentication (on by default for clusters started with
-    `ray start`) is switched on before Ray is imported, so the token in ~/.ray/auth_token is
-    used without the user knowing about it."""
+def _import_ray() -> Any:
+    """`ray`, imported with token authentication on (it reads the setting at import)."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
@@ -65,6 +59,15 @@ def ray_init(address: str | None, workers: int, threads: int) -> Any:
         raise AtlasError(
             "--executor ray needs Ray: install ldam[ray] (pip install 'ldam[ray]')."
         ) from None
+    return ray
+
+
+def ray_init(address: str | None, workers: int, threads: int) -> Any:
+    """Connect to the cluster at `address` (or start a local one sized to this machine) and
+    return the `ray` module. Token authentication (on by default for clusters started with
+    `ray start`) is switched on before Ray is imported, so the token in ~/.ray/auth_token is
+    used without the user knowing about it."""
+    ray = _import_ray()
     if ray.is_initialized():
         return ray
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -87,11 +90,27 @@ def run_ray(
     address: str | None,
     workers: int,
     gpus_per_worker: float,
-    on_actors: Callable[[list[int]], None] | None = None,
 ) -> int:
     """Render `batches` on `workers` Ray actors; returns how many actors were replaced
-    after dying. `on_actors` is told the process ids of the actors once they run."""
+    after dying. A cluster this call started is shut down at the end."""
+    ray = _import_ray()
+    started_here = not ray.is_initialized()
     ray = ray_init(address, workers, job.settings.threads)
+    try:
+        return _dispatch(ray, job, batches, on_done, workers, gpus_per_worker)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _dispatch(
+    ray: Any,
+    job: Job,
+    batches: list[list[int]],
+    on_done: OnDone,
+    workers: int,
+    gpus_per_worker: float,
+) -> int:
     from ray.exceptions import RayActorError
 
     remote = ray.remote(num_cpus=job.settings.threads, num_gpus=gpus_per_worker, max_restarts=0)(
@@ -104,8 +123,6 @@ def run_ray(
     blob = ray.put(Path(job.checkpoint).read_bytes())
     suffix = Path(job.checkpoint).suffix
     actors = [remote.remote(job, blob, suffix) for _ in range(max(1, workers))]
-    if on_actors is not None:
-        on_actors(ray.get([a.pid.remote() for a in actors]))
     queue = list(batches)
     running: dict[Any, tuple[Any, list[int]]] = {}
     idle = list(actors)
@@ -130,7 +147,8 @@ def run_ray(
                     "(run again with --resume)."
                 ) from None
             queue.insert(0, batch)
-            idle.append(remote.remote(job, blob, suffix))
+            actors.append(remote.remote(job, blob, suffix))
+            idle.append(actors[-1])
             continue
         on_done(result)
         idle.append(actor)

@@ -12,6 +12,9 @@ from typing import Any
 
 from ldam.cli.options import UsageError, burn_in_value, float_tuple, int_triple
 
+# The most units one sampler batch holds with --batch-units auto (8 chains each: 512 chains).
+MAX_BATCH_UNITS = 64
+
 
 def add_atlas_parser(sub: Any, add_checkpoint_options: Any, add_layout_option: Any) -> None:
     """The `atlas` subcommand's options."""
@@ -32,7 +35,12 @@ def add_atlas_parser(sub: Any, add_checkpoint_options: Any, add_layout_option: A
     a.add_argument("--clamp", help="lo,hi: clamp the input to this range after each step")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--record-every", type=int, default=10)
-    a.add_argument("--batch-units", type=int, default=16, help="units per sampler batch")
+    a.add_argument(
+        "--batch-units",
+        default="auto",
+        help="units per sampler batch: auto (as many as the window memory budget allows, at most "
+        f"{MAX_BATCH_UNITS}) or a number",
+    )
     a.add_argument("--threads", type=int, default=1, help="torch threads per worker (pinned)")
     a.add_argument("--out", required=True, help="the atlas folder")
     a.add_argument("--executor", default="local", choices=["local", "ray"])
@@ -66,8 +74,28 @@ def parse_units(text: str | None, count: int, layer: str) -> list[int]:
     return list(range(first, last + 1))
 
 
+def batch_units(text: str, settings: Any, input_shape: tuple[int, ...]) -> int:
+    """`--batch-units`: a number >= 1, or `auto`: as many units as keep one batch's averaging
+    window within the window memory budget, at most `MAX_BATCH_UNITS` (from the settings and
+    the input shape alone, so every machine batches alike; results do not depend on it)."""
+    if text != "auto":
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise UsageError(f"--batch-units must be auto or a whole number >= 1, not {text!r}.")
+        return value
+    import math
+
+    from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
+
+    per_unit = settings.chains * settings.window * math.prod(input_shape) * 4
+    return max(1, min(MAX_BATCH_UNITS, WINDOW_MEMORY_LIMIT_BYTES // per_unit))
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
-    for name in ("chains", "steps", "window", "record_every", "batch_units", "threads"):
+    for name in ("chains", "steps", "window", "record_every", "threads"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1.")
     if args.workers is not None and args.workers < 1:
@@ -114,7 +142,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         seed=args.seed,
         layout=args.layout,
         threads=args.threads,
-        batch_units=args.batch_units,
+        batch_units=1,
     )
     device = str(pick_device(args.device)) if args.executor == "local" else "cpu"
     job = Job(
@@ -134,7 +162,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     units = parse_units(args.units, count, args.layer)
     from dataclasses import replace
 
-    job = replace(job, units=units)
+    per_batch = batch_units(args.batch_units, settings, renderer.loaded.input_shape)
+    job = replace(job, units=units, settings=replace(settings, batch_units=per_batch))
     renderer.job = job
     manifest = new_manifest(job, file_sha256(args.checkpoint), count)
     old = read_manifest(out)
@@ -181,7 +210,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
                 batches,
                 on_done,
                 args.ray_address,
-                args.workers or 0 or _cpus(),
+                args.workers or _cpus(),
                 args.gpus_per_worker,
             )
     except KeyboardInterrupt:
