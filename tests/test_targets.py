@@ -689,3 +689,43 @@ def test_token_targets_out_of_range(spec: str, message: str) -> None:
     with pytest.raises(TargetError) as info:
         Target(frozen_eval(Tokens()), spec, 2, input_shape=(1, 4, 4))
     assert str(info.value) == message
+
+
+def test_the_cut_graph_keeps_in_place_writes_into_what_it_reads(tmp_path: Path) -> None:
+    """A mask filled in place (`mask[0:2] = 1`, as Swin builds its window mask) is a `fill_`
+    node nothing uses: the cut keeps it, and an in-place op after the cut point does not count."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, kernel_size=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(x.shape[-2], x.shape[-1])
+            mask[0:2, :] = 1.0
+            mask[:, 3] = 2.0
+            return self.conv(x) * mask
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Masked()
+            self.bn = nn.BatchNorm2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu_(self.bn(self.block(x))) + 1
+
+    model = frozen_eval(Net())
+    with torch.no_grad():
+        model.bn.running_mean.copy_(torch.tensor([0.3, -0.2]))
+    flat = exported(model, tmp_path, (1, 4, 5), "masked")
+    x = torch.randn(3, 1, 4, 5)
+    with torch.no_grad():
+        block = model.block(x)
+        bn = model.bn(block)
+    assert block[:, :, 2:, :3].abs().max() == 0  # the mask is really in the values
+    torch.testing.assert_close(Target(flat, "block:1", 3)(x), block[:, 1].mean(dim=(1, 2)))
+    torch.testing.assert_close(Target(flat, "block:0@0,4", 3)(x), block[:, 0, 0, 4])
+    # The batch norm's output as the hook saw it: before the in-place ReLU after it.
+    torch.testing.assert_close(Target(flat, "bn:0", 3)(x), bn[:, 0].mean(dim=(1, 2)))
+    torch.testing.assert_close(Target(model, "bn:0", 3)(x), bn[:, 0].mean(dim=(1, 2)))

@@ -79,16 +79,59 @@ def output_values(module: fx.GraphModule) -> tuple[object, ...]:
     return tuple(values) if isinstance(values, (tuple, list)) else (values,)
 
 
+def _written(node: fx.Node) -> list[fx.Node]:
+    """The tensors an in-place op writes into (its arguments marked as written in its schema)."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return []
+    return [
+        node.args[i]
+        for i, argument in enumerate(schema.arguments)
+        if argument.alias_info is not None
+        and argument.alias_info.is_write
+        and i < len(node.args)
+        and isinstance(node.args[i], fx.Node)
+    ]
+
+
+def _base(node: fx.Node) -> fx.Node:
+    """The tensor a view (a slice, a select...) views, following views of views."""
+    while True:
+        schema = getattr(node.target, "_schema", None)
+        aliases = schema is not None and any(r.alias_info is not None for r in schema.returns)
+        source = node.args[0] if node.args else None
+        if not aliases or _written(node) or not isinstance(source, fx.Node):
+            return node
+        node = source
+
+
 def cut(module: fx.GraphModule, nodes: tuple[fx.Node, ...]) -> fx.GraphModule:
     """A module computing `nodes` (one tensor for one node, else a tuple) from the graph's
-    inputs with only the ops they need. It shares the parameters of `module`."""
+    inputs with only the ops they need. It shares the parameters of `module`.
+
+    An export graph keeps in-place writes (Swin builds its shifted-window mask with
+    `mask[h0:h1, w0:w1] = k`: `fill_` nodes that nothing uses). A write into a tensor the cut
+    needs, through any view of it, is kept when it comes before the last node cut at: the
+    value read there includes it. Writes after it (an in-place ReLU on a batch norm's output
+    once the batch norm is done) are not, as a forward hook would not have seen them.
+    """
+    position = {node: i for i, node in enumerate(module.graph.nodes)}
+    end = max(position[n] for n in nodes)
     needed: set[fx.Node] = set()
     todo = list(nodes)
     while todo:
-        node = todo.pop()
-        if node not in needed:
-            needed.add(node)
-            todo.extend(node.all_input_nodes)
+        while todo:
+            node = todo.pop()
+            if node not in needed:
+                needed.add(node)
+                todo.extend(node.all_input_nodes)
+        todo = [
+            node
+            for node in module.graph.nodes
+            if node not in needed
+            and position[node] < end
+            and any(_base(w) in needed for w in _written(node))
+        ]
     graph = fx.Graph()
     copied: dict[fx.Node, fx.Node] = {}
     for node in module.graph.nodes:
