@@ -3,6 +3,8 @@ the grid, with exact pixel values."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from ldam.sampling.images import (
     to_input_space,
     to_pil,
 )
+from ldam.wire.params import View
 
 
 def test_each_image_is_scaled_symmetrically_by_its_own_peak() -> None:
@@ -164,6 +167,11 @@ def test_a_non_square_rgb_grid_in_both_views() -> None:
         assert torch.equal(
             grid[:, 24:44, 40:76], display_images(x, view, ([0.5] * 3, [0.25] * 3))[3]
         )
+
+
+def test_the_views_are_the_parameters_views() -> None:
+    # The page's toggle, `ldam sample --view` and the frames use the same names.
+    assert get_args(View) == VIEWS == ("symmetric", "input")
 
 
 def test_unknown_view_and_bad_grids_are_one_sentence() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldam.sampling.images import grid_order
+from ldam.sampling.images import display_grid, grid_order
 from ldam.wire.events import Frame, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
@@ -107,6 +107,28 @@ def test_frames_carry_header_and_change_with_steps() -> None:
         header2, images2 = h.frame()
         assert header2["seq"] == 2 and header2["step"] == 5
         assert np.abs(decode(images2[0]).astype(int) - first.astype(int)).mean() > 1.0
+    finally:
+        h.close()
+
+
+def test_view_redraws_the_same_chains_in_input_space() -> None:
+    h = Harness({"layout": "chains", "chains": 4, "show": "sample"})
+    try:
+        sampler = h.worker.panels[0].sampler
+        h.worker.step_all()
+        header, symmetric = h.frame()
+        assert header["view"] == "symmetric"
+        h.set(view="input")
+        assert h.worker.panels[0].sampler is sampler  # no rebuild: the same chains
+        header, shown = h.frame()
+        assert header["view"] == "input" and header["step"] == 1
+        # LeNet's data is MNIST, normalized with mean 0.1307 and std 0.3081.
+        assert h.worker.panels[0].loaded.normalization == ([0.1307], [0.3081])
+        expected = display_grid(sampler.x, 2, "input", ([0.1307], [0.3081]))[0].numpy()
+        picture = decode(shown[0]).astype(int)
+        assert picture.shape == expected.shape == (62, 62)
+        assert np.abs(picture - expected).mean() < 3  # JPEG at quality 90: a few levels off
+        assert np.abs(decode(symmetric[0]).astype(int) - expected).mean() > 20
     finally:
         h.close()
 

@@ -196,7 +196,8 @@ class Worker:
 
     def publish_frame(self) -> None:
         """One frame of every panel, to the outbox (latest wins)."""
-        self.publisher.frame(self.panels, self.params.show, self.step, self.version)
+        params = self.params
+        self.publisher.frame(self.panels, params.show, self.step, self.version, params.view)
         self.dirty = False
 
     def publish_metrics(self) -> None:
