@@ -57,6 +57,41 @@ def lenet_folder() -> Path:
     return folder
 
 
+# ImageNet's normalization, as torchvision's and timm's models expect their input.
+IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@cache
+def rgb224_checkpoint() -> Path:
+    """A small conv net on 3x224x224 RGB with ImageNet's normalization in its metadata, random
+    weights, exported once per session: the input of today's image networks at little cost.
+
+    Layers: ``conv`` (3->8, 7x7, stride 4) [8, 56, 56], ``relu``, ``pool`` (to 4x4),
+    ``flatten``, ``fc`` (128->10) [10].
+    """
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    from ldam.models.loading import export_checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(3, 8, 7, stride=4, padding=3),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(4),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(128, 10),
+        )
+    )
+    folder = Path(tempfile.mkdtemp(prefix="ldam-test-rgb-"))
+    return export_checkpoint(
+        net, folder / "rgb224.pt2", (3, 224, 224), {"normalization": IMAGENET_NORMALIZATION}
+    )
+
+
 # --- worker entries for the fault tests (they run in the spawned worker process) ------------
 
 

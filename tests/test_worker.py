@@ -16,26 +16,29 @@ import torch
 from PIL import Image
 
 from ldam.sampling.images import display_grid, grid_order
-from ldam.wire.events import Frame, Rejected, SetParams, Shake, Stop
+from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.models import ModelCache
+from ldam.worker.panels import fitted_window
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg
-from tests.support import PAIR, lenet_folder
+from tests.support import PAIR, lenet_folder, rgb224_checkpoint
 
 
 class Harness:
     """A Worker in this process, wired to real pipes; `events()` reads what it sent."""
 
-    def __init__(self, params: dict[str, Any], compare: bool = False) -> None:
+    def __init__(
+        self, params: dict[str, Any], compare: bool = False, checkpoint: Path | None = None
+    ) -> None:
         folder = lenet_folder()
         ctx = mp.get_context("spawn")
         self.command_read, self.command_write = ctx.Pipe(duplex=False)
         self.event_read, event_write = ctx.Pipe(duplex=False)
         config = WorkerConfig(
             checkpoints_dir=str(folder),
-            checkpoint=str(folder / PAIR[0]),
+            checkpoint=str(checkpoint or folder / PAIR[0]),
             compare=str(folder / PAIR[1]) if compare else None,
             device="cpu",
             params=SamplerParams.model_validate(params).model_dump(),
@@ -232,6 +235,66 @@ def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
         assert rejected[0].params is not None and rejected[0].params["layer"] == "fc3"
         assert h.worker.panels[0] is panel and h.worker.version == 3
         h.worker.step_all()
+    finally:
+        h.close()
+
+
+FITTED = (
+    "The averaging window is 89 steps instead of 200, the most that fits the 1024 MiB budget "
+    "for 20 chains of shape (3, 224, 224); fewer chains allow a longer one."
+)
+
+
+def test_fitted_window_is_the_most_that_fits() -> None:
+    # 20 chains x 3 x 224 x 224 float32 = 12,042,240 bytes a step; 2**30 of them hold 89.16.
+    assert fitted_window(20, (3, 224, 224)) == (89, FITTED)
+    assert fitted_window(16, (1, 28, 28)) == (200, None)
+    assert fitted_window(10, (3, 224, 224))[0] == 178
+    # Not even one step fits: 1, which check_window_memory then refuses.
+    assert fitted_window(1, (3, 20000, 20000))[0] == 1
+
+
+def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
+    # The dashboard's defaults (20 chains, window 200) on a 3x224x224 network need 2297 MiB.
+    h = Harness({}, checkpoint=rgb224_checkpoint())
+    try:
+        sampler = h.worker.panels[0].sampler
+        assert h.worker.params.window == 89 and sampler.config.window == 89
+        notices = [m for m in h.events() if isinstance(m, Notice)]
+        assert [(n.field, n.message) for n in notices] == [("window", FITTED)]
+        assert h.worker.info()["window_note"] == FITTED
+        header, images = h.frame()
+        # fc:0-9, one column per unit, 2 rows of 224 px RGB with 2 px padding.
+        assert decode(images[0]).shape == (2 * 226 + 2, 10 * 226 + 2, 3)
+        # The default from a server that missed the fit (a change sent before its "ready")
+        # is no choice: the window stays, and "ready" tells the server so.
+        h.set(window=200, temperature=0.02)
+        ready = [m for m in h.events() if isinstance(m, (Ready, Rejected))]
+        assert [type(m) for m in ready] == [Ready] and ready[0].params["window"] == 89
+        h.worker.step_all()  # live settings apply at the next step
+        assert h.worker.panels[0].sampler is sampler and sampler.config.temperature == 0.02
+        assert sampler.config.window == 89
+        # A window the user asks for is refused when it does not fit, kept when it does.
+        h.set(window=300)
+        h.set(window=40)
+        events = [m for m in h.events() if isinstance(m, (Ready, Rejected))]
+        assert isinstance(events[0], Rejected) and events[0].field == "window"
+        assert events[0].message == (
+            "A window of 300 samples for 20 chains of shape (3, 224, 224) needs 3445 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
+        )
+        assert isinstance(events[1], Ready) and events[1].params["window"] == 40
+        assert events[1].info["window_note"] is None
+        h.worker.step_all()
+        assert sampler.config.window == 40 and h.worker.panels[0].sampler is sampler
+        # Chosen, it is no longer fitted: more chains that it does not fit are refused.
+        h.set(layout="chains", chains=256)
+        rejected = [m for m in h.events() if isinstance(m, Rejected)]
+        assert [r.message for r in rejected] == [
+            "A window of 40 samples for 256 chains of shape (3, 224, 224) needs 5880 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
+        ]
+        assert h.worker.panels[0].sampler is sampler
     finally:
         h.close()
 
