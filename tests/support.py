@@ -66,8 +66,10 @@ def rgb224_checkpoint() -> Path:
     """A small conv net on 3x224x224 RGB with ImageNet's normalization in its metadata, random
     weights, exported once per session: the input of today's image networks at little cost.
 
-    Layers: ``conv`` (3->8, 7x7, stride 4) [8, 56, 56], ``relu``, ``pool`` (to 4x4),
-    ``flatten``, ``fc`` (128->10) [10].
+    Its modules nest like a real network's stages: ``stem`` (``stem.0``: 3->8, 7x7, stride 4;
+    ``stem.1``: ReLU) [8, 56, 56], ``stages`` (``stages.0``: 8->8 at 56x56, ``stages.1``:
+    8->16, stride 2, to 28x28; each a conv ``.0`` and a ReLU ``.1``), ``pool`` (to 4x4),
+    ``flatten`` and ``fc`` (256->10) [10].
     """
     from collections import OrderedDict
 
@@ -79,11 +81,14 @@ def rgb224_checkpoint() -> Path:
     torch.manual_seed(0)
     net = nn.Sequential(
         OrderedDict(
-            conv=nn.Conv2d(3, 8, 7, stride=4, padding=3),
-            relu=nn.ReLU(),
+            stem=nn.Sequential(nn.Conv2d(3, 8, 7, stride=4, padding=3), nn.ReLU()),
+            stages=nn.Sequential(
+                nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
+            ),
             pool=nn.AdaptiveAvgPool2d(4),
             flatten=nn.Flatten(),
-            fc=nn.Linear(128, 10),
+            fc=nn.Linear(256, 10),
         )
     )
     folder = Path(tempfile.mkdtemp(prefix="ldam-test-rgb-"))

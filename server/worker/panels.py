@@ -109,6 +109,16 @@ def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
     return named
 
 
+def layer_entry(info: LayerInfo) -> dict[str, Any]:
+    """One layer for the page's picker: name, output shape (no batch), units, and its kind
+    ("vector", "channels", "channels_last", "tokens") when the target side names one."""
+    entry = {"name": info.name, "shape": list(info.shape), "units": info.units}
+    kind = getattr(info, "kind", None)
+    if kind:
+        entry["kind"] = str(kind)
+    return entry
+
+
 def fitted_window(
     chains: int, input_shape: tuple[int, ...], wanted: int = DEFAULT_WINDOW
 ) -> tuple[int, str | None]:
