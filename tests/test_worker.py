@@ -7,6 +7,7 @@ import io
 import multiprocessing as mp
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ldam.models.loading import export_checkpoint
 from ldam.sampling.images import display_grid, grid_order
 from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
@@ -132,6 +134,28 @@ def test_view_redraws_the_same_chains_in_input_space() -> None:
         assert picture.shape == expected.shape == (62, 62)
         assert np.abs(picture - expected).mean() < 3  # JPEG at quality 90: a few levels off
         assert np.abs(decode(symmetric[0]).astype(int) - expected).mean() > 20
+    finally:
+        h.close()
+
+
+def test_frames_of_a_two_channel_non_square_network(tmp_path: Path) -> None:
+    # 2 channels are neither grey nor RGB: each shows as its own grey image, side by side.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        OrderedDict(conv=torch.nn.Conv2d(2, 4, 3), pool=torch.nn.AdaptiveAvgPool2d(1))
+    )
+    checkpoint = export_checkpoint(net, tmp_path / "two.pt2", (2, 20, 36))
+    h = Harness({"layout": "chains", "chains": 4, "show": "sample"}, checkpoint=checkpoint)
+    try:
+        h.worker.step_all()
+        header, images = h.frame()
+        # 2 x 2 cells of (2 * 36 + 1) x 20 px with 2 px padding.
+        size = (header["panels"][0]["height"], header["panels"][0]["width"])
+        assert size == (2 * 22 + 2, 2 * (2 * 36 + 1 + 2) + 2) == (46, 152)
+        picture = decode(images[0]).astype(int)
+        expected = display_grid(h.worker.panels[0].sampler.x, 2)[0].numpy()
+        assert picture.shape == expected.shape == size
+        assert np.abs(picture - expected).mean() < 3
     finally:
         h.close()
 
