@@ -130,8 +130,9 @@ def test_inspect_lists_layers() -> None:
     result = run_cli("inspect", str(DEFAULT_CHECKPOINT))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.split()[:3] == ["fc3", "10", "10"] for line in lines)
-    assert any(line.split()[0] == "conv1" and line.split()[1] == "6x24x24" for line in lines)
+    assert lines[1].split() == ["layer", "output", "shape", "units", "kind"]
+    assert any(line.split() == ["fc3", "10", "10", "vector"] for line in lines)
+    assert any(line.split() == ["conv1", "6x24x24", "6", "channels"] for line in lines)
 
 
 @pytest.mark.parametrize(

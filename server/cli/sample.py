@@ -71,7 +71,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trust=args.trust_checkpoint,
     )
     module = loaded.module.to(device)
-    target = Target(module, args.target, args.chains, batch_size=loaded.batch_size)
+    target = Target(
+        module, args.target, args.chains, batch_size=loaded.batch_size, layout=args.layout
+    )
     terms: list[Any] = [ActivationTerm(target), L2Term()]
 
     disc_weight = per_chain(args.disc_weight, "disc-weight")

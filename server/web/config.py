@@ -79,9 +79,9 @@ def parse_target_option(target: str | None) -> dict[str, Any]:
     if spec.position is not None:
         raise ServeError(
             f"The dashboard samples whole units, so the position in {target!r} cannot be shown; "
-            f"use --target {spec.layer or 'output'}:{spec.first} here, or ldam sample for a position."
+            f"use --target {spec.layer_text}:{spec.first} here, or ldam sample for a position."
         )
-    layer = spec.layer or "output"
+    layer = spec.layer_text
     layout = "chains" if spec.first == spec.last else "range"
     return {"layer": layer, "unit": spec.first, "unit_end": spec.last, "layout": layout}
 

@@ -62,8 +62,9 @@ Show = Literal["sample", "average"]
 View = Literal["symmetric", "input"]
 SweepParam = Literal["disc_weight", "temperature", "l2_weight", "step_size"]
 
-# A layer name as `named_modules()` prints it: dotted identifiers and indices.
-_LAYER_PATTERN = r"^[A-Za-z0-9_.]{1,200}$"
+# A layer name as `named_modules()` prints it (dotted identifiers and indices), with an
+# optional element of a tuple or dict output in brackets (`attn[0]`, `output[logits]`).
+_LAYER_PATTERN = r"^[A-Za-z0-9_.\-\[\]]{1,200}$"
 # A checkpoint is a relative name inside the configured folder; `security.resolve_checkpoint`
 # does the real confinement (no `..`, no symlinks out), this only keeps the text plain.
 _CHECKPOINT_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./\-]{0,254}$"
@@ -105,7 +106,7 @@ class SamplerParams(BaseModel):
     disc_training: bool = True
     paused: bool = False
     # What to sample and how the grid is laid out.
-    layer: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9_.]{0,200}$")
+    layer: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9_.\-\[\]]{0,200}$")
     unit: int = Field(default=0, ge=0, le=1_000_000)
     unit_end: int = Field(default=9, ge=0, le=1_000_000)
     layout: Layout = "range"

@@ -12,7 +12,6 @@ default, `DEFAULT_WINDOW`) is fitted to the budget, with a sentence saying so
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,18 +104,8 @@ def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
     named = [info for info in layers if info.name and info.units > 0]
     out = [info for info in layers if not info.name and info.units > 0]
     if out and (not named or tuple(named[-1].shape) != tuple(out[0].shape)):
-        named.append(dataclasses.replace(out[0], name="output"))
+        named.append(LayerInfo("output", out[0].shape, out[0].units, out[0].kind))
     return named
-
-
-def layer_entry(info: LayerInfo) -> dict[str, Any]:
-    """One layer for the page's picker: name, output shape (no batch), units, and its kind
-    ("vector", "channels", "channels_last", "tokens") when the target side names one."""
-    entry = {"name": info.name, "shape": list(info.shape), "units": info.units}
-    kind = getattr(info, "kind", None)
-    if kind:
-        entry["kind"] = str(kind)
-    return entry
 
 
 def fitted_window(

@@ -44,7 +44,7 @@ from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import STRUCTURAL_FIELDS, SamplerParams
 from ldam.worker.disc_slot import DiscriminatorSlot
 from ldam.worker.models import ModelCache
-from ldam.worker.panels import DEFAULT_WINDOW, Panel, PanelBuilder, layer_entry, live_settings
+from ldam.worker.panels import DEFAULT_WINDOW, Panel, PanelBuilder, live_settings
 from ldam.worker.publisher import Publisher, Rate
 
 # Seconds between the heartbeat thread's "alive" messages (the server waits 10 s).
@@ -127,7 +127,10 @@ class Worker:
         main = self.panels[0].loaded
         return {
             "device": str(self.device),
-            "layers": [layer_entry(info) for info in self.layers],
+            "layers": [
+                {"name": i.name, "shape": list(i.shape), "units": i.units, "kind": i.kind}
+                for i in self.layers
+            ],
             "input_shape": list(main.input_shape),
             "class_names": main.class_names,
             "panels": [{"label": p.label, "format": p.loaded.format} for p in self.panels],
