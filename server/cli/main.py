@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from ldam.cli import inspect, sample, serve, train
+from ldam.cli import atlas, inspect, sample, serve, train
 from ldam.cli.options import add_checkpoint_options, add_layout_option
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_layout_option(i)
     i.set_defaults(func=inspect.cmd_inspect)
 
+    atlas.add_atlas_parser(sub, add_checkpoint_options, add_layout_option)
+
     t = sub.add_parser("train", help="train the bundled LeNet (plain and parameter-averaged)")
     t.add_argument("dataset", choices=["mnist"])
     t.add_argument("--out", default=str(DEFAULT_CHECKPOINT.parent))
@@ -127,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="access token for a non-loopback bind (default: $LDAM_TOKEN, else one is generated and printed)",
     )
     v.add_argument("--trust-checkpoint", action="store_true")
+    v.add_argument(
+        "--atlas", help="an ldam atlas folder: its gallery at /atlas, each unit a click from live"
+    )
     v.set_defaults(func=serve.cmd_serve)
     return parser
 

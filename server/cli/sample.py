@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ldam.cli.progress import Progress
     from ldam.models.loading import load_checkpoint
-    from ldam.sampling.diagnostics import effective_sample_size, split_rhat
+    from ldam.sampling.diagnostics import unit_diagnostics
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.recorder import Recorder
     from ldam.sampling.sampler import Sampler, SamplerConfig
@@ -154,9 +153,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     record_from = recording.record_from
     samples = recording.samples.numpy()
     burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
-    diagnostics = chain_diagnostics(
-        activation, burn_in_step, target.units_per_chain, split_rhat, effective_sample_size
-    )
+    diagnostics = unit_diagnostics(activation, burn_in_step, target.units_per_chain)
     params = {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "format": loaded.format,
@@ -208,38 +205,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     print_summary(params, burn_in_step, sampler.resets.cpu().numpy(), out, args.png)
     return 0
-
-
-def chain_diagnostics(
-    activation: Any, burn_in_step: Any, units_per_chain: Sequence[int], rhat_fn: Any, ess_fn: Any
-) -> list[dict[str, Any]]:
-    """Split R-hat and ESS of the activation, per group of chains sharing a unit.
-
-    Uses the post-burn-in part common to every chain of the group; groups of one chain get
-    ESS only (R-hat needs at least two chains after splitting, which one chain also gives).
-    """
-    import numpy as np
-
-    out = []
-    units = list(units_per_chain)
-    for unit in dict.fromkeys(units):
-        idx = [i for i, u in enumerate(units) if u == unit]
-        starts = [int(burn_in_step[i]) for i in idx]
-        entry: dict[str, Any] = {"unit": unit, "chains": idx}
-        if min(starts) < 0:
-            entry["note"] = "not every chain of this unit burned in"
-            out.append(entry)
-            continue
-        start = max(starts)
-        draws = np.asarray(activation[start:, idx]).T.astype(np.float64)
-        if draws.shape[1] < 8:
-            entry["note"] = "too few post-burn-in steps for diagnostics"
-        else:
-            entry["rhat"] = float(rhat_fn(draws))
-            entry["ess"] = float(ess_fn(draws))
-            entry["draws"] = int(draws.size)
-        out.append(entry)
-    return out
 
 
 def print_summary(

@@ -37,7 +37,9 @@ class ServeConfig:
     `params`: initial `SamplerParams` fields; `frame_rate`: frames per second the worker encodes
     at most; `worker_entry`: the worker's start function (tests swap it); `extra_hosts`: more
     Host header names to accept; `default_compare`: with no checkpoint named, show the
-    averaged LeNet beside the plain one; `standby`: keep a warm spare worker for fast restarts.
+    averaged LeNet beside the plain one; `standby`: keep a warm spare worker for fast restarts;
+    `atlas`: an `ldam atlas` folder for the Atlas view (its checkpoint is the main one when no
+    checkpoint is named).
     """
 
     checkpoint: str | None = None
@@ -56,6 +58,7 @@ class ServeConfig:
     extra_hosts: tuple[str, ...] = ()
     default_compare: bool = True
     standby: bool = True
+    atlas: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -111,6 +114,10 @@ def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
     """
     folder = config.folder
     checkpoint, compare = config.checkpoint, config.compare
+    if checkpoint is None and config.atlas is not None:
+        from ldam.web.atlas import load_atlas
+
+        checkpoint = str(load_atlas(config.atlas).checkpoint)
     if checkpoint is None:
         checkpoint = str(DEFAULT_PAIR[0])
         if compare is None and config.default_compare and DEFAULT_PAIR[1].is_file():
