@@ -23,7 +23,7 @@ from ldam.atlas.plan import Job, unit_seed
 from ldam.models.loading import load_checkpoint
 from ldam.sampling.diagnostics import unit_diagnostics
 from ldam.sampling.energy import ActivationTerm, L2Term
-from ldam.sampling.images import tile, to_display, to_pil
+from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
 
@@ -184,7 +184,7 @@ class Renderer:
         # The paper's grid: the window means in the first row, the last samples below.
         grid = torch.from_numpy(np.concatenate([window_mean, final]))
         png = io.BytesIO()
-        to_pil(tile(to_display(grid), columns=s.chains)).save(png, format="PNG")
+        to_pil(display_grid(grid, s.chains)).save(png, format="PNG")
         post = activation[record_from:] if record_from is not None else activation[-1:]
         burned_steps = [int(b) for b in burn_in_step]
         entry = {

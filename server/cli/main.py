@@ -11,12 +11,13 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from ldam.cli import atlas, inspect, sample, serve, train
 from ldam.cli.options import add_checkpoint_options, add_layout_option
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.wire.params import View
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="run.npz")
     s.add_argument("--png")
+    s.add_argument(
+        "--view",
+        default="symmetric",
+        choices=get_args(View),
+        help="the PNG's view: 'symmetric' (the paper's per-image scaling, grey = 0) or 'input' "
+        "(de-normalized and clipped to [0, 1])",
+    )
     s.add_argument(
         "--disc-weight", default="0", help="discriminator weight w in [0, 1], or one per chain"
     )

@@ -16,16 +16,24 @@ from ldam.wire.params import grid_columns
 DEFAULT_DISC_STEPS = 100
 
 
-def save_png(images: Any, units_per_chain: list[int], path: str) -> None:
-    """Write images [N,C,H,W] as the paper's grid (grey = 0, one column per unit) to a PNG."""
+def save_png(
+    images: Any,
+    units_per_chain: list[int],
+    path: str,
+    view: str = "symmetric",
+    normalization: Any = None,
+) -> None:
+    """Write images [N,C,H,W] as the paper's grid (one column per unit) to a PNG, in `view`:
+    ``symmetric`` (grey = 0) or ``input`` (de-normalized with `normalization`, clipped)."""
     import torch
 
-    from ldam.sampling.images import grid_order, tile, to_display, to_pil
+    from ldam.sampling.images import display_grid, grid_order, to_pil
 
     x = torch.as_tensor(images)
     units = list(dict.fromkeys(units_per_chain))
     order = grid_order(list(units_per_chain), units)
-    to_pil(tile(to_display(x[order]), columns=grid_columns(x.shape[0], len(units)))).save(path)
+    columns = grid_columns(x.shape[0], len(units))
+    to_pil(display_grid(x[order], columns, view, normalization)).save(path)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -189,7 +197,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trainer.save(args.save_disc)
     if args.png:
         save_png(
-            sampler.window_mean().detach().float().cpu(), list(target.units_per_chain), args.png
+            sampler.window_mean().detach().float().cpu(),
+            list(target.units_per_chain),
+            args.png,
+            args.view,
+            loaded.normalization,
         )
     print_summary(params, burn_in_step, sampler.resets.cpu().numpy(), out, args.png)
     return 0

@@ -57,6 +57,9 @@ STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 Layout = Literal["chains", "range", "sweep"]
 Show = Literal["sample", "average"]
+# How frames show the chains (`ldam.sampling.images.VIEWS`): the paper's per-image symmetric
+# scaling, or the input space (de-normalized and clipped to [0, 1]).
+View = Literal["symmetric", "input"]
 SweepParam = Literal["disc_weight", "temperature", "l2_weight", "step_size"]
 
 # A layer name as `named_modules()` prints it (dotted identifiers and indices), with an
@@ -98,6 +101,8 @@ class SamplerParams(BaseModel):
     # Normalized gradients (Algorithm 1 line 6) are a display aid: off samples exactly.
     grad_norm: bool = False
     show: Show = "average"
+    # A display choice only: switching it redraws the same chains.
+    view: View = "symmetric"
     disc_training: bool = True
     paused: bool = False
     # What to sample and how the grid is laid out.
