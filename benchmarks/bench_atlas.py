@@ -6,7 +6,8 @@ namespace of their own (`unshare -n`, loopback only), so run this as root. Two f
 `total` is units over the command's whole wall time (Python start, model load, Ray start,
 actors loading the model), what a user waits for; `rendering` is units over the time from the
 first finished batch to the last, the rate once workers run, which is what scales to a big
-layer. Scaling efficiency = rendering rate with 2 workers / (2 x rate with 1 worker). Run:
+layer. Batches hold 2 units (so that even 16 units make 8 batches to time), and one local row
+holds 16, to show what batching buys. Scaling efficiency = rendering rate with 2 workers / (2 x rate with 1 worker). Run:
 
     .venv/bin/python -m benchmarks.bench_atlas [--units 32] [--steps 300]
 """
@@ -27,13 +28,15 @@ from pathlib import Path
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 
 
-def run(layer: str, units: int, steps: int, executor: str, workers: int) -> dict[str, float]:
+def run(
+    layer: str, units: int, steps: int, executor: str, workers: int, batch: int = 2
+) -> dict[str, float]:
     """One `ldam atlas` run; returns its total and rendering rates in units per minute."""
     out = Path(tempfile.mkdtemp(prefix="bench-atlas-"))
     argv = [
         sys.executable, "-m", "ldam", "atlas", str(DEFAULT_CHECKPOINT), "--layer", layer,
         "--units", f"0-{units - 1}", "--steps", str(steps), "--chains", "8",
-        "--batch-units", "2", "--out", str(out / "a"),
+        "--batch-units", str(batch), "--out", str(out / "a"),
     ]  # fmt: skip
     if executor == "ray":
         argv += ["--executor", "ray", "--workers", str(workers)]
@@ -77,21 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args(argv)
-    print(f"ldam atlas on LeNet, {args.steps} steps x 8 chains per unit, 2 units per batch")
     print(
-        f"{'layer':<6} {'run':<14} {'units/min total':>16} {'units/min rendering':>20} {'wall s':>7}"
+        f"ldam atlas on LeNet, {args.steps} steps x 8 chains per unit, 2 units per batch unless said"
+    )
+    print(
+        f"{'layer':<6} {'run':<27} {'units/min total':>16} {'units/min rendering':>20} {'wall s':>7}"
+    )
+    runs = (
+        ("1 process", "local", 1, 2),
+        ("1 process, 16 units/batch", "local", 1, 16),
+        ("Ray 1 worker", "ray", 1, 2),
+        ("Ray 2 workers", "ray", 2, 2),
     )
     for layer, units in (("conv2", min(16, args.units)), ("fc1", args.units)):
         rates = {}
-        for name, executor, workers in (
-            ("1 process", "local", 1),
-            ("Ray 1 worker", "ray", 1),
-            ("Ray 2 workers", "ray", 2),
-        ):
-            r = run(layer, units, args.steps, executor, workers)
+        for name, executor, workers, batch in runs:
+            r = run(layer, units, args.steps, executor, workers, batch)
             rates[name] = r
             print(
-                f"{layer:<6} {name:<14} {r['total']:>16.1f} {r['rendering']:>20.1f} {r['seconds']:>7.1f}"
+                f"{layer:<6} {name:<27} {r['total']:>16.1f} {r['rendering']:>20.1f} "
+                f"{r['seconds']:>7.1f}"
             )
         eff = rates["Ray 2 workers"]["rendering"] / (2 * rates["Ray 1 worker"]["rendering"])
         print(f"{layer:<6} scaling efficiency, 2 workers: {eff:.2f}")
