@@ -21,6 +21,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from ldam.web import security
 from ldam.web.config import ServeConfig, worker_setup
 from ldam.web.hub import Hub
+from ldam.web.watch import Watcher
 
 # The page: frontend/ in a source checkout, ldam/frontend/ in an installed wheel.
 FRONTEND = Path(str(importlib.resources.files("ldam.frontend")))
@@ -41,7 +42,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     with it. The `Hub` is ``app.state.hub``. Raises `ServeError` for a bad target, setting or
     file (see `ldam.web.config.worker_setup`)."""
     base, initial = worker_setup(config)
-    hub = Hub(base, initial, config.worker_entry, config.standby)
+    watch = Watcher(Path(config.watch), config.watch_settle_s) if config.watch else None
+    hub = Hub(base, initial, config.worker_entry, config.standby, watch, config.watch_poll_s)
     auth = security.TokenAuth(config.token, config.port)
 
     @contextlib.asynccontextmanager
@@ -85,6 +87,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/api/state")
     async def state() -> JSONResponse:
         metrics = hub.broadcaster.latest("metrics")
+        timeline = hub.broadcaster.latest("timeline")
         return JSONResponse(
             {
                 "version": hub.store.version,
@@ -93,6 +96,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "status": hub.status_payload(),
                 "frame_seq": hub.broadcaster.frame_seq,
                 "metrics": json.loads(metrics) if metrics is not None else None,
+                # --watch: the run's checkpoints and which ones the panels show (else None).
+                "timeline": json.loads(timeline) if timeline is not None else None,
                 # The event loop's task count: the load test checks it returns to where it was.
                 "tasks": len(asyncio.all_tasks()),
             }

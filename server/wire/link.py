@@ -72,6 +72,11 @@ class WorkerConfig:
     jpeg_quality: int = 90
     # Torch CPU threads in the worker; None keeps torch's default.
     threads: int | None = None
+    # For state-dict files: the network (``--arch``) and C,H,W when the file does not say.
+    arch: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    # Seconds with no browser connected after which the worker stops stepping (0: never).
+    idle_pause_s: float = 60.0
 
 
 # A command or an event of `ldam.wire.events` (the outbox itself carries any picklable value).
