@@ -144,4 +144,3 @@ def save_checkpoint(
         tmp.unlink(missing_ok=True)
         raise
     return path
-

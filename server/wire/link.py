@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -211,9 +212,11 @@ def _child_main(
             try:
                 config = config_conn.recv()
             except (EOFError, OSError):
-                return  # the server went away or no longer needs a standby
+                config = None  # the server went away or no longer needs a standby
             if config is None:
-                return
+                # Nothing to finish: skip the interpreter's shutdown, which takes seconds with
+                # torch imported (the server would wait, then kill the standby).
+                os._exit(0)
         end = WorkerEnd(commands, events)
         getattr(module, function)(config, end)
     except Exception as err:
