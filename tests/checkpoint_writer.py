@@ -6,7 +6,7 @@ It reads one command per line on stdin and answers ``ok`` on stdout when done:
 
 - ``save NAME SEED STEP``: a LeNet initialized with SEED, written by ``ldam.save_checkpoint``
   (atomically) with class names ``zero`` .. ``nine`` and the step;
-- ``slow NAME SEED CHUNKS PAUSE``: the same checkpoint written straight to NAME in CHUNKS
+- ``slow NAME SEED STEP CHUNKS PAUSE``: the same checkpoint written straight to NAME in CHUNKS
   pieces, PAUSE seconds apart (a writer that neither renames nor finishes at once);
 - ``broken NAME``: bytes that are no checkpoint;
 - ``copy SOURCE NAME``: a copy of the file SOURCE;
@@ -53,8 +53,9 @@ def main(folder: Path) -> None:
         if command == "save":
             save(folder, args[0], int(args[1]), int(args[2]))
         elif command == "slow":
-            name, seed, chunks, pause = args[0], int(args[1]), int(args[2]), float(args[3])
-            data = save(scratch, name, seed, 0).read_bytes()
+            name, seed, step = args[0], int(args[1]), int(args[2])
+            chunks, pause = int(args[3]), float(args[4])
+            data = save(scratch, name, seed, step).read_bytes()
             size = -(-len(data) // chunks)
             with open(folder / name, "wb") as file:
                 for k in range(chunks):

@@ -309,7 +309,7 @@ def test_the_server_follows_a_training_run(run: tuple[LiveServer, Writer]) -> No
         }
 
         # 2. A slow write (10 pieces, 0.1 s apart; the settle time is 1 s): never loaded early.
-        writer.start("slow step_0002.pt2 2 10 0.1")
+        writer.start("slow step_0002.pt2 2 2 10 0.1")
         seen = set()
         while True:
             state = live.state()
@@ -379,6 +379,99 @@ def test_the_server_follows_a_training_run(run: tuple[LiveServer, Writer]) -> No
             "step_0002.pt2",
         )
         assert state["params"]["seed"] == 0
+
+
+CHROMIUM = os.environ.get("LDAM_CHROMIUM", "/usr/bin/chromium")
+
+
+def ensure_run(live: LiveServer, writer: Writer) -> None:
+    """The run of `test_the_server_follows_a_training_run`, for a test run on its own."""
+    names = {c["name"] for c in (live.state()["timeline"] or {}).get("checkpoints", [])}
+    for step in (1, 2, 3):
+        if f"step_000{step}.pt2" not in names:
+            writer.do(f"save step_000{step}.pt2 {step} {step}")
+    if "epoch=0-step=4.ckpt" not in names:
+        writer.do(f"copy {LIGHTNING} epoch=0-step=4.ckpt")
+    poll(live, lambda s: main_label(s) == "epoch=0-step=4.ckpt", "the newest file shown")
+
+
+@pytest.mark.browser
+def test_the_timeline_and_the_diagnostics_in_a_browser(run: tuple[LiveServer, Writer]) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (make chromium installs it)")
+    from playwright.sync_api import sync_playwright
+
+    live, writer = run
+    ensure_run(live, writer)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(live.base + "/")
+        page.wait_for_function("window.ldam && window.ldam.framesShown >= 2", timeout=60_000)
+        # Newest first, each with its step; the main panel's file and the newest are marked.
+        rows = page.locator("#timeline li")
+        page.wait_for_function("document.querySelectorAll('#timeline li').length === 4")
+        names = [rows.nth(k).get_attribute("data-name") for k in range(4)]
+        assert names == ["epoch=0-step=4.ckpt", "step_0003.pt2", "step_0002.pt2", "step_0001.pt2"]
+        assert page.locator("#timeline li .step").all_text_contents() == [
+            "step 4",
+            "step 3",
+            "step 2",
+            "step 1",
+        ]
+        assert rows.nth(0).locator(".marks").text_content() == "main · newest"
+        picker = page.locator("#checkpoint option[value='']").text_content()
+        assert picker == "newest (follow the run)"
+        # "Compare" on step 2: the newest against it, each caption naming file and step.
+        page.get_by_role("button", name="Compare with step 2 (step_0002.pt2)").click()
+        page.wait_for_function("document.querySelectorAll('#panels canvas').length === 2")
+        captions = page.locator("#panels figcaption")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#panels figcaption')].map(c => c.textContent)"
+            ".join('|') === 'epoch=0-step=4.ckpt · step 4 (newest) · fc3:0-9|"
+            "step_0002.pt2 · step 2 · fc3:0-9'",
+            timeout=60_000,
+        )
+        # Column labels: the class names each checkpoint carries (save_checkpoint's for step 2,
+        # --arch lenet's digits for the Lightning file); per column the live diagnostics.
+        labels = page.locator("#panels figure").nth(1).locator(".columns span")
+        assert labels.all_text_contents() == CLASS_NAMES
+        first = page.locator("#panels figure").nth(0).locator(".columns span")
+        assert first.all_text_contents() == [str(k) for k in range(10)]
+        page.wait_for_function(
+            "document.querySelectorAll('#panels figure:nth-child(2) .unit-diag').length === 10"
+        )
+        cells = page.locator("#panels figure").nth(1).locator(".unit-diag")
+        states = {cells.nth(k).get_attribute("data-state") for k in range(10)}
+        assert states <= {"mixing", "stuck", "burn-in"}
+        text = cells.nth(0).text_content()
+        assert text.startswith("R̂ ") and "\nESS " in text
+        summary = page.locator("#panels figure").nth(1).locator(".diag-summary").text_content()
+        assert summary.startswith("10 units: ") and summary.endswith(".")
+        # "Show" on step 3 pins it (the same seeds); "Follow newest" follows the run again.
+        page.get_by_role("button", name="No compare").click()
+        page.get_by_role("button", name="Show step 3 (step_0003.pt2) in the main panel").click()
+        page.wait_for_function(
+            "document.querySelector('#panels figcaption').textContent === "
+            "'step_0003.pt2 · step 3 · fc3:0-9' && "
+            "document.querySelectorAll('#panels canvas').length === 1",
+            timeout=60_000,
+        )
+        assert page.locator("#timeline-mode").text_content() == "showing step_0003.pt2 (pinned)"
+        page.get_by_role("button", name="Follow newest").click()
+        page.wait_for_function(
+            "document.querySelector('#panels figcaption').textContent."
+            "startsWith('epoch=0-step=4.ckpt')",
+            timeout=60_000,
+        )
+        assert page.locator("#timeline-mode").text_content() == "following the newest"
+        assert captions.count() == 1
+        assert errors == []
+        browser.close()
 
 
 def test_the_worker_rests_without_a_browser_and_wakes_for_one(
