@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -22,13 +23,24 @@ from typing import Any
 import pytest
 import torch
 
+from ldam.cli.main import main
 from ldam.models.loading import load_checkpoint
+from ldam.web.config import ServeConfig, ServeError
+from ldam.web.serve import run_server
 from ldam.web.watch import Watcher, step_in_name
 from ldam.wire.events import SetParams
 from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.process import Worker
-from tests.support import PAIR, REPO, START_TIMEOUT_S, LiveServer, Viewer, lenet_folder
+from tests.support import (
+    PAIR,
+    REPO,
+    START_TIMEOUT_S,
+    LiveServer,
+    Viewer,
+    free_port,
+    lenet_folder,
+)
 
 LIGHTNING = REPO / "tests" / "data" / "epoch=0-step=4.ckpt"
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -149,12 +161,37 @@ def test_order_failures_and_what_to_follow(tmp_path: Path) -> None:
     assert watcher.timeline(None, None, True, None)["order"] == "time"
 
 
+def test_bad_watch_starts_get_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    missing = tmp_path / "no-run"
+    with pytest.raises(ServeError) as err:
+        run_server(ServeConfig(watch=str(missing), port=port))
+    assert str(err.value) == f"The folder to watch {missing} does not exist."
+    with pytest.raises(ServeError) as err:
+        run_server(ServeConfig(watch=str(tmp_path), checkpoint=str(tmp_path / "a.pt2"), port=port))
+    assert str(err.value) == (
+        "--watch follows the newest checkpoint in its folder; name no checkpoint with it."
+    )
+    other = str(lenet_folder())
+    with pytest.raises(ServeError) as err:
+        run_server(ServeConfig(watch=str(tmp_path), checkpoints_dir=other, port=port))
+    assert str(err.value) == "--watch DIR is also the picker's folder; leave out --checkpoints."
+    assert main(["serve", "--watch", str(tmp_path), "--idle-pause", "-1"]) == 2
+    assert capsys.readouterr().err == (
+        "ldam: --idle-pause must be a number of seconds of at least 0, not -1.0.\n"
+    )
+
+
 # --- the warm swap, in-process ---------------------------------------------------------------
 
 
-def test_a_warm_swap_keeps_the_chains_and_reads_the_new_model() -> None:
+def test_a_warm_swap_keeps_the_chains_and_reads_the_new_model(tmp_path: Path) -> None:
     folder = lenet_folder()
     first, second = folder / PAIR[0], folder / PAIR[1]
+    last = tmp_path / "last.pt2"  # a file the run writes again and again
+    shutil.copyfile(first, last)
     ctx = mp.get_context("spawn")
     command_read, _keep = ctx.Pipe(duplex=False)
     _events, event_write = ctx.Pipe(duplex=False)
@@ -186,9 +223,19 @@ def test_a_warm_swap_keeps_the_chains_and_reads_the_new_model() -> None:
         assert torch.allclose(panel.last_activation, expected, atol=1e-5)
         assert not torch.allclose(expected, load_checkpoint(first).module(x)[:, 3], atol=1e-3)
         # The same change without `warm` (a pick on the page) starts the chains afresh.
-        sources = {"checkpoint": str(first), "compare": None}
+        sources = {"checkpoint": str(last), "compare": None}
         worker.handle(SetParams(worker.version + 1, worker.params.model_dump(), sources))
         assert worker.panels[0].sampler is not sampler and worker.swaps == 1
+        # The shown file written again in place: the same name, the new weights, warm.
+        sampler = worker.panels[0].sampler
+        worker.step_all()
+        shutil.copyfile(second, last)
+        worker.handle(SetParams(worker.version + 1, worker.params.model_dump(), sources, warm=True))
+        assert worker.panels[0].sampler is sampler and worker.swaps == 2
+        x = sampler.x.clone()
+        worker.step_all()
+        expected = load_checkpoint(second).module(x)[:, 3]
+        assert torch.allclose(worker.panels[0].last_activation, expected, atol=1e-5)
     finally:
         worker.close()
         end.outbox.close()

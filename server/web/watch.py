@@ -163,7 +163,10 @@ class Watcher:
         it sorts after the one shown, or is the shown file written again."""
         newest = self.newest()
         current = self.current
-        if newest is None or (current is not None and newest.signature == current.signature):
+        if newest is None or (
+            current is not None
+            and (newest.name, newest.signature) == (current.name, current.signature)
+        ):
             return None
         if current is None or newest.name == current.name:
             return newest
@@ -319,8 +322,9 @@ class Follower:
             return
         if supervisor.ever_ready:
             self.settled = True
-        if entry is None or any(e.signature == entry.signature for e in self.requests.values()):
-            return
+        asked = {(e.name, e.signature) for e in self.requests.values()}
+        if entry is None or (entry.name, entry.signature) in asked:
+            return  # nothing new, or its swap is on its way
         command = store.follow(entry.path)
         if command is not None:
             self.requests[command.version] = entry

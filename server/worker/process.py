@@ -237,13 +237,9 @@ class Worker:
         changed = {k for k, v in params.model_dump().items() if getattr(self.params, k) != v}
         structural = bool(changed & STRUCTURAL_FIELDS)
         rebuild = structural or sources != self.sources
-        # A newer checkpoint of the run alone: the chains carry on under the new model.
-        swap = (
-            warm
-            and not structural
-            and sources["compare"] == self.sources["compare"]
-            and sources["checkpoint"] != self.sources["checkpoint"]
-        )
+        # A newer checkpoint of the run alone (or the shown file written again, as a training
+        # loop's last.ckpt is): the chains carry on under the new model.
+        swap = warm and not structural and sources["compare"] == self.sources["compare"]
         try:
             if swap:
                 params = self.swap(params, sources)
@@ -256,7 +252,7 @@ class Worker:
         except UserError as err:
             self.publisher.rejected(version, err, self.params.model_dump(), dict(self.sources))
             return
-        if rebuild:
+        if rebuild or swap:
             self.publisher.ready(version, params.model_dump(), self.info())
         self.params = params
         self.version = version
