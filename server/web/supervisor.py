@@ -128,6 +128,13 @@ class Supervisor:
         if standby is not None:
             await asyncio.to_thread(standby.close)
 
+    def prepare_standby(self) -> None:
+        """Start the standby now, ahead of the first worker (``--watch`` while it waits for
+        the run's first checkpoint): that worker then starts in about a second, not the
+        seconds importing torch takes. Call from the event loop."""
+        if self.use_standby and self.standby is None and self.state is not WorkerState.STOPPED:
+            self.standby = Standby(self.entry)
+
     async def retry(self) -> None:
         """Start a fresh worker from `configure()` after the start failed before any worker
         was ready (``ldam serve --watch`` then tries the run's next checkpoint); nothing

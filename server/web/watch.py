@@ -312,6 +312,7 @@ class Follower:
                 self.host.broadcast_status()
             else:
                 self.settled = True  # nothing to start yet: the page says it waits
+                supervisor.prepare_standby()  # so the first checkpoint shows sooner
             return
         if not supervisor.ever_ready and supervisor.state is WorkerState.FAILED:
             # The first start was refused because of its file: try the next one.
