@@ -1,7 +1,7 @@
 """Streaming benchmark: real websocket clients on loopback against the dashboard.
 
-    python -m benchmarks.bench_stream [--quick] [--checkpoint PATH] [--chains 16]
-        [--target LAYER:UNIT] [--device cpu|cuda]
+    python -m benchmarks.bench_stream [--quick] [--checkpoint PATH | --model NAME] [--chains 16]
+        [--target LAYER:UNIT] [--device cpu|cuda] [--clients 8,1,8,32] [--period S]
 
 Starts the dashboard (the default LeNet, one panel of 16 chains) in a subprocess and measures:
 
@@ -11,6 +11,14 @@ Starts the dashboard (the default LeNet, one panel of 16 chains) in a subprocess
 - the sampler's steps per second while streaming to 8 clients against no client (goal >= 0.9).
 
 Prints a markdown table. Bounded: about 60 s (35 s with --quick) after the server is up.
+
+`--model resnet18` (torchvision, weights=None) or `--model vit_tiny` (timm
+`vit_tiny_patch16_224`, pretrained=False) builds a network of today's size itself: random
+weights from seed 0, exported with `export_checkpoint` at 3x224x224 with ImageNet's
+normalization into a temporary folder, and sampled on its logits (unit 0). Nothing is
+downloaded. `--clients` lists the client counts of the streaming periods (each after an idle
+period), `--period` their seconds: a network whose step takes a good part of a second needs
+longer periods and fewer clients to say anything (`--clients 1,8 --period 12`).
 """
 
 from __future__ import annotations
@@ -34,6 +42,32 @@ from websockets.asyncio.client import ClientConnection, connect
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
+# ImageNet's normalization, as torchvision's and timm's networks expect their input.
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+MODELS = {
+    "resnet18": "torchvision resnet18 (weights=None)",
+    "vit_tiny": "timm vit_tiny_patch16_224 (pretrained=False)",
+}
+
+
+def build_model(name: str, folder: Path) -> Path:
+    """Export network `name` of `MODELS` (random weights, seed 0) at 3x224x224 into `folder`."""
+    import torch
+
+    from ldam.models.loading import export_checkpoint
+
+    torch.manual_seed(0)
+    if name == "resnet18":
+        import torchvision
+
+        net = torchvision.models.resnet18(weights=None)
+    else:
+        import timm
+
+        net = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    return export_checkpoint(
+        net, folder / f"{name}.pt2", (3, 224, 224), {"normalization": IMAGENET}
+    )
 
 
 def free_port() -> int:
@@ -149,8 +183,10 @@ async def steps_per_s(http: httpx.AsyncClient, seconds: float, phase: str = "") 
 SERVER_PID = 0
 
 
-async def measure(port: int, quick: bool) -> dict[str, Any]:
-    period = 3.0 if quick else 6.0
+async def measure(
+    port: int, quick: bool, counts: list[int], period: float | None = None
+) -> dict[str, Any]:
+    period = period or (3.0 if quick else 6.0)
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as http:
         await asyncio.sleep(2.0)  # the worker's speed settles after start
@@ -159,7 +195,7 @@ async def measure(port: int, quick: bool) -> dict[str, Any]:
         fps: dict[int, tuple[float, float]] = {}
         # Idle and streaming periods alternate, so a neighbour's load on this shared machine
         # falls on both alike.
-        for n in (8, 1, 8, 32):
+        for n in counts:
             idle.append(await steps_per_s(http, period / 2, "idle"))
             clients, tasks = await open_clients(port, n)
             await asyncio.sleep(1.0)  # warm-up: connection set-up and the first frames
@@ -176,7 +212,7 @@ async def measure(port: int, quick: bool) -> dict[str, Any]:
             await asyncio.sleep(1.5)  # the worker drops to the idle frame rate
         out["fps"] = dict(sorted(fps.items()))
         out["steps_idle"] = statistics.fmean(idle)
-        out["steps_streaming"] = statistics.fmean(streaming)
+        out["steps_streaming"] = statistics.fmean(streaming) if streaming else float("nan")
 
         clients, tasks = await open_clients(port, 1)
         client = clients[0]
@@ -189,7 +225,7 @@ async def measure(port: int, quick: bool) -> dict[str, Any]:
             await client.ws.send(
                 json.dumps({"type": "set", "temperature": 0.01 if i % 2 else 0.02})
             )
-            deadline = t0 + 5.0
+            deadline = t0 + max(5.0, period)
             while client.version <= version and time.perf_counter() < deadline:
                 client.new_frame.clear()
                 try:
@@ -214,7 +250,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def report(r: dict[str, Any], chains: int, what: str = "LeNet", device: str = "cpu") -> str:
+def report(
+    r: dict[str, Any],
+    chains: int,
+    what: str = "LeNet",
+    device: str = "cpu",
+    counts: tuple[int, ...] = (8, 1, 8, 32),
+) -> str:
     lat = r["latency_ms"]
     ratio = r["steps_streaming"] / r["steps_idle"] if r["steps_idle"] else float("nan")
     rows = [
@@ -228,9 +270,11 @@ def report(r: dict[str, Any], chains: int, what: str = "LeNet", device: str = "c
         rows.append(
             f"| frames/s per client, {n} client{'s' if n > 1 else ''} (mean, min) | {mean:.1f}, {low:.1f} | {goal} |"
         )
+    eights = counts.count(8)
+    digits = 0 if r["steps_idle"] >= 20 else 2  # a big network's steps/s need decimals
     rows += [
-        f"| sampler steps/s, no client (mean of 4 periods) | {r['steps_idle']:.0f} | |",
-        f"| sampler steps/s, 8 clients streaming (mean of 2 periods) | {r['steps_streaming']:.0f} | |",
+        f"| sampler steps/s, no client (mean of {len(counts)} periods) | {r['steps_idle']:.{digits}f} | |",
+        f"| sampler steps/s, 8 clients streaming (mean of {eights} periods) | {r['steps_streaming']:.{digits}f} | |",
         f"| ratio streaming / not streaming | {ratio:.2f} | >= 0.9 |",
     ]
     # Neighbours' load changes how much CPU the worker gets from period to period; steps per
@@ -240,7 +284,7 @@ def report(r: dict[str, Any], chains: int, what: str = "LeNet", device: str = "c
     per_cpu_idle = r["steps_idle"] / idle_cpu
     per_cpu_stream = r["steps_streaming"] / stream_cpu
     rows += [
-        f"| worker steps per CPU-second, no client / 8 clients | {per_cpu_idle:.0f} / {per_cpu_stream:.0f} | |",
+        f"| worker steps per CPU-second, no client / 8 clients | {per_cpu_idle:.{digits}f} / {per_cpu_stream:.{digits}f} | |",
         f"| ratio per CPU-second streaming / not streaming | {per_cpu_stream / per_cpu_idle:.2f} | >= 0.9 |",
     ]
     for phase, shares in CPU.items():
@@ -259,17 +303,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter periods (a smoke run)")
     parser.add_argument("--checkpoint", help="a checkpoint (default: the bundled LeNet)")
+    parser.add_argument(
+        "--model", choices=sorted(MODELS), help="build and export this network (see above)"
+    )
+    parser.add_argument(
+        "--clients", default="8,1,8,32", help="client counts of the streaming periods"
+    )
+    parser.add_argument("--period", type=float, help="seconds of each streaming period")
     parser.add_argument("--chains", type=int, default=16)
     parser.add_argument("--target", help="LAYER:UNIT (default: the model's last layer, unit 0)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.target is None:
-        args.target = "fc3:0" if args.checkpoint is None else None
+    counts = [int(n) for n in args.clients.split(",") if n.strip()]
+    if not counts or min(counts) < 1:
+        parser.error("--clients takes client counts of at least 1, such as 1,8")
+    if args.model and args.checkpoint:
+        parser.error("give --checkpoint or --model, not both")
+    if args.target is None and args.checkpoint is None and args.model is None:
+        args.target = "fc3:0"
     if args.serve is not None:
         serve(args.serve, args.checkpoint, args.chains, args.target, args.device)
         return 0
 
+    temporary = None
+    what = "LeNet"
+    if args.model:
+        import tempfile
+
+        temporary = tempfile.TemporaryDirectory(prefix="ldam-bench-")
+        args.checkpoint = str(build_model(args.model, Path(temporary.name)))
+        what = MODELS[args.model]
+    elif args.checkpoint:
+        what = Path(args.checkpoint).name
     port = free_port()
     cmd = [
         sys.executable,
@@ -305,15 +371,16 @@ def main(argv: list[str] | None = None) -> int:
                 print("the server did not start in time", file=sys.stderr)
                 return 1
             time.sleep(0.3)
-        result = asyncio.run(measure(port, args.quick))
-        what = Path(args.checkpoint).name if args.checkpoint else "LeNet"
-        print(report(result, args.chains, what, args.device))
+        result = asyncio.run(measure(port, args.quick, counts, args.period))
+        print(report(result, args.chains, what, args.device, tuple(counts)))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if temporary is not None:
+            temporary.cleanup()
     return 0
 
 

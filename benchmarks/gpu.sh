@@ -11,7 +11,8 @@
 #
 # What it runs: `ldam bench` on the device (LeNet 16/256/1024 chains, resnet18 at 64x64,
 # the small ViT, resnet50 at 224x224 with 16 chains; eager PyTorch and Lucent side by side),
-# then the dashboard's streaming benchmark with resnet50 at 224x224 on the device.
+# then the dashboard's streaming benchmark with resnet50 at 224x224 on the device, then
+# `ldam atlas` on 64 channels of resnet18 at 224x224 (units per minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
@@ -77,6 +78,32 @@ EOF
   echo
   "$PY" -m benchmarks.bench_stream ${QUICK:+--quick} --checkpoint "$WORK/$STREAM_ARCH.pt2" \
     --target fc:1 --chains "$STREAM_CHAINS" --device "$DEVICE"
+  echo
+} >> "$OUT/gpu.md"
+
+# The atlas on the device: units per minute of `ldam atlas` (local executor, one process) for
+# 64 channels of resnet18's layer4.1.conv2 at 224x224, 8 chains each, 16 units per batch.
+"$PY" - "$WORK/atlas_resnet18.pt2" <<'EOF'
+import sys
+
+import torch
+import torchvision
+
+from ldam.models.loading import export_checkpoint
+
+torch.manual_seed(0)
+export_checkpoint(torchvision.models.resnet18(weights=None).eval(), sys.argv[1], (3, 224, 224))
+EOF
+ATLAS_UNITS=0-63 ATLAS_STEPS=200
+if [ -n "$QUICK" ]; then ATLAS_UNITS=0-3 ATLAS_STEPS=5; fi
+{
+  echo "### \`ldam atlas resnet18.pt2 --layer layer4.1.conv2 --units $ATLAS_UNITS --steps $ATLAS_STEPS --chains 8 --batch-units 16 --device $DEVICE\`"
+  echo
+  start=$(date +%s)
+  "$PY" -m ldam atlas "$WORK/atlas_resnet18.pt2" --layer layer4.1.conv2 --units "$ATLAS_UNITS" \
+    --steps "$ATLAS_STEPS" --chains 8 --batch-units 16 --device "$DEVICE" --out "$WORK/atlas" 2>&1 | tail -2
+  echo
+  echo "wall time including start and model load: $(( $(date +%s) - start )) s"
   echo
 } >> "$OUT/gpu.md"
 

@@ -4,6 +4,8 @@
 // the parameter itself. While the user drags, messages go out at most every SEND_MS and the
 // page does not overwrite the control being moved.
 
+import { LayerPicker } from "./layers.js";
+
 const SEND_MS = 40;
 const HOLD_MS = 600;
 
@@ -27,6 +29,12 @@ export class Controls {
     this.timer = null;
     this.info = null;
     this.appliedUrl = false;
+    this.layers = new LayerPicker(
+      document.getElementById("layer"),
+      document.getElementById("layer-filter"),
+      document.getElementById("layer-count"),
+      (name) => this.set(this.layerChanges(name)),
+    );
     this.bindSliders();
     this.bindToggles();
     this.bindPickers();
@@ -85,6 +93,8 @@ export class Controls {
     disc.addEventListener("change", () => this.set({ disc_training: disc.checked }));
     const avg = document.getElementById("show_average");
     avg.addEventListener("change", () => this.set({ show: avg.checked ? "average" : "sample" }));
+    const view = document.getElementById("view_input");
+    view.addEventListener("change", () => this.set({ view: view.checked ? "input" : "symmetric" }));
   }
 
   bindPickers() {
@@ -99,11 +109,7 @@ export class Controls {
     // "" is the "(from the command line)" entry: the server goes back to the operator's file.
     on("checkpoint", (el) => ({ checkpoint: el.value }));
     on("compare", (el) => ({ compare: el.value }));
-    on("layer", (el) => {
-      const layer = this.layerInfo(el.value);
-      const last = layer ? Math.min(layer.units - 1, 9) : 9;
-      return { layer: el.value, unit: 0, unit_end: last };
-    });
+    on("layer", (el) => this.layerChanges(el.value));
     on("layout", (el) => ({ layout: el.value }));
     const int = (el) => Math.max(0, Math.round(Number(el.value)));
     on("unit", (el) => ({ unit: int(el) }));
@@ -130,12 +136,23 @@ export class Controls {
     document.getElementById("disc-restart").addEventListener("click", () => this.send({ type: "disc_restart" }));
   }
 
+  /** A new target layer: its first unit, and up to ten units for the range layout. */
+  layerChanges(name) {
+    const layer = this.layerInfo(name);
+    const last = layer ? Math.min(layer.units - 1, 9) : 9;
+    return { layer: name, unit: 0, unit_end: last };
+  }
+
   togglePause() {
     if (this.params) this.set({ paused: !this.params.paused });
   }
 
   toggleAverage() {
     if (this.params) this.set({ show: this.params.show === "average" ? "sample" : "average" });
+  }
+
+  toggleView() {
+    if (this.params) this.set({ view: this.params.view === "input" ? "symmetric" : "input" });
   }
 
   stepUnit(delta) {
@@ -161,11 +178,10 @@ export class Controls {
   /** The model and checkpoints (`info` message): fill the pickers. */
   setInfo(info) {
     this.info = info;
-    const layer = document.getElementById("layer");
-    layer.replaceChildren(...(info.layers || []).map((l) => {
-      const option = new Option(`${l.name}  [${l.shape.join("×")}]  ${l.units} units`, l.name);
-      return option;
-    }));
+    this.layers.setLayers(info.layers);
+    const note = document.getElementById("window-note");
+    note.textContent = info.window_note || "";
+    note.hidden = !info.window_note;
     const names = info.checkpoints || [];
     const fill = (select, none) => {
       const options = names.map((n) => new Option(n, n));
@@ -181,7 +197,7 @@ export class Controls {
     // New options reset a select to its first one: show the current parameters again, even
     // on a control the user is moving (its new value is already on its way).
     if (this.params) {
-      layer.value = this.params.layer;
+      this.layers.setCurrent(this.params.layer);
       checkpoint.value = this.params.checkpoint ?? "";
       document.getElementById("compare").value = this.params.compare ?? "";
       this.setState(this.params, this.version, this.defaults);
@@ -203,11 +219,12 @@ export class Controls {
     document.getElementById("grad_norm").checked = params.grad_norm;
     document.getElementById("disc_training").checked = params.disc_training;
     document.getElementById("show_average").checked = params.show === "average";
+    document.getElementById("view_input").checked = params.view === "input";
     const pause = document.getElementById("pause");
     pause.textContent = params.paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(params.paused));
     const put = (id, value) => { if (!this.busy(id)) document.getElementById(id).value = value; };
-    put("layer", params.layer);
+    if (!this.busy("layer")) this.layers.setCurrent(params.layer);
     put("layout", params.layout);
     put("unit", params.unit);
     put("unit_end", params.unit_end);

@@ -598,10 +598,10 @@ def _check_forward(module: nn.Module, shape: tuple[int, int, int], batch: int, p
         raise CheckpointError(
             f"The model in {path} does not accept input of shape {_fmt(shape)} ({_first_line(error)})."
         ) from None
-    if not isinstance(out, torch.Tensor):
-        raise CheckpointError(
-            f"The model in {path} returns a {type(out).__name__}, not one tensor."
-        )
+    leaves = torch.utils._pytree.tree_leaves(out)
+    if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+        # A tuple, list or dict of tensors is fine: a target names one element of it.
+        raise CheckpointError(f"The model in {path} returns a {type(out).__name__}, not tensors.")
 
 
 def load_default_pair() -> tuple[LoadedModel, LoadedModel]:

@@ -57,6 +57,46 @@ def lenet_folder() -> Path:
     return folder
 
 
+# ImageNet's normalization, as torchvision's and timm's models expect their input.
+IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@cache
+def rgb224_checkpoint() -> Path:
+    """A small conv net on 3x224x224 RGB with ImageNet's normalization in its metadata, random
+    weights, exported once per session: the input of today's image networks at little cost.
+
+    Its modules nest like a real network's stages: ``stem`` (``stem.0``: 3->8, 7x7, stride 4;
+    ``stem.1``: ReLU) [8, 56, 56], ``stages`` (``stages.0``: 8->8 at 56x56, ``stages.1``:
+    8->16, stride 2, to 28x28; each a conv ``.0`` and a ReLU ``.1``), ``pool`` (to 4x4),
+    ``flatten`` and ``fc`` (256->10) [10].
+    """
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    from ldam.models.loading import export_checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(nn.Conv2d(3, 8, 7, stride=4, padding=3), nn.ReLU()),
+            stages=nn.Sequential(
+                nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
+            ),
+            pool=nn.AdaptiveAvgPool2d(4),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(256, 10),
+        )
+    )
+    folder = Path(tempfile.mkdtemp(prefix="ldam-test-rgb-"))
+    return export_checkpoint(
+        net, folder / "rgb224.pt2", (3, 224, 224), {"normalization": IMAGENET_NORMALIZATION}
+    )
+
+
 # --- worker entries for the fault tests (they run in the spawned worker process) ------------
 
 

@@ -2,8 +2,10 @@
 
 The page loads and draws frames that keep changing, the temperature slider changes the
 server's parameters and the header of the frames that follow, the target picker switches
-units, the compare view shows two panels, every control has a label; a screenshot is saved
-to test-artifacts/dashboard.png.
+units, its filter narrows the layers and Enter picks one, the compare view shows two panels,
+every control has a label; a screenshot is saved to test-artifacts/dashboard.png. A 3x224x224
+RGB network streams its grid, and the view toggle switches it between the paper's symmetric
+scale and the input space.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,7 +25,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.support import PAIR, REPO, START_TIMEOUT_S, free_port, lenet_folder
+from tests.support import (
+    PAIR,
+    REPO,
+    START_TIMEOUT_S,
+    free_port,
+    lenet_folder,
+    rgb224_checkpoint,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -33,8 +43,9 @@ ARTIFACTS = REPO / "test-artifacts"
 class Served:
     """`python -m ldam serve` on a free loopback port."""
 
-    def __init__(self, tmp: Path) -> None:
-        folder = lenet_folder()
+    def __init__(self, tmp: Path, checkpoint: Path | None = None) -> None:
+        folder = lenet_folder() if checkpoint is None else checkpoint.parent
+        checkpoint = checkpoint or folder / PAIR[0]
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "serve.log"
@@ -45,7 +56,7 @@ class Served:
                     "-m",
                     "ldam",
                     "serve",
-                    str(folder / PAIR[0]),
+                    str(checkpoint),
                     "--checkpoints",
                     str(folder),
                     "--port",
@@ -97,8 +108,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def page(served: Served) -> Iterator[Any]:
+@contextmanager
+def dashboard(served: Served) -> Iterator[Any]:
+    """Chromium showing the dashboard of `served`, once it has drawn two frames; no page
+    error may happen meanwhile."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -124,8 +137,97 @@ def page(served: Served) -> Iterator[Any]:
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def page(served: Served) -> Iterator[Any]:
+    with dashboard(served) as page:
+        yield page
+
+
 def grid_pixels(page: Any) -> str:
     return page.evaluate("document.querySelector('#panels canvas').toDataURL('image/png')")
+
+
+CHANNEL_MEANS = """() => {
+  const c = document.querySelector('#panels canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+  return sum.map(s => s / (d.length / 4));
+}"""
+
+
+# First in the module: the LeNet server of the other tests does not run yet.
+def test_a_224_rgb_network_streams_and_the_view_switches(tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (make chromium installs it)")
+    served = Served(tmp_path, rgb224_checkpoint())
+    try:
+        served.wait_ready()
+        with dashboard(served) as page:
+            # The default window (200 steps of 20 chains) would need 2297 MiB: it was fitted.
+            assert page.locator("#window-note").is_visible()
+            assert page.locator("#window-note").text_content() == (
+                "The averaging window is 89 steps instead of 200, the most that fits the "
+                "1024 MiB budget for 20 chains of shape (3, 224, 224); fewer chains allow a "
+                "longer one."
+            )
+            assert served.state()["params"]["window"] == 89
+            # The picker groups the network's stages.
+            groups = page.evaluate(
+                "[...document.querySelectorAll('#layer optgroup')].map(g => g.label)"
+            )
+            assert groups == ["stem", "stages"]
+            # fc:0-9 in 10 columns, 2 rows of 224 x 224 with 2 px padding, decoded at full size.
+            size = page.evaluate(
+                "(() => { const c = document.querySelector('#panels canvas'); "
+                "return [c.width, c.height]; })()"
+            )
+            header = page.evaluate("window.ldam.header.panels[0]")
+            assert size == [10 * 226 + 2, 2 * 226 + 2] == [header["width"], header["height"]]
+            first = grid_pixels(page)
+            seq = page.evaluate("window.ldam.header.seq")
+            page.wait_for_function(f"window.ldam.header.seq >= {seq + 3}", timeout=60_000)
+            assert grid_pixels(page) != first
+            # Paused, the chains stand still: only the view changes what is drawn.
+            page.locator("#pause").click()
+            version = wait_for_param(served, "paused", True)
+            page.wait_for_function(f"window.ldam.header.version >= {version}", timeout=30_000)
+            symmetric, symmetric_means = grid_pixels(page), page.evaluate(CHANNEL_MEANS)
+            page.get_by_label("Show in input space").check()
+            version = wait_for_param(served, "view", "input")
+            page.wait_for_function(
+                f"window.ldam.header.version >= {version} && window.ldam.header.view === 'input'",
+                timeout=30_000,
+            )
+            shown, means = grid_pixels(page), page.evaluate(CHANNEL_MEANS)
+            assert shown != symmetric
+            # Symmetric: every channel is centred on grey. Input space: ImageNet's means show,
+            # red (0.485) about 20 levels above blue (0.406).
+            assert abs(symmetric_means[0] - symmetric_means[2]) < 5
+            assert means[0] - means[2] > 12
+            page.locator("h1").click()
+            page.keyboard.press("v")  # back to the paper's view: the very same picture
+            version = wait_for_param(served, "view", "symmetric")
+            page.wait_for_function(
+                f"window.ldam.header.version >= {version} "
+                "&& window.ldam.header.view === 'symmetric'",
+                timeout=30_000,
+            )
+            assert grid_pixels(page) == symmetric
+            assert not page.get_by_label("Show in input space").is_checked()
+    finally:
+        served.stop()
+
+
+def wait_for_param(served: Served, name: str, value: Any) -> int:
+    """Wait until the server holds `value` for parameter `name`; returns its version."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = served.state()
+        if state["params"][name] == value:
+            return int(state["version"])
+        time.sleep(0.1)
+    raise AssertionError(f"{name} never became {value!r}: {state['params'][name]!r}")
 
 
 def test_frames_keep_changing(page: Any) -> None:
@@ -174,6 +276,75 @@ def test_target_picker_switches_units(served: Served, page: Any) -> None:
     )
     params = served.state()["params"]
     assert (params["layer"], params["unit"], params["layout"]) == ("fc1", 7, "chains")
+
+
+def option_values(page: Any) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('#layer option')].map(o => o.value)")
+
+
+def test_layer_filter_narrows_the_list_and_enter_picks(served: Served, page: Any) -> None:
+    page.locator("h1").click()
+    page.keyboard.press("/")  # the shortcut puts the cursor in the filter
+    assert page.evaluate("document.activeElement.id") == "layer-filter"
+    everything = option_values(page)
+    assert len(everything) == 12 and page.locator("#layer-count").text_content() == "12 layers"
+    current = served.state()["params"]["layer"]
+    page.keyboard.type("conv")
+    # The current layer stays listed (marked), so the picker still shows what is sampled.
+    kept = [] if current.startswith("conv") else [current]
+    assert option_values(page) == sorted(["conv1", "conv2", *kept], key=everything.index)
+    assert page.locator("#layer-count").text_content() == "2 of 12 layers match"
+    assert page.locator("#layer").input_value() == current
+    # Every word must match, the shape too: LeNet's 16x8x8 layers are conv2 and relu2.
+    page.get_by_label("Find a layer").fill("16x8")
+    assert [v for v in option_values(page) if v != current] == ["conv2", "relu2"]
+    page.get_by_label("Find a layer").fill("co 6×24")
+    assert [v for v in option_values(page) if v != current] == ["conv1"]
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "window.ldam.header && window.ldam.header.panels[0].target.startsWith('conv1:0')",
+        timeout=30_000,
+    )
+    params = served.state()["params"]
+    assert (params["layer"], params["unit"], params["unit_end"]) == ("conv1", 0, 5)
+    assert page.locator("#layer").input_value() == "conv1"
+    page.keyboard.press("Escape")
+    assert option_values(page) == everything
+    assert page.get_by_label("Find a layer").input_value() == ""
+
+
+def test_layer_groups_cut_a_vit_into_its_blocks(page: Any) -> None:
+    # The page's own grouping on the module names of a real ViT (timm, random weights), in
+    # the order named_modules gives them.
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    names = [name for name, _ in vit.named_modules() if name]
+    layers = [{"name": n, "shape": [197, 192], "units": 192, "kind": "tokens"} for n in names]
+    groups = page.evaluate(
+        """async (layers) => {
+             const m = await import('/static/layers.js');
+             return m.groupLayers(layers).map(g => [g.label, g.layers.map(l => l.name)]);
+           }""",
+        layers,
+    )
+    # 264 layers inside `blocks` are too many for one group: one group per block, 22 layers
+    # each; a layer alone ("head", or "blocks" itself) is listed without a group.
+    blocks = [f"blocks.{i}" for i in range(12)]
+    assert [label for label, _ in groups if label is not None] == ["patch_embed", *blocks]
+    alone = ["pos_drop", "patch_drop", "norm_pre", "blocks", "norm", "fc_norm", "head_drop"]
+    assert [members for label, members in groups if label is None] == [
+        [n] for n in alone + ["head"]
+    ]
+    for label, members in groups:
+        if label is not None:
+            assert members == [n for n in names if n == label or n.startswith(label + ".")]
+    assert [len(members) for label, members in groups if label in blocks] == [22] * 12
+    assert [name for _, members in groups for name in members] == names
+    label = page.evaluate(
+        """async (layer) => (await import('/static/layers.js')).layerLabel(layer)""",
+        {"name": "blocks.5.mlp.fc1", "shape": [197, 768], "units": 768, "kind": "tokens"},
+    )
+    assert label == "blocks.5.mlp.fc1 [197×768] tokens · 768 units"
 
 
 def test_space_pauses_and_resumes(served: Served, page: Any) -> None:

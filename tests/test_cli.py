@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from ldam.cli.main import main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
-from ldam.models.loading import load_checkpoint
+from ldam.models.loading import export_checkpoint, load_checkpoint
 from ldam.sampling.energy import ActivationTerm, L2Term
-from ldam.sampling.images import grid_order
+from ldam.sampling.images import display_grid, grid_order, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
 
@@ -128,8 +130,9 @@ def test_inspect_lists_layers() -> None:
     result = run_cli("inspect", str(DEFAULT_CHECKPOINT))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.split()[:3] == ["fc3", "10", "10"] for line in lines)
-    assert any(line.split()[0] == "conv1" and line.split()[1] == "6x24x24" for line in lines)
+    assert lines[1].split() == ["layer", "output", "shape", "units", "kind"]
+    assert any(line.split() == ["fc3", "10", "10", "vector"] for line in lines)
+    assert any(line.split() == ["conv1", "6x24x24", "6", "channels"] for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -263,3 +266,46 @@ def test_sample_npz_is_the_per_step_loops_for_a_fixed_seed(tmp_path: Path) -> No
     for key, value in expected.items():
         assert data[key].dtype == value.dtype, key
         assert np.array_equal(data[key], value), key
+
+
+def test_view_input_png_is_the_denormalized_grid_for_four_channels(tmp_path: Path) -> None:
+    # A 4-channel, non-square input with its normalization in the checkpoint: the PNG is the
+    # window means in the chosen view, each channel its own grey image (images.py's rule).
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(4, 3, 3),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+        )
+    )
+    normalization = ([0.5, 0.4, 0.3, 0.2], [0.2, 0.25, 0.3, 0.35])
+    mean, std = normalization
+    checkpoint = export_checkpoint(
+        net, tmp_path / "four.pt2", (4, 20, 36), {"normalization": {"mean": mean, "std": std}}
+    )
+    pixels = {}
+    for view in ("symmetric", "input"):
+        out, png = tmp_path / f"{view}.npz", tmp_path / f"{view}.png"
+        argv = ["sample", str(checkpoint), "--target", "flat:0-2", "--chains", "6"]
+        argv += ["--steps", "10", "--window", "5", "--burn-in", "2", "--seed", "1"]
+        argv += ["--device", "cpu", "--out", str(out), "--png", str(png), "--view", view]
+        assert main(argv) == 0
+        data = np.load(out)
+        units = json.loads(str(data["params"]))["units_per_chain"]
+        order = grid_order(units, [0, 1, 2])
+        x = torch.from_numpy(data["window_mean"])[order]
+        expected = to_pil(display_grid(x, 3, view, normalization))
+        image = Image.open(png)
+        # 3 columns x 2 rows of 4 side-by-side channels (4 * 36 + 3 px) x 20 px, 2 px padding.
+        assert image.mode == "L" and image.size == (3 * (4 * 36 + 3 + 2) + 2, 2 * 22 + 2)
+        pixels[view] = np.asarray(image)
+        assert np.array_equal(pixels[view], np.asarray(expected)), view
+    # The same chains (same seed), shown two ways.
+    assert not np.array_equal(pixels["symmetric"], pixels["input"])
+    assert (
+        run_cli("sample", "--view", "raw")
+        .stderr.strip()
+        .endswith("argument --view: invalid choice: 'raw' (choose from 'symmetric', 'input')")
+    )

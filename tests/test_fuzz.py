@@ -93,6 +93,7 @@ valid_set = st.fixed_dictionaries(
         "window": st.integers(1, 1000),
         "grad_norm": st.booleans(),
         "show": st.sampled_from(["sample", "average"]),
+        "view": st.sampled_from(["symmetric", "input"]),
         "disc_training": st.booleans(),
         "unit": st.integers(0, 9),
         "unit_end": st.integers(0, 9),
@@ -279,7 +280,7 @@ def test_fuzz_control_messages(server: LiveServer) -> None:
     v.ack = True
     defaults = SamplerParams().model_dump()
     live_fields = ["temperature", "step_size", "momentum", "l2_weight", "disc_weight", "window"]
-    live_fields += ["grad_norm", "show", "disc_training", "paused", "layout", "chains"]
+    live_fields += ["grad_norm", "show", "view", "disc_training", "paused", "layout", "chains"]
     v.set(**{name: defaults[name] for name in live_fields}, unit=0, unit_end=9)
     frames = v.frames_for(3.0)
     v.close()

@@ -1,11 +1,25 @@
-"""The paper's display scaling and the grid, with exact pixel values."""
+"""The display views (the paper's symmetric scaling, the input space), any channel count, and
+the grid, with exact pixel values."""
 
 from __future__ import annotations
+
+from typing import get_args
 
 import pytest
 import torch
 
-from ldam.sampling.images import ImageError, tile, to_display
+from ldam.sampling.images import (
+    VIEWS,
+    ImageError,
+    display_grid,
+    display_images,
+    split_channels,
+    tile,
+    to_display,
+    to_input_space,
+    to_pil,
+)
+from ldam.wire.params import View
 
 
 def test_each_image_is_scaled_symmetrically_by_its_own_peak() -> None:
@@ -67,3 +81,107 @@ def test_bad_input_is_one_sentence() -> None:
         tile(torch.zeros(1, 1, 2, 2), columns=1)
     with pytest.raises(ImageError, match=r"^columns must be an integer >= 1, got 0\.$"):
         tile(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), columns=0)
+
+
+# --- the input-space view ----------------------------------------------------------------
+
+
+def test_input_space_undoes_the_normalization_per_channel_and_clips() -> None:
+    # mean 0.5, 0.25, 0 and std 0.25, 0.5, 1: x = (v - mean) / std for the bytes we expect.
+    normalization = ([0.5, 0.25, 0.0], [0.25, 0.5, 1.0])
+    x = torch.tensor(
+        [
+            [[[-2.0, 0.0, 2.0, 9.0]]],  # 0.5 + 0.25 x = 0, 0.5, 1, 2.75 -> 0, 128, 255, 255
+            [[[-0.5, 0.5, 1.5, -9.0]]],  # 0.25 + 0.5 x = 0, 0.5, 1, <0 -> 0, 128, 255, 0
+            [[[0.2, 0.4, 1.0, float("nan")]]],  # x itself; NaN is x = 0, the mean: 0
+        ]
+    ).view(1, 3, 1, 4)
+    out = to_input_space(x, normalization)
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 1, 4)
+    # round(0.5 * 255) = round(127.5) = 128 (half to even); 0.2 * 255 = 51, 0.4 * 255 = 102.
+    assert out.view(3, 4).tolist() == [[0, 128, 255, 255], [0, 128, 255, 0], [51, 102, 255, 0]]
+
+
+def test_input_space_without_normalization_clips_to_the_unit_interval() -> None:
+    x = torch.tensor([-1.0, 0.0, 0.2, 1.0, 3.0, float("inf"), -float("inf")]).view(1, 1, 1, 7)
+    assert to_input_space(x, None).flatten().tolist() == [0, 0, 51, 255, 255, 255, 0]
+
+
+def test_input_space_broadcasts_one_value_and_refuses_a_wrong_count() -> None:
+    x = torch.zeros(2, 3, 2, 2)
+    assert to_input_space(x, ([0.2], [1.0])).unique().tolist() == [51]
+    with pytest.raises(
+        ImageError,
+        match=r"^The normalization has 2 mean values for images with 3 channels; give one per "
+        r"channel or one for all\.$",
+    ):
+        to_input_space(x, ([0.1, 0.2], [1.0]))
+
+
+def test_the_input_view_does_not_touch_the_chains() -> None:
+    x = torch.tensor([[[[3.0, -3.0]]]])
+    to_input_space(x, ([0.5], [0.25]))
+    display_images(x, "input")
+    assert x.flatten().tolist() == [3.0, -3.0]
+
+
+# --- any channel count ------------------------------------------------------------------
+
+
+def test_two_or_four_channels_show_side_by_side_in_grey() -> None:
+    # 1 image, 4 channels of 2x2 with the values 10c + position: each channel its own tile.
+    images = torch.tensor(
+        [[[10 * c + 1, 10 * c + 2], [10 * c + 3, 10 * c + 4]] for c in range(4)],
+        dtype=torch.uint8,
+    ).view(1, 4, 2, 2)
+    out = split_channels(images)
+    assert out.shape == (1, 1, 2, 4 * 2 + 3)
+    assert out[0, 0].tolist() == [
+        [1, 2, 0, 11, 12, 0, 21, 22, 0, 31, 32],
+        [3, 4, 0, 13, 14, 0, 23, 24, 0, 33, 34],
+    ]
+    two = split_channels(images[:, :2], gap=2, gap_value=9)
+    assert two[0, 0].tolist() == [[1, 2, 9, 9, 11, 12], [3, 4, 9, 9, 13, 14]]
+
+
+def test_display_keeps_grey_and_rgb_and_splits_the_rest() -> None:
+    for channels, expected in [(1, (5, 1, 3, 4)), (3, (5, 3, 3, 4)), (2, (5, 1, 3, 9))]:
+        assert display_images(torch.randn(5, channels, 3, 4)).shape == expected
+    # The symmetric scale is per image over all channels: the peak 4 is in the last channel
+    # (2 -> 128 + round(63.5) = 192, -1 -> 128 - 32 = 96).
+    x = torch.tensor([2.0, 0.0, -1.0, 4.0]).view(1, 4, 1, 1)
+    assert display_images(x)[0, 0].tolist() == [[192, 0, 128, 0, 96, 0, 255]]
+    five = display_grid(torch.randn(6, 5, 3, 4), columns=3)
+    assert five.shape == (1, 2 * (3 + 2) + 2, 3 * (5 * 4 + 4 + 2) + 2)
+    assert to_pil(five).mode == "L" and to_pil(five).size == (80, 12)
+
+
+def test_a_non_square_rgb_grid_in_both_views() -> None:
+    x = torch.randn(4, 3, 20, 36)
+    for view in VIEWS:
+        grid = display_grid(x, columns=2, view=view, normalization=([0.5] * 3, [0.25] * 3))
+        assert grid.shape == (3, 2 * 22 + 2, 2 * 38 + 2)
+        image = to_pil(grid)
+        assert image.mode == "RGB" and image.size == (78, 46)
+        # Chain 3 sits at row 1, column 1.
+        assert torch.equal(
+            grid[:, 24:44, 40:76], display_images(x, view, ([0.5] * 3, [0.25] * 3))[3]
+        )
+
+
+def test_the_views_are_the_parameters_views() -> None:
+    # The page's toggle, `ldam sample --view` and the frames use the same names.
+    assert get_args(View) == VIEWS == ("symmetric", "input")
+
+
+def test_unknown_view_and_bad_grids_are_one_sentence() -> None:
+    with pytest.raises(
+        ImageError, match=r"^The view must be one of symmetric, input, got 'raw'\.$"
+    ):
+        display_images(torch.zeros(1, 1, 2, 2), "raw")
+    with pytest.raises(
+        ImageError,
+        match=r"^to_pil expects a uint8 grid \[C, H, W\] with 1 or 3 channels, got torch\.uint8 "
+        r"of shape \[4, 2, 2\]; display_grid lays out any other channel count\.$",
+    ):
+        to_pil(torch.zeros(4, 2, 2, dtype=torch.uint8))

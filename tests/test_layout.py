@@ -26,6 +26,7 @@ FOLDERS = {
     "wire": REPO / "server" / "wire",
     "web": REPO / "server" / "web",
     "cli": REPO / "server" / "cli",
+    "atlas": REPO / "server" / "atlas",
     "models": REPO / "models",
 }
 # What each side may not import (prefixes of module names).
@@ -57,12 +58,15 @@ FORBIDDEN = {
         "ldam.sampling",
         "ldam.worker",
         "ldam.cli",
+        "ldam.atlas.render",
+        "ldam.atlas.executors",
         "ldam.models.loading",
         "ldam.models.lenet",
         "ldam.models.data",
         "ldam.models.train",
         "ldam.models.discriminator",
     ),
+    "atlas": ("ldam.web", "ldam.worker", "ldam.cli", "fastapi", "starlette", "uvicorn"),
     "models": ("ldam.web", "ldam.cli", "ldam.worker", "ldam.wire", "fastapi", "starlette"),
 }
 

@@ -728,3 +728,31 @@ def test_used_spare_starts_are_redrawn_within_two_check_periods(sync_free: bool)
     assert len(distinct) == 3
     assert all(torch.equal(starts[i], starts[0]) for i in range(2 * CHECK_STEPS))
     assert not torch.equal(starts[2 * CHECK_STEPS], starts[0])
+
+
+def test_group_seeds_give_each_group_the_chains_it_would_have_alone() -> None:
+    """Chains split by `group_seeds` draw their starts, noise and spare starts from streams of
+    their own: group g of a batch is bit-identical to a sampler of its chains alone, seeded
+    `group_seeds[g]`, whatever the other groups are (`ldam atlas` relies on this)."""
+    w = torch.tensor([1.0, -2.0, 0.5, 0.0])
+
+    def run_with(chains: int, **seeding: object) -> Sampler:
+        config = SamplerConfig(
+            chains=chains, temperature=0.5, step_size=0.1, l2_weight=1.0, window=5, **seeding
+        )
+        sampler = Sampler([linear_unit(w, 0.0), L2Term()], (1, 2, 2), config)
+        run(sampler, 40)
+        return sampler
+
+    batch = run_with(9, group_seeds=[11, 22, 33])
+    for g, seed in enumerate([11, 22, 33]):
+        alone = run_with(3, seed=seed)
+        assert torch.equal(batch.x[3 * g : 3 * g + 3], alone.x)
+        assert torch.equal(batch.window_mean()[3 * g : 3 * g + 3], alone.window_mean())
+        assert torch.equal(batch.spare.starts[3 * g : 3 * g + 3], alone.spare.starts)
+    # The groups really differ, and one group is the plain seed's sampler.
+    assert not torch.equal(batch.x[0:3], batch.x[3:6])
+    assert torch.equal(run_with(3, group_seeds=[5]).x, run_with(3, seed=5).x)
+    with pytest.raises(SamplerError) as info:
+        SamplerConfig(chains=4, group_seeds=[1, 2, 3])
+    assert str(info.value) == "4 chains cannot be split into 3 equal groups of group_seeds."

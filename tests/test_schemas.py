@@ -25,6 +25,7 @@ from ldam.wire.messages import (
     parse_client_message,
 )
 from ldam.wire.params import (
+    STRUCTURAL_FIELDS,
     SamplerParams,
     SetMessage,
     check_layer_and_units,
@@ -310,3 +311,13 @@ def test_layer_and_unit_rule_names_the_field_and_the_limit() -> None:
         "unit_end",
         "Layer 'conv1' has 6 units; unit_end must be below 6.",
     )
+
+
+def test_view_is_a_display_setting_with_the_images_names() -> None:
+    # Switching the view redraws the same chains, it rebuilds nothing (test_images checks
+    # that the names are those of `ldam.sampling.images.VIEWS`).
+    assert SamplerParams().view == "symmetric" and "view" not in STRUCTURAL_FIELDS
+    message = parse_client_message('{"type": "set", "view": "input"}')
+    assert isinstance(message, SetMessage) and message.changes() == {"view": "input"}
+    with pytest.raises(ValidationError):
+        SetMessage.model_validate({"type": "set", "view": "raw"})

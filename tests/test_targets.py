@@ -186,7 +186,8 @@ def test_layer_with_other_rank_is_refused() -> None:
     with pytest.raises(TargetError) as info:
         Target(model, "1:0", 1)(torch.zeros(1, 1, 2, 2))
     assert str(info.value) == (
-        "1 outputs shape [] per image; a target needs a layer with a 2-D [N, K] or 4-D [N, C, H, W] output."
+        "Layer '1' gives one number per image (output shape [4]), so it has no units; target a "
+        "layer whose output per image is [K], [T, D] or [C, H, W], as ldam inspect lists them."
     )
 
 
@@ -227,11 +228,11 @@ def test_list_layers_lenet(lenet: nn.Module) -> None:
     layers = list_layers(lenet, (1, 28, 28))
     assert [layer.name for layer in layers] == [*LENET_LAYERS.split(", ")[:-1], ""]
     table = {layer.name: layer for layer in layers}
-    assert table["conv1"] == LayerInfo("conv1", (6, 24, 24), 6)
-    assert table["pool2"] == LayerInfo("pool2", (16, 4, 4), 16)
-    assert table["flatten"] == LayerInfo("flatten", (256,), 256)
-    assert table["fc2"] == LayerInfo("fc2", (84,), 84)
-    assert table[""] == LayerInfo("", (10,), 10)
+    assert table["conv1"] == LayerInfo("conv1", (6, 24, 24), 6, "channels")
+    assert table["pool2"] == LayerInfo("pool2", (16, 4, 4), 16, "channels")
+    assert table["flatten"] == LayerInfo("flatten", (256,), 256, "vector")
+    assert table["fc2"] == LayerInfo("fc2", (84,), 84, "vector")
+    assert table[""] == LayerInfo("", (10,), 10, "vector")
 
 
 def test_torchscript_allows_output_targets_only(lenet: nn.Module) -> None:
@@ -246,7 +247,7 @@ def test_torchscript_allows_output_targets_only(lenet: nn.Module) -> None:
         "A TorchScript model allows only output targets (such as output:7); export it with "
         "torch.export (.pt2) to target inner layers."
     )
-    assert list_layers(scripted, (1, 28, 28)) == [LayerInfo("", (10,), 10)]
+    assert list_layers(scripted, (1, 28, 28)) == [LayerInfo("", (10,), 10, "vector")]
 
 
 # ----------------------------------------------------------------------------- flat graph = hooks
@@ -369,3 +370,362 @@ def test_the_flat_graph_path_gives_the_same_samples_as_the_hook_path(tmp_path: P
     torch.testing.assert_close(finals[0][0], finals[1][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(finals[0][1], finals[1][1], rtol=1e-4, atol=1e-5)
     assert float((finals[0][0] - finals[0][0].mean()).abs().max()) > 0.1  # the chains moved
+
+
+# --------------------------------------------------------------------------- tokens, channels last,
+# elements of tuple and dict outputs
+
+
+class Tokens(nn.Module):
+    """x [N, 1, 4, 4] -> 4 tokens (the image rows) of 4 pixels -> linear to D = 3 channels:
+    tokens [N, T=4, D=3], `mix.weight` W [3, 4], bias b. Channel d of token t is W[d] . row_t + b[d]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.mix.weight.copy_(
+                torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, 0.0, 1.0], [3.0, 0.0, -1.0, 2.0]])
+            )
+            self.mix.bias.copy_(torch.tensor([0.5, -1.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(x.reshape(x.shape[0], 4, 4))
+
+
+class ChannelsLast(nn.Module):
+    """x [N, 1, 3, 5] -> conv to 2 channels -> permute to [N, H, W, C] -> linear to 4 channels,
+    so `mlp` outputs [N, 3, 5, 4] with the channels last, the way a Swin or ConvNeXt block does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, kernel_size=1)
+        self.mlp = nn.Linear(2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Pair(nn.Module):
+    """Returns a tuple (conv, its negative) and, as a network, a dict {"logits", "features"}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, kernel_size=1)
+        self.head = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.conv(x)
+        return {"logits": self.head(features.flatten(1)), "features": features}
+
+
+class Split(nn.Module):
+    """An inner layer that returns a tuple: (x * 2, x * 3)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x * 3
+
+
+class UsesSplit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.split = Split()
+        self.conv = nn.Conv2d(1, 2, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        double, triple = self.split(self.conv(x))
+        return double - triple
+
+
+def frozen_eval(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def exported(
+    module: nn.Module, tmp_path: Path, shape: tuple[int, int, int], name: str
+) -> nn.Module:
+    from ldam.models.loading import export_checkpoint, load_checkpoint
+
+    return load_checkpoint(export_checkpoint(module, tmp_path / f"{name}.pt2", shape)).module
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "canonical"),
+    [
+        (
+            "blocks.5.mlp.fc1:7@0",
+            TargetSpec("blocks.5.mlp.fc1", 7, 7, (0,)),
+            "blocks.5.mlp.fc1:7@0",
+        ),
+        ("blocks.5.mlp.fc1:0-3@196", TargetSpec("blocks.5.mlp.fc1", 0, 3, (196,)), None),
+        ("attn[0]:5", TargetSpec("attn", 5, 5, None, (0,)), None),
+        ("output[logits]:3", TargetSpec("", 3, 3, None, ("logits",)), None),
+        ("[logits]:3", TargetSpec("", 3, 3, None, ("logits",)), "output[logits]:3"),
+        ("head[1][aux_0]:2@1,2", TargetSpec("head", 2, 2, (1, 2), (1, "aux_0")), None),
+    ],
+)
+def test_parse_token_positions_and_elements(
+    text: str, expected: TargetSpec, canonical: str | None
+) -> None:
+    spec = parse_target(text)
+    assert spec == expected
+    assert str(spec) == (canonical or text)
+    assert parse_target(str(spec)) == expected
+
+
+def test_parse_malformed_element() -> None:
+    with pytest.raises(TargetError) as info:
+        parse_target("attn[0:5")
+    assert str(info.value) == (
+        "The layer 'attn[0' must be a dotted name with optional [element] parts, such as "
+        "attn[0] or output[logits]."
+    )
+
+
+@pytest.mark.parametrize("path", ["eager", "export"])
+def test_token_channels_are_the_mean_over_tokens_or_one_token(path: str, tmp_path: Path) -> None:
+    model = frozen_eval(Tokens())
+    if path == "export":
+        model = exported(model, tmp_path, (1, 4, 4), "tokens")
+    w, b = Tokens().mix.weight, Tokens().mix.bias
+    x = torch.randn(3, 1, 4, 4, requires_grad=True)
+    rows = x.detach().reshape(3, 4, 4)
+    mean = Target(model, "mix:2", 3)(x)
+    torch.testing.assert_close(mean, (rows @ w[2]).mean(1) + b[2])
+    (grad,) = torch.autograd.grad(mean.sum(), x)
+    torch.testing.assert_close(grad, w[2].repeat(4).view(1, 1, 4, 4).expand(3, -1, -1, -1) / 4)
+    one = Target(model, "mix:0@3", 3)(x)
+    torch.testing.assert_close(one, rows[:, 3] @ w[0] + b[0])
+    (grad,) = torch.autograd.grad(one.sum(), x)
+    expected = torch.zeros(3, 1, 4, 4)
+    expected[:, 0, 3] = w[0]
+    torch.testing.assert_close(grad, expected)
+    # A range over token channels: chains 0-1 on channel 0, chains 2-3 on channel 1.
+    x4 = torch.randn(4, 1, 4, 4)
+    ranged = Target(model, "mix:0-1@1", 4)(x4)
+    rows4 = x4.reshape(4, 4, 4)
+    torch.testing.assert_close(
+        ranged, torch.stack([rows4[i, 1] @ w[i // 2] + b[i // 2] for i in range(4)])
+    )
+    assert list_layers(model, (1, 4, 4))[0] == LayerInfo("mix", (4, 3), 3, "tokens")
+
+
+@pytest.mark.parametrize(("spec", "tokens"), [("mix:1", [0, 1, 2, 3]), ("mix:1@2", [2])])
+def test_zero_temperature_token_optimum_is_the_gradient_over_lambda(
+    spec: str, tokens: list[int]
+) -> None:
+    """E(x) = f(x) - lambda/2 |x|^2 with f linear has its maximum at grad f / lambda: for the
+    mean over 4 tokens, W[d] / (4 lambda) in every row; for one token, W[d] / lambda in its row."""
+    from ldam.sampling.energy import ActivationTerm, L2Term
+    from ldam.sampling.sampler import Sampler, SamplerConfig
+
+    lam = 0.5
+    model = frozen_eval(Tokens())
+    w = model.mix.weight[1]
+    config = SamplerConfig(
+        chains=2, temperature=0.0, step_size=0.5, l2_weight=lam, seed=0, window=1
+    )
+    sampler = Sampler([ActivationTerm(Target(model, spec, 2)), L2Term()], (1, 4, 4), config)
+    for _ in range(200):
+        sampler.step()
+    expected = torch.zeros(4, 4)
+    for t in tokens:
+        expected[t] = w / (len(tokens) * lam)
+    for chain in range(2):
+        torch.testing.assert_close(sampler.x[chain, 0], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["eager", "export"])
+def test_channels_last_layers_are_read_along_the_last_axis(path: str, tmp_path: Path) -> None:
+    model = frozen_eval(ChannelsLast())
+    eager = model
+    if path == "export":
+        model = exported(model, tmp_path, (1, 3, 5), "nhwc")
+    x = torch.randn(2, 1, 3, 5)
+    with torch.no_grad():
+        nhwc = eager.mlp(eager.conv(x).permute(0, 2, 3, 1))  # [2, 3, 5, 4]
+    torch.testing.assert_close(Target(model, "mlp:3", 2)(x), nhwc[..., 3].mean(dim=(1, 2)))
+    torch.testing.assert_close(Target(model, "mlp:1@2,4", 2)(x), nhwc[:, 2, 4, 1])
+    table = {info.name: info for info in list_layers(model, (1, 3, 5))}
+    assert table["conv"] == LayerInfo("conv", (2, 3, 5), 2, "channels")
+    assert table["mlp"] == LayerInfo("mlp", (3, 5, 4), 4, "channels_last")
+    with pytest.raises(TargetError) as info:
+        Target(model, "mlp:4", 2, input_shape=(1, 3, 5))
+    assert str(info.value) == (
+        "Channel 4 is out of range for mlp, which outputs channels last [3, 5, 4] "
+        "(rows, columns, channels) (channels 0-3)."
+    )
+    with pytest.raises(TargetError) as info:
+        Target(model, "mlp:0@3,0", 2, input_shape=(1, 3, 5))
+    assert str(info.value) == "Position 3,0 is out of range for mlp (rows 0-2, columns 0-4)."
+
+
+def test_a_stated_layout_overrides_what_the_model_shows(tmp_path: Path) -> None:
+    # The permute is a plain function in the eager module: its type cannot tell. Stating the
+    # layout reads the channels last; an export's graph shows it by itself.
+    class Permuted(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.permute(0, 2, 3, 1) * 2
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, kernel_size=1)
+            self.perm = Permuted()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.perm(self.conv(x))
+
+    model = frozen_eval(Net())
+    x = torch.randn(2, 1, 4, 6)
+    with torch.no_grad():
+        nhwc = model(x)
+    eager_default = {i.name: i for i in list_layers(model, (1, 4, 6))}["perm"]
+    assert eager_default == LayerInfo("perm", (4, 6, 3), 4, "channels")
+    stated = {i.name: i for i in list_layers(model, (1, 4, 6), layout="channels-last")}["perm"]
+    assert stated == LayerInfo("perm", (4, 6, 3), 3, "channels_last")
+    torch.testing.assert_close(
+        Target(model, "perm:2", 2, layout="channels-last")(x), nhwc[..., 2].mean(dim=(1, 2))
+    )
+    flat = exported(model, tmp_path, (1, 4, 6), "perm")
+    assert {i.name: i for i in list_layers(flat, (1, 4, 6))}["perm"] == stated
+    with pytest.raises(TargetError) as info:
+        Target(model, "perm:2", 2, layout="nhwc")
+    assert str(info.value) == (
+        "The layout must be one of auto, channels-first, channels-last, got 'nhwc'."
+    )
+
+
+@pytest.mark.parametrize("path", ["eager", "export"])
+def test_elements_of_dict_and_tuple_outputs(path: str, tmp_path: Path) -> None:
+    model = frozen_eval(Pair())
+    eager = model
+    if path == "export":
+        model = exported(model, tmp_path, (1, 4, 4), "pair")
+    x = torch.randn(2, 1, 4, 4)
+    with torch.no_grad():
+        out = eager(x)
+    torch.testing.assert_close(Target(model, "output[logits]:2", 2)(x), out["logits"][:, 2])
+    torch.testing.assert_close(
+        Target(model, "output[features]:1@3,0", 2)(x), out["features"][:, 1, 3, 0]
+    )
+    names = [(i.name, i.units, i.kind) for i in list_layers(model, (1, 4, 4))]
+    assert names[-2:] == [("output[logits]", 3, "vector"), ("output[features]", 2, "channels")]
+    with pytest.raises(TargetError) as info:
+        Target(model, "output:2", 2, input_shape=(1, 4, 4))
+    assert str(info.value) == (
+        "output returns a dict with keys logits, features, not one tensor; name one, such as "
+        "output[logits]:2."
+    )
+    with pytest.raises(TargetError) as info:
+        Target(model, "output[aux]:2", 2, input_shape=(1, 4, 4))
+    assert str(info.value) == "output returns a dict with keys logits, features; it has no [aux]."
+
+    base = frozen_eval(UsesSplit())
+    split = exported(base, tmp_path, (1, 4, 4), "split") if path == "export" else base
+    x = torch.randn(2, 1, 4, 4)
+    with torch.no_grad():
+        c = base.conv(x)
+    torch.testing.assert_close(Target(split, "split[1]:0@1,1", 2)(x), 3 * c[:, 0, 1, 1])
+    torch.testing.assert_close(Target(split, "split[0]:1", 2)(x), 2 * c[:, 1].mean(dim=(1, 2)))
+    listed = {i.name: i for i in list_layers(split, (1, 4, 4))}
+    assert listed["split[0]"] == LayerInfo("split[0]", (2, 4, 4), 2, "channels")
+    with pytest.raises(TargetError) as info:
+        Target(split, "split:0", 2, input_shape=(1, 4, 4))
+    if path == "eager":
+        assert str(info.value) == (
+            "split returns a tuple of 2 values, not one tensor; name one, such as split[0]:0."
+        )
+    else:
+        assert str(info.value) == (
+            "Layer 'split' returns 2 values, not one tensor; name one, such as split[0]:0."
+        )
+
+
+def test_a_layer_that_gives_one_number_per_image_is_refused_with_what_would_work() -> None:
+    class Score(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1).sum(1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.score = Score()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.score(x)
+
+    with pytest.raises(TargetError) as info:
+        Target(Net(), "score:0", 2, input_shape=(1, 2, 2))
+    assert str(info.value) == (
+        "Layer 'score' gives one number per image (output shape [1]), so it has no units; "
+        "target a layer whose output per image is [K], [T, D] or [C, H, W], as ldam inspect "
+        "lists them."
+    )
+    assert list_layers(Net(), (1, 2, 2))[0] == LayerInfo("score", (), 0, "")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "mix:3",
+            "Channel 3 is out of range for mix, which outputs 4 tokens of 3 channels (channels 0-2).",
+        ),
+        (
+            "mix:0@4",
+            "Token 4 is out of range for mix, which outputs 4 tokens of 3 channels (tokens 0-3).",
+        ),
+        (
+            "mix:0@1,1",
+            "mix outputs 4 tokens of 3 channels, so a position is one number (a token), such as "
+            "0@0; got @1,1.",
+        ),
+    ],
+)
+def test_token_targets_out_of_range(spec: str, message: str) -> None:
+    with pytest.raises(TargetError) as info:
+        Target(frozen_eval(Tokens()), spec, 2, input_shape=(1, 4, 4))
+    assert str(info.value) == message
+
+
+def test_the_cut_graph_keeps_in_place_writes_into_what_it_reads(tmp_path: Path) -> None:
+    """A mask filled in place (`mask[0:2] = 1`, as Swin builds its window mask) is a `fill_`
+    node nothing uses: the cut keeps it, and an in-place op after the cut point does not count."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, kernel_size=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(x.shape[-2], x.shape[-1])
+            mask[0:2, :] = 1.0
+            mask[:, 3] = 2.0
+            return self.conv(x) * mask
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Masked()
+            self.bn = nn.BatchNorm2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu_(self.bn(self.block(x))) + 1
+
+    model = frozen_eval(Net())
+    with torch.no_grad():
+        model.bn.running_mean.copy_(torch.tensor([0.3, -0.2]))
+    flat = exported(model, tmp_path, (1, 4, 5), "masked")
+    x = torch.randn(3, 1, 4, 5)
+    with torch.no_grad():
+        block = model.block(x)
+        bn = model.bn(block)
+    assert block[:, :, 2:, :3].abs().max() == 0  # the mask is really in the values
+    torch.testing.assert_close(Target(flat, "block:1", 3)(x), block[:, 1].mean(dim=(1, 2)))
+    torch.testing.assert_close(Target(flat, "block:0@0,4", 3)(x), block[:, 0, 0, 4])
+    # The batch norm's output as the hook saw it: before the in-place ReLU after it.
+    torch.testing.assert_close(Target(flat, "bn:0", 3)(x), bn[:, 0].mean(dim=(1, 2)))
+    torch.testing.assert_close(Target(model, "bn:0", 3)(x), bn[:, 0].mean(dim=(1, 2)))

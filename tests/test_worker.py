@@ -7,6 +7,7 @@ import io
 import multiprocessing as mp
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +16,31 @@ import pytest
 import torch
 from PIL import Image
 
-from ldam.sampling.images import grid_order
-from ldam.wire.events import Frame, Rejected, SetParams, Shake, Stop
+from ldam.models.loading import export_checkpoint
+from ldam.sampling.images import display_grid, grid_order
+from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.models import ModelCache
+from ldam.worker.panels import fitted_window
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg
-from tests.support import PAIR, lenet_folder
+from tests.support import PAIR, lenet_folder, rgb224_checkpoint
 
 
 class Harness:
     """A Worker in this process, wired to real pipes; `events()` reads what it sent."""
 
-    def __init__(self, params: dict[str, Any], compare: bool = False) -> None:
+    def __init__(
+        self, params: dict[str, Any], compare: bool = False, checkpoint: Path | None = None
+    ) -> None:
         folder = lenet_folder()
         ctx = mp.get_context("spawn")
         self.command_read, self.command_write = ctx.Pipe(duplex=False)
         self.event_read, event_write = ctx.Pipe(duplex=False)
         config = WorkerConfig(
             checkpoints_dir=str(folder),
-            checkpoint=str(folder / PAIR[0]),
+            checkpoint=str(checkpoint or folder / PAIR[0]),
             compare=str(folder / PAIR[1]) if compare else None,
             device="cpu",
             params=SamplerParams.model_validate(params).model_dump(),
@@ -107,6 +112,50 @@ def test_frames_carry_header_and_change_with_steps() -> None:
         header2, images2 = h.frame()
         assert header2["seq"] == 2 and header2["step"] == 5
         assert np.abs(decode(images2[0]).astype(int) - first.astype(int)).mean() > 1.0
+    finally:
+        h.close()
+
+
+def test_view_redraws_the_same_chains_in_input_space() -> None:
+    h = Harness({"layout": "chains", "chains": 4, "show": "sample"})
+    try:
+        sampler = h.worker.panels[0].sampler
+        h.worker.step_all()
+        header, symmetric = h.frame()
+        assert header["view"] == "symmetric"
+        h.set(view="input")
+        assert h.worker.panels[0].sampler is sampler  # no rebuild: the same chains
+        header, shown = h.frame()
+        assert header["view"] == "input" and header["step"] == 1
+        # LeNet's data is MNIST, normalized with mean 0.1307 and std 0.3081.
+        assert h.worker.panels[0].loaded.normalization == ([0.1307], [0.3081])
+        expected = display_grid(sampler.x, 2, "input", ([0.1307], [0.3081]))[0].numpy()
+        picture = decode(shown[0]).astype(int)
+        assert picture.shape == expected.shape == (62, 62)
+        assert np.abs(picture - expected).mean() < 3  # JPEG at quality 90: a few levels off
+        assert np.abs(decode(symmetric[0]).astype(int) - expected).mean() > 20
+    finally:
+        h.close()
+
+
+def test_frames_of_a_two_channel_non_square_network(tmp_path: Path) -> None:
+    # 2 channels are neither grey nor RGB: each shows as its own grey image, side by side.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        OrderedDict(conv=torch.nn.Conv2d(2, 4, 3), pool=torch.nn.AdaptiveAvgPool2d(1))
+    )
+    checkpoint = export_checkpoint(net, tmp_path / "two.pt2", (2, 20, 36))
+    h = Harness({"layout": "chains", "chains": 4, "show": "sample"}, checkpoint=checkpoint)
+    try:
+        h.worker.step_all()
+        header, images = h.frame()
+        # 2 x 2 cells of (2 * 36 + 1) x 20 px with 2 px padding.
+        size = (header["panels"][0]["height"], header["panels"][0]["width"])
+        assert size == (2 * 22 + 2, 2 * (2 * 36 + 1 + 2) + 2) == (46, 152)
+        picture = decode(images[0]).astype(int)
+        expected = display_grid(h.worker.panels[0].sampler.x, 2)[0].numpy()
+        assert picture.shape == expected.shape == size
+        assert np.abs(picture - expected).mean() < 3
     finally:
         h.close()
 
@@ -210,6 +259,66 @@ def test_bad_changes_are_refused_and_the_chains_go_on() -> None:
         assert rejected[0].params is not None and rejected[0].params["layer"] == "fc3"
         assert h.worker.panels[0] is panel and h.worker.version == 3
         h.worker.step_all()
+    finally:
+        h.close()
+
+
+FITTED = (
+    "The averaging window is 89 steps instead of 200, the most that fits the 1024 MiB budget "
+    "for 20 chains of shape (3, 224, 224); fewer chains allow a longer one."
+)
+
+
+def test_fitted_window_is_the_most_that_fits() -> None:
+    # 20 chains x 3 x 224 x 224 float32 = 12,042,240 bytes a step; 2**30 of them hold 89.16.
+    assert fitted_window(20, (3, 224, 224)) == (89, FITTED)
+    assert fitted_window(16, (1, 28, 28)) == (200, None)
+    assert fitted_window(10, (3, 224, 224))[0] == 178
+    # Not even one step fits: 1, which check_window_memory then refuses.
+    assert fitted_window(1, (3, 20000, 20000))[0] == 1
+
+
+def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
+    # The dashboard's defaults (20 chains, window 200) on a 3x224x224 network need 2297 MiB.
+    h = Harness({}, checkpoint=rgb224_checkpoint())
+    try:
+        sampler = h.worker.panels[0].sampler
+        assert h.worker.params.window == 89 and sampler.config.window == 89
+        notices = [m for m in h.events() if isinstance(m, Notice)]
+        assert [(n.field, n.message) for n in notices] == [("window", FITTED)]
+        assert h.worker.info()["window_note"] == FITTED
+        header, images = h.frame()
+        # fc:0-9, one column per unit, 2 rows of 224 px RGB with 2 px padding.
+        assert decode(images[0]).shape == (2 * 226 + 2, 10 * 226 + 2, 3)
+        # The default from a server that missed the fit (a change sent before its "ready")
+        # is no choice: the window stays, and "ready" tells the server so.
+        h.set(window=200, temperature=0.02)
+        ready = [m for m in h.events() if isinstance(m, (Ready, Rejected))]
+        assert [type(m) for m in ready] == [Ready] and ready[0].params["window"] == 89
+        h.worker.step_all()  # live settings apply at the next step
+        assert h.worker.panels[0].sampler is sampler and sampler.config.temperature == 0.02
+        assert sampler.config.window == 89
+        # A window the user asks for is refused when it does not fit, kept when it does.
+        h.set(window=300)
+        h.set(window=40)
+        events = [m for m in h.events() if isinstance(m, (Ready, Rejected))]
+        assert isinstance(events[0], Rejected) and events[0].field == "window"
+        assert events[0].message == (
+            "A window of 300 samples for 20 chains of shape (3, 224, 224) needs 3445 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
+        )
+        assert isinstance(events[1], Ready) and events[1].params["window"] == 40
+        assert events[1].info["window_note"] is None
+        h.worker.step_all()
+        assert sampler.config.window == 40 and h.worker.panels[0].sampler is sampler
+        # Chosen, it is no longer fitted: more chains that it does not fit are refused.
+        h.set(layout="chains", chains=256)
+        rejected = [m for m in h.events() if isinstance(m, Rejected)]
+        assert [r.message for r in rejected] == [
+            "A window of 40 samples for 256 chains of shape (3, 224, 224) needs 5880 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
+        ]
+        assert h.worker.panels[0].sampler is sampler
     finally:
         h.close()
 

@@ -1,4 +1,9 @@
-"""`ldam inspect`: a checkpoint's layers with output shapes and unit counts."""
+"""`ldam inspect`: a checkpoint's layers with output shapes, unit counts and kinds.
+
+The kind says how a target reads the layer (see `ldam.sampling.targets`): `vector` [K],
+`channels` [C, H, W], `channels_last` [H, W, C], `tokens` [T, D]; a layer without units has
+none and cannot be a target.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from ldam.cli.options import int_triple
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print the layers of a checkpoint with output shapes and unit counts."""
+    """Print the layers of a checkpoint with output shapes, unit counts and kinds."""
     from ldam.models.loading import load_checkpoint
     from ldam.sampling.targets import list_layers
 
@@ -18,11 +23,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         input_shape=int_triple(args.input_shape, "input-shape"),
         trust=args.trust_checkpoint,
     )
-    layers = list_layers(loaded.module, loaded.input_shape, batch_size=loaded.batch_size)
+    layers = list_layers(
+        loaded.module, loaded.input_shape, batch_size=loaded.batch_size, layout=args.layout
+    )
     print(f"{args.checkpoint}: {loaded.format}, input {'x'.join(map(str, loaded.input_shape))}")
     width = max([len(layer.name or "output") for layer in layers] + [5])
-    print(f"{'layer':<{width}}  {'output shape':<20} units")
+    print(f"{'layer':<{width}}  {'output shape':<20} {'units':>6}  kind")
     for layer in layers:
         shape = "x".join(str(s) for s in layer.shape)
-        print(f"{(layer.name or 'output'):<{width}}  {shape:<20} {layer.units}")
+        kind = layer.kind or "-"
+        print(f"{(layer.name or 'output'):<{width}}  {shape:<20} {layer.units:>6}  {kind}")
     return 0

@@ -11,12 +11,13 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
-from ldam.cli import inspect, sample, serve, train
-from ldam.cli.options import add_checkpoint_options
+from ldam.cli import atlas, inspect, sample, serve, train
+from ldam.cli.options import add_checkpoint_options, add_layout_option
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.wire.params import View
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample images that drive a unit, headless")
     s.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT))
-    s.add_argument("--target", default="fc3:0", help="LAYER:UNIT, LAYER:C@Y,X or LAYER:A-B")
+    s.add_argument(
+        "--target",
+        default="fc3:0",
+        help="LAYER:UNIT, LAYER:A-B, LAYER:C@Y,X (a position), LAYER:D@T (a token) or "
+        "LAYER[ELEMENT]:UNIT (one element of a tuple or dict output)",
+    )
     s.add_argument("--chains", type=int, default=16)
     s.add_argument("--steps", type=int, default=2000)
     s.add_argument("--burn-in", default="auto", help="'auto' or a number of steps")
@@ -53,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="run.npz")
     s.add_argument("--png")
     s.add_argument(
+        "--view",
+        default="symmetric",
+        choices=get_args(View),
+        help="the PNG's view: 'symmetric' (the paper's per-image scaling, grey = 0) or 'input' "
+        "(de-normalized and clipped to [0, 1])",
+    )
+    s.add_argument(
         "--disc-weight", default="0", help="discriminator weight w in [0, 1], or one per chain"
     )
     s.add_argument("--disc-data", help="real images for the discriminator: a folder or an .npz")
@@ -66,12 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disc-checkpoint", help="load a saved discriminator")
     s.add_argument("--save-disc", help="write the discriminator after the run")
     add_checkpoint_options(s)
+    add_layout_option(s)
     s.set_defaults(func=sample.cmd_sample)
 
     i = sub.add_parser("inspect", help="list a checkpoint's layers, output shapes and unit counts")
     i.add_argument("checkpoint")
     add_checkpoint_options(i)
+    add_layout_option(i)
     i.set_defaults(func=inspect.cmd_inspect)
+
+    atlas.add_atlas_parser(sub, add_checkpoint_options, add_layout_option)
 
     t = sub.add_parser("train", help="train the bundled LeNet (plain and parameter-averaged)")
     t.add_argument("dataset", choices=["mnist"])
@@ -142,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="access token for a non-loopback bind (default: $LDAM_TOKEN, else one is generated and printed)",
     )
     v.add_argument("--trust-checkpoint", action="store_true")
+    v.add_argument(
+        "--atlas", help="an ldam atlas folder: its gallery at /atlas, each unit a click from live"
+    )
     v.set_defaults(func=serve.cmd_serve)
     return parser
 

@@ -88,3 +88,14 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow full pickles (runs code from the file)",
     )
+
+
+def add_layout_option(p: argparse.ArgumentParser) -> None:
+    """`--layout`: which axis of a layer's output holds the channels, where the model cannot tell."""
+    p.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "channels-first", "channels-last"],
+        help="where the channels of 3-D and 4-D layer outputs are: auto (read from a .pt2 graph; "
+        "else [N, C, H, W] and tokens [N, T, D]), channels-first or channels-last",
+    )

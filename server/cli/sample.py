@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,24 @@ from ldam.wire.params import grid_columns
 DEFAULT_DISC_STEPS = 100
 
 
-def save_png(images: Any, units_per_chain: list[int], path: str) -> None:
-    """Write images [N,C,H,W] as the paper's grid (grey = 0, one column per unit) to a PNG."""
+def save_png(
+    images: Any,
+    units_per_chain: list[int],
+    path: str,
+    view: str = "symmetric",
+    normalization: Any = None,
+) -> None:
+    """Write images [N,C,H,W] as the paper's grid (one column per unit) to a PNG, in `view`:
+    ``symmetric`` (grey = 0) or ``input`` (de-normalized with `normalization`, clipped)."""
     import torch
 
-    from ldam.sampling.images import grid_order, tile, to_display, to_pil
+    from ldam.sampling.images import display_grid, grid_order, to_pil
 
     x = torch.as_tensor(images)
     units = list(dict.fromkeys(units_per_chain))
     order = grid_order(list(units_per_chain), units)
-    to_pil(tile(to_display(x[order]), columns=grid_columns(x.shape[0], len(units)))).save(path)
+    columns = grid_columns(x.shape[0], len(units))
+    to_pil(display_grid(x[order], columns, view, normalization)).save(path)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -35,7 +42,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ldam.cli.progress import Progress
     from ldam.models.loading import load_checkpoint
-    from ldam.sampling.diagnostics import effective_sample_size, split_rhat
+    from ldam.sampling.diagnostics import unit_diagnostics
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.recorder import Recorder
     from ldam.sampling.sampler import Sampler, SamplerConfig
@@ -63,7 +70,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trust=args.trust_checkpoint,
     )
     module = loaded.module.to(device)
-    target = Target(module, args.target, args.chains, batch_size=loaded.batch_size)
+    target = Target(
+        module, args.target, args.chains, batch_size=loaded.batch_size, layout=args.layout
+    )
     terms: list[Any] = [ActivationTerm(target), L2Term()]
 
     disc_weight = per_chain(args.disc_weight, "disc-weight")
@@ -144,9 +153,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     record_from = recording.record_from
     samples = recording.samples.numpy()
     burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
-    diagnostics = chain_diagnostics(
-        activation, burn_in_step, target.units_per_chain, split_rhat, effective_sample_size
-    )
+    diagnostics = unit_diagnostics(activation, burn_in_step, target.units_per_chain)
     params = {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "format": loaded.format,
@@ -190,42 +197,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trainer.save(args.save_disc)
     if args.png:
         save_png(
-            sampler.window_mean().detach().float().cpu(), list(target.units_per_chain), args.png
+            sampler.window_mean().detach().float().cpu(),
+            list(target.units_per_chain),
+            args.png,
+            args.view,
+            loaded.normalization,
         )
     print_summary(params, burn_in_step, sampler.resets.cpu().numpy(), out, args.png)
     return 0
-
-
-def chain_diagnostics(
-    activation: Any, burn_in_step: Any, units_per_chain: Sequence[int], rhat_fn: Any, ess_fn: Any
-) -> list[dict[str, Any]]:
-    """Split R-hat and ESS of the activation, per group of chains sharing a unit.
-
-    Uses the post-burn-in part common to every chain of the group; groups of one chain get
-    ESS only (R-hat needs at least two chains after splitting, which one chain also gives).
-    """
-    import numpy as np
-
-    out = []
-    units = list(units_per_chain)
-    for unit in dict.fromkeys(units):
-        idx = [i for i, u in enumerate(units) if u == unit]
-        starts = [int(burn_in_step[i]) for i in idx]
-        entry: dict[str, Any] = {"unit": unit, "chains": idx}
-        if min(starts) < 0:
-            entry["note"] = "not every chain of this unit burned in"
-            out.append(entry)
-            continue
-        start = max(starts)
-        draws = np.asarray(activation[start:, idx]).T.astype(np.float64)
-        if draws.shape[1] < 8:
-            entry["note"] = "too few post-burn-in steps for diagnostics"
-        else:
-            entry["rhat"] = float(rhat_fn(draws))
-            entry["ess"] = float(ess_fn(draws))
-            entry["draws"] = int(draws.size)
-        out.append(entry)
-    return out
 
 
 def print_summary(

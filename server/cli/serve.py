@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             device=args.device,
             trust_checkpoint=args.trust_checkpoint,
             token=args.token,
+            atlas=args.atlas,
         )
     )
     return 0

@@ -9,6 +9,8 @@ reset), give NaN rather than an error: a diagnostic should not stop a run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,3 +92,34 @@ def effective_sample_size(draws: np.ndarray) -> float:
     positive = np.minimum.accumulate(positive)
     tau = max(-1.0 + 2.0 * float(positive.sum()), 1.0 / math.log10(m * n)) if m * n > 1 else 1.0
     return float(m * n / tau)
+
+
+def unit_diagnostics(
+    activation: np.ndarray, burn_in_step: np.ndarray, units_per_chain: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Split R-hat and ESS of the activation, per group of chains sharing a unit.
+
+    `activation [T, N]` per step and chain, `burn_in_step [N]` (-1: not burned in). Uses the
+    post-burn-in part common to every chain of the group: {"unit", "chains", "rhat", "ess",
+    "draws"}, or {"unit", "chains", "note"} when there is too little of it.
+    """
+    out = []
+    units = list(units_per_chain)
+    for unit in dict.fromkeys(units):
+        idx = [i for i, u in enumerate(units) if u == unit]
+        starts = [int(burn_in_step[i]) for i in idx]
+        entry: dict[str, Any] = {"unit": unit, "chains": idx}
+        if min(starts) < 0:
+            entry["note"] = "not every chain of this unit burned in"
+            out.append(entry)
+            continue
+        start = max(starts)
+        draws = np.asarray(activation[start:, idx]).T.astype(np.float64)
+        if draws.shape[1] < 8:
+            entry["note"] = "too few post-burn-in steps for diagnostics"
+        else:
+            entry["rhat"] = float(split_rhat(draws))
+            entry["ess"] = float(effective_sample_size(draws))
+            entry["draws"] = int(draws.size)
+        out.append(entry)
+    return out

@@ -42,8 +42,8 @@ def regions(module: fx.GraphModule) -> dict[str, Region]:
     members: dict[str, list[fx.Node]] = {}
     for node in module.graph.nodes:
         for key, (path, _kind) in (node.meta.get("nn_module_stack") or {}).items():
-            if not path:
-                continue  # the network itself
+            if not path or path.startswith("_empty_nn_module_stack"):
+                continue  # the network itself, or a node export gave no stack
             # A layer called several times (a shared ReLU) is read at its first call.
             if first_key.setdefault(path, key) == key:
                 members.setdefault(key, []).append(node)
@@ -52,7 +52,11 @@ def regions(module: fx.GraphModule) -> dict[str, Region]:
     for path, key in first_key.items():
         nodes = members[key]
         inside = set(nodes)
-        outputs = tuple(n for n in nodes if any(user not in inside for user in n.users))
+        # Sizes computed inside a layer and used after it (a batch size times a window count
+        # in Swin) are not what the layer returns: only tensors are its outputs.
+        outputs = tuple(
+            n for n in nodes if not _is_size(n) and any(user not in inside for user in n.users)
+        )
         if outputs:
             end = max(position[n] for n in outputs)
             found.append((end, -path.count("."), Region(path, outputs)))
@@ -60,24 +64,74 @@ def regions(module: fx.GraphModule) -> dict[str, Region]:
     return {region.path: region for _, _, region in found}
 
 
-def output_nodes(module: fx.GraphModule) -> tuple[fx.Node, ...]:
-    """The nodes the whole network returns (one for a network with one tensor output)."""
+def _is_size(node: fx.Node) -> bool:
+    """Whether the node computes a number (a symbolic size), not a tensor."""
+    return isinstance(
+        node.meta.get("val"), (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
+    )
+
+
+def output_values(module: fx.GraphModule) -> tuple[object, ...]:
+    """What the graph returns, flat, in order: nodes, and constants where the network returns
+    one (the leaves of `output_spec`)."""
     (out,) = [node for node in module.graph.nodes if node.op == "output"]
     values = out.args[0]
-    flat = values if isinstance(values, (tuple, list)) else (values,)
-    return tuple(v for v in flat if isinstance(v, fx.Node))
+    return tuple(values) if isinstance(values, (tuple, list)) else (values,)
+
+
+def _written(node: fx.Node) -> list[fx.Node]:
+    """The tensors an in-place op writes into (its arguments marked as written in its schema)."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return []
+    return [
+        node.args[i]
+        for i, argument in enumerate(schema.arguments)
+        if argument.alias_info is not None
+        and argument.alias_info.is_write
+        and i < len(node.args)
+        and isinstance(node.args[i], fx.Node)
+    ]
+
+
+def _base(node: fx.Node) -> fx.Node:
+    """The tensor a view (a slice, a select...) views, following views of views."""
+    while True:
+        schema = getattr(node.target, "_schema", None)
+        aliases = schema is not None and any(r.alias_info is not None for r in schema.returns)
+        source = node.args[0] if node.args else None
+        if not aliases or _written(node) or not isinstance(source, fx.Node):
+            return node
+        node = source
 
 
 def cut(module: fx.GraphModule, nodes: tuple[fx.Node, ...]) -> fx.GraphModule:
     """A module computing `nodes` (one tensor for one node, else a tuple) from the graph's
-    inputs with only the ops they need. It shares the parameters of `module`."""
+    inputs with only the ops they need. It shares the parameters of `module`.
+
+    An export graph keeps in-place writes (Swin builds its shifted-window mask with
+    `mask[h0:h1, w0:w1] = k`: `fill_` nodes that nothing uses). A write into a tensor the cut
+    needs, through any view of it, is kept when it comes before the last node cut at: the
+    value read there includes it. Writes after it (an in-place ReLU on a batch norm's output
+    once the batch norm is done) are not, as a forward hook would not have seen them.
+    """
+    position = {node: i for i, node in enumerate(module.graph.nodes)}
+    end = max(position[n] for n in nodes)
     needed: set[fx.Node] = set()
     todo = list(nodes)
     while todo:
-        node = todo.pop()
-        if node not in needed:
-            needed.add(node)
-            todo.extend(node.all_input_nodes)
+        while todo:
+            node = todo.pop()
+            if node not in needed:
+                needed.add(node)
+                todo.extend(node.all_input_nodes)
+        todo = [
+            node
+            for node in module.graph.nodes
+            if node not in needed
+            and position[node] < end
+            and any(_base(w) in needed for w in _written(node))
+        ]
     graph = fx.Graph()
     copied: dict[fx.Node, fx.Node] = {}
     for node in module.graph.nodes:
@@ -88,21 +142,133 @@ def cut(module: fx.GraphModule, nodes: tuple[fx.Node, ...]) -> fx.GraphModule:
     return fx.GraphModule(module, graph)
 
 
-def layer_shapes(
-    module: fx.GraphModule, input_shape: tuple[int, ...], batch: int
-) -> dict[str, tuple[int, ...] | None]:
-    """The per-image output shape of every layer (None for one that returns several values),
-    from one forward of zeros `[batch, *input_shape]` through a graph that returns them all."""
-    found = regions(module)
-    single = [r for r in found.values() if len(r.outputs) == 1]
-    shapes: dict[str, tuple[int, ...] | None] = {path: None for path in found}
-    if single:
-        probe = cut(module, tuple(r.outputs[0] for r in single))
-        with torch.no_grad():
-            values = probe(torch.zeros(batch, *input_shape))
-        if len(single) == 1:
-            values = (values,)
-        for region, value in zip(single, values, strict=True):
-            if isinstance(value, torch.Tensor):
-                shapes[region.path] = tuple(value.shape[1:])
-    return shapes
+# ----------------------------------------------------------------------------- channel axes
+#
+# Which axis of a tensor holds the channels is not in its shape: a Swin stage's [N, H, W, C]
+# and a CNN's [N, C, H, W] look alike. The graph says it: a convolution or batch norm makes
+# channels axis 1, a linear layer or layer norm the last axis, a permute or transpose moves
+# the axis, and an op that keeps the size of that axis (elementwise ops, residual adds,
+# dropout, padding, rolls) passes it on. Anything else leaves it unknown (None), and the
+# caller falls back to its default or what the user stated.
+
+_FIRST_AXIS_OPS = frozenset(
+    {
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "convolution",
+        "_convolution",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "batch_norm",
+        "_native_batch_norm_legit_no_training",
+        "_native_batch_norm_legit",
+        "native_batch_norm",
+        "group_norm",
+        "native_group_norm",
+        "instance_norm",
+    }
+)
+_LAST_AXIS_OPS = frozenset({"linear"})
+_RESHAPE_OPS = frozenset({"view", "reshape", "_unsafe_view", "contiguous", "clone"})
+
+
+def _op_name(node: fx.Node) -> str:
+    """`aten.conv2d.default` -> `conv2d`; a Python function (getitem) -> its name."""
+    text = str(node.target)
+    parts = text.split(".")
+    return (
+        parts[1]
+        if len(parts) >= 3 and parts[0] == "aten"
+        else getattr(node.target, "__name__", text)
+    )
+
+
+def _shape(node: fx.Node) -> tuple[str, ...] | None:
+    """The node's tensor shape as text (symbolic sizes stay comparable), None if not a tensor."""
+    value = node.meta.get("val")
+    shape = getattr(value, "shape", None)
+    return None if shape is None else tuple(str(s) for s in shape)
+
+
+def _axis_of(node: fx.Node, known: dict[fx.Node, int | None]) -> int | None:
+    shape = _shape(node)
+    if node.op == "placeholder":
+        return 1 if shape is not None and len(shape) >= 3 else None  # images [N, C, H, W]
+    if node.op != "call_function":
+        return None
+    name = _op_name(node)
+    if name == "getitem":
+        # An element of a multi-output op (batch norm's tuple) shares the op's axis.
+        source = node.args[0]
+        return known.get(source) if isinstance(source, fx.Node) else None
+    if shape is None and not isinstance(node.meta.get("val"), (tuple, list)):
+        return None
+    ndim = len(shape) if shape is not None else 0
+    if name in _FIRST_AXIS_OPS:
+        return 1
+    if name in _LAST_AXIS_OPS:
+        return ndim - 1 if ndim else None
+    if name == "layer_norm":
+        normalized = node.args[1] if len(node.args) > 1 else ()
+        return ndim - 1 if isinstance(normalized, (list, tuple)) and len(normalized) == 1 else None
+    inputs = node.all_input_nodes
+    if not inputs:
+        return None
+    source = inputs[0]
+    axis = known.get(source)
+    in_shape = _shape(source)
+    if axis is None or in_shape is None or shape is None:
+        if name in _RESHAPE_OPS or name in ("permute", "transpose"):
+            return None
+        # An op of several tensors (x + pos_embed) may know the axis from another input.
+        for other in inputs[1:]:
+            other_axis, other_shape = known.get(other), _shape(other)
+            if (
+                other_axis is not None
+                and other_shape is not None
+                and shape is not None
+                and len(other_shape) == ndim
+                and other_shape[other_axis] == shape[other_axis]
+            ):
+                return other_axis
+        return None
+    if name == "permute":
+        dims = [d % len(in_shape) for d in node.args[1]]  # type: ignore[union-attr]
+        return dims.index(axis)
+    if name == "transpose":
+        first, second = (int(d) % len(in_shape) for d in node.args[1:3])  # type: ignore[arg-type]
+        return second if axis == first else first if axis == second else axis
+    if name == "flatten":
+        start = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
+        end = int(node.args[2]) if len(node.args) > 2 else -1  # type: ignore[arg-type]
+        start, end = start % len(in_shape), end % len(in_shape)
+        if axis < start:
+            return axis
+        return axis - (end - start) if axis > end else None
+    if name in _RESHAPE_OPS:
+        if axis == len(in_shape) - 1 and ndim and shape[-1] == in_shape[-1]:
+            return ndim - 1
+        if axis == 1 and ndim >= 2 and shape[:2] == in_shape[:2]:
+            return 1
+        return None
+    if ndim == len(in_shape) and shape[axis] == in_shape[axis]:
+        return axis
+    return None
+
+
+def channel_axes(module: fx.GraphModule) -> dict[fx.Node, int | None]:
+    """The channel axis of every node's output (an axis of the full tensor, batch = 0), or
+    None where the graph does not tell; see the rules above."""
+    known: dict[fx.Node, int | None] = {}
+    for node in module.graph.nodes:
+        known[node] = _axis_of(node, known)
+    return known
+
+
+def output_spec(module: fx.GraphModule) -> object | None:
+    """The pytree spec of what the network returns (tuple, list, dict nesting), or None when
+    the graph returns its outputs as a flat tuple without one."""
+    info = getattr(module.graph._codegen, "pytree_info", None)
+    return getattr(info, "out_spec", None)

@@ -63,6 +63,7 @@ from ldam.sampling.settings import (
     check_window_memory,
     live_replace,
 )
+from ldam.sampling.streams import ChainStreams
 from ldam.sampling.transfer import HostCopy, to_device
 
 __all__ = [
@@ -301,8 +302,8 @@ class SpareStarts:
     """Each chain's next start should it diverge, drawn ahead of need, so that a reset under a
     mask reads nothing on the host.
 
-    `starts` `[N, C, H, W]` is `init_std` times a standard normal from its own generator
-    (seeded `seed`), clamped by the current `clamp`; `refill` redraws the rows that were used.
+    `starts` `[N, C, H, W]` is `init_std` times a standard normal from the spare streams of
+    `streams`, clamped by the current `clamp`; `refill` redraws the rows that were used.
     """
 
     def __init__(
@@ -310,12 +311,14 @@ class SpareStarts:
         shape: tuple[int, ...],
         init_std: float,
         clamp: tuple[float, float] | None,
-        seed: int,
+        streams: ChainStreams,
         device: torch.device,
     ) -> None:
         self.init_std = init_std
-        self._gen = torch.Generator(device=device).manual_seed(seed)
-        self._raw = torch.randn(shape, generator=self._gen, device=device).mul_(init_std)
+        self._streams = streams
+        self._device = device
+        everyone = torch.arange(shape[0], device=device)
+        self._raw = streams.draw("spare", everyone, tuple(shape[1:]), device).mul_(init_std)
         self._clamp: tuple[float, float] | None = None
         self.starts = self._raw
         self.set_clamp(clamp)
@@ -328,9 +331,9 @@ class SpareStarts:
 
     def refill(self, idx: Tensor) -> None:
         """Draw new starts for the chains with indices `idx [M]` (their rows were used)."""
-        fresh = torch.randn(
-            (idx.numel(), *self._raw.shape[1:]), generator=self._gen, device=self._raw.device
-        ).mul_(self.init_std)
+        fresh = self._streams.draw("spare", idx, tuple(self._raw.shape[1:]), self._device).mul_(
+            self.init_std
+        )
         self._raw[idx] = fresh
         if self._clamp is not None:
             self.starts[idx] = fresh.clamp(*self._clamp)
@@ -376,14 +379,11 @@ class Sampler:
         self.sync_free = config.sync_free if config.sync_free is not None else dev.type != "cpu"
         n = config.chains
         full = (n, *self.input_shape)
-        # Three generators: initial states and resets, the noise, and the spare starts of
-        # diverged chains, so re-initializing one chain never shifts another's noise. The
-        # spare seed is drawn after the other two, which stay what they were before it existed.
-        seeder = torch.Generator().manual_seed(config.seed)
-        init_seed, noise_seed = torch.randint(0, 2**62, (2,), generator=seeder).tolist()
-        spare_seed = int(torch.randint(0, 2**62, (1,), generator=seeder))
-        self._init_gen = torch.Generator(device=dev).manual_seed(init_seed)
-        self._noise_gen = torch.Generator(device=dev).manual_seed(noise_seed)
+        # Three streams: initial states and resets, the noise, and the spare starts of
+        # diverged chains, so re-initializing one chain never shifts another's noise; one set
+        # per group of chains when `group_seeds` splits them (`ldam.sampling.streams`).
+        seeds = config.group_seeds if config.group_seeds is not None else [config.seed]
+        self.streams = ChainStreams(list(seeds), n, dev)
         self.x = torch.empty(full, device=dev)
         self.v = torch.zeros(full, device=dev)
         self._noise = torch.empty(full, device=dev)
@@ -406,7 +406,7 @@ class Sampler:
         self._check_window_memory(config.window)
         self._window = MovingWindow(config.window, full, dev)
         self._mean = RunningMean(full, dev)
-        self.spare = SpareStarts(full, config.init_std, config.clamp, spare_seed, dev)
+        self.spare = SpareStarts(full, config.init_std, config.clamp, self.streams, dev)
         # Host checks: every `_period` steps post a copy of (burned, resets) and read the one
         # posted the period before. With auto burn-in the period is at most half the burn-in
         # window: a chain reset under a mask while the host believes every chain burned in is
@@ -492,9 +492,7 @@ class Sampler:
         if idx.numel() == 0:
             return
         cfg = self.config
-        fresh = torch.randn(
-            (idx.numel(), *self.input_shape), generator=self._init_gen, device=self.device
-        ).mul_(cfg.init_std)
+        fresh = self.streams.draw("init", idx, self.input_shape, self.device).mul_(cfg.init_std)
         if cfg.clamp is not None:
             fresh.clamp_(*cfg.clamp)
         self.x[idx] = fresh
@@ -574,7 +572,7 @@ class Sampler:
         noise = None
         if isinstance(temperature, Tensor) or temperature != 0.0:
             # What torch.randn(..., out=) does, minus its resize: the same draws.
-            noise = self._noise.normal_(generator=self._noise_gen)
+            noise = self.streams.fill_noise(self._noise)
         beta = self.step_size()
         sync_free = self.sync_free
         with torch.no_grad():

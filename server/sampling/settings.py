@@ -141,6 +141,10 @@ class SamplerConfig:
         divergence_limit: a chain with any |pixel| above this (in input units) or a NaN/Inf
             pixel or activation has diverged: it is re-initialized and counted in `resets`.
         seed: seeds the init and noise generators: same seed, same device -> same samples.
+        group_seeds: None, or one seed per group of chains: the chains split into
+            `len(group_seeds)` equal contiguous groups and each group draws from streams of
+            its own, as a sampler of that group's chains with that seed would
+            (`ldam.sampling.streams`); `seed` is then unused.
         device: where chains live, e.g. "cpu" or "cuda".
         sync_free: True: a step never waits for the device; diverged chains are reset under a
             device-side mask every step, and the host reads device flags only from copies it
@@ -167,6 +171,7 @@ class SamplerConfig:
     burn_in_window: int = 50
     divergence_limit: float = 1e6
     seed: int = 0
+    group_seeds: list[int] | None = None
     device: str | torch.device = field(default="cpu")
     sync_free: bool | None = None
 
@@ -197,6 +202,15 @@ class SamplerConfig:
                 "normalize",
             )
         self.window = _int("window", self.window, 1)
+        if self.group_seeds is not None:
+            seeds = list(self.group_seeds)
+            if not seeds or self.chains % len(seeds):
+                raise SamplerError(
+                    f"{self.chains} chains cannot be split into {len(seeds)} equal groups of "
+                    "group_seeds.",
+                    "group_seeds",
+                )
+            self.group_seeds = [_int("group_seeds", v, 0) for v in seeds]
         self.divergence_limit = _number("divergence_limit", self.divergence_limit)
         if not self.divergence_limit > 0:
             raise SamplerError(

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ldam.web import security
+from ldam.web.atlas import atlas_routes, checkpoint_param, load_atlas
 from ldam.web.config import ServeConfig, worker_setup
 from ldam.web.hub import Hub
 from ldam.web.watch import Watcher
@@ -42,6 +43,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     with it. The `Hub` is ``app.state.hub``. Raises `ServeError` for a bad target, setting or
     file (see `ldam.web.config.worker_setup`)."""
     base, initial = worker_setup(config)
+    view, links = None, {}
+    if config.atlas is not None:
+        view = load_atlas(config.atlas)
+        links = view.live_links(checkpoint_param(view, base.checkpoint, config.folder))
     watch = Watcher(Path(config.watch), config.watch_settle_s) if config.watch else None
     hub = Hub(base, initial, config.worker_entry, config.standby, watch, config.watch_poll_s)
     auth = security.TokenAuth(config.token, config.port)
@@ -57,6 +62,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.hub = hub
     app.router.routes.extend(auth.routes())
+    app.router.routes.extend(atlas_routes(view, links))
 
     @app.get("/")
     async def index() -> Response:

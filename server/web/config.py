@@ -43,6 +43,8 @@ class ServeConfig:
     `watch_settle_s` and a scan every `watch_poll_s` seconds (`ldam.web.watch`);
     `idle_pause_s`: seconds with no browser connected before the worker rests (0: never);
     `arch`, `input_shape`: the network and C,H,W for state-dict files (``--arch``).
+    `atlas`: an `ldam atlas` folder for the Atlas view (its checkpoint is the main one when no
+    checkpoint is named).
     """
 
     checkpoint: str | None = None
@@ -67,6 +69,7 @@ class ServeConfig:
     idle_pause_s: float = 60.0
     arch: str | None = None
     input_shape: tuple[int, int, int] | None = None
+    atlas: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -93,9 +96,9 @@ def parse_target_option(target: str | None) -> dict[str, Any]:
     if spec.position is not None:
         raise ServeError(
             f"The dashboard samples whole units, so the position in {target!r} cannot be shown; "
-            f"use --target {spec.layer or 'output'}:{spec.first} here, or ldam sample for a position."
+            f"use --target {spec.layer_text}:{spec.first} here, or ldam sample for a position."
         )
-    layer = spec.layer or "output"
+    layer = spec.layer_text
     layout = "chains" if spec.first == spec.last else "range"
     return {"layer": layer, "unit": spec.first, "unit_end": spec.last, "layout": layout}
 
@@ -131,11 +134,17 @@ def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
             raise ServeError(
                 "--watch follows the newest checkpoint in its folder; name no checkpoint with it."
             )
+        if config.atlas is not None:
+            raise ServeError("--atlas shows one checkpoint's units; leave it out with --watch.")
         if config.checkpoints_dir is not None and Path(config.checkpoints_dir).resolve() != (
             Path(config.watch).resolve()
         ):
             raise ServeError("--watch DIR is also the picker's folder; leave out --checkpoints.")
-    elif checkpoint is None:
+    if checkpoint is None and config.atlas is not None:
+        from ldam.web.atlas import load_atlas
+
+        checkpoint = str(load_atlas(config.atlas).checkpoint)
+    if checkpoint is None and config.watch is None:
         checkpoint = str(DEFAULT_PAIR[0])
         if compare is None and config.default_compare and DEFAULT_PAIR[1].is_file():
             compare = str(DEFAULT_PAIR[1])

@@ -57,10 +57,14 @@ STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 Layout = Literal["chains", "range", "sweep"]
 Show = Literal["sample", "average"]
+# How frames show the chains (`ldam.sampling.images.VIEWS`): the paper's per-image symmetric
+# scaling, or the input space (de-normalized and clipped to [0, 1]).
+View = Literal["symmetric", "input"]
 SweepParam = Literal["disc_weight", "temperature", "l2_weight", "step_size"]
 
-# A layer name as `named_modules()` prints it: dotted identifiers and indices.
-_LAYER_PATTERN = r"^[A-Za-z0-9_.]{1,200}$"
+# A layer name as `named_modules()` prints it (dotted identifiers and indices), with an
+# optional element of a tuple or dict output in brackets (`attn[0]`, `output[logits]`).
+_LAYER_PATTERN = r"^[A-Za-z0-9_.\-\[\]]{1,200}$"
 # A checkpoint is a relative name inside the configured folder; `security.resolve_checkpoint`
 # does the real confinement (no `..`, no symlinks out), this only keeps the text plain ("=" is
 # in PyTorch Lightning's names, epoch=3-step=1200.ckpt).
@@ -98,10 +102,12 @@ class SamplerParams(BaseModel):
     # Normalized gradients (Algorithm 1 line 6) are a display aid: off samples exactly.
     grad_norm: bool = False
     show: Show = "average"
+    # A display choice only: switching it redraws the same chains.
+    view: View = "symmetric"
     disc_training: bool = True
     paused: bool = False
     # What to sample and how the grid is laid out.
-    layer: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9_.]{0,200}$")
+    layer: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9_.\-\[\]]{0,200}$")
     unit: int = Field(default=0, ge=0, le=1_000_000)
     unit_end: int = Field(default=9, ge=0, le=1_000_000)
     layout: Layout = "range"

@@ -3,11 +3,17 @@
 `build_panels` turns parameters and checkpoint files into new `Panel`s (one, or two in the
 compare view: the second checkpoint with the same seed and parameters) or raises a
 `UserError` naming the field at fault; the worker swaps them in only on success.
+
+The averaging window of all panels shares one memory budget (`WINDOW_MEMORY_LIMIT_BYTES`).
+A window the user chose is refused when it does not fit; one the user left alone (the
+default, `DEFAULT_WINDOW`) is fitted to the budget, with a sentence saying so
+(`fitted_window`): 20 chains of a 3x224x224 network fit 89 steps, not 200.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +28,14 @@ from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.images import grid_order
 from ldam.sampling.sampler import Sampler, SamplerConfig, check_window_memory
 from ldam.sampling.targets import LayerInfo, Target, list_layers
+from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
 from ldam.wire.params import SamplerParams, check_layer_and_units, grid_rows
 from ldam.worker.models import ModelCache
 
 Sources = dict[str, str | None]
+
+# The window (in steps) a dashboard starts with, before the user sets one.
+DEFAULT_WINDOW: int = SamplerParams.model_fields["window"].default
 
 
 @dataclass
@@ -54,6 +64,8 @@ class Built:
     panels: list[Panel]
     params: SamplerParams
     layers: list[LayerInfo]
+    # Set when the window was fitted below `DEFAULT_WINDOW`: the sentence that says so.
+    window_note: str | None = None
 
 
 def live_settings(
@@ -93,8 +105,26 @@ def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
     named = [info for info in layers if info.name and info.units > 0]
     out = [info for info in layers if not info.name and info.units > 0]
     if out and (not named or tuple(named[-1].shape) != tuple(out[0].shape)):
-        named.append(LayerInfo("output", out[0].shape, out[0].units))
+        named.append(LayerInfo("output", out[0].shape, out[0].units, out[0].kind))
     return named
+
+
+def fitted_window(
+    chains: int, input_shape: tuple[int, ...], wanted: int = DEFAULT_WINDOW
+) -> tuple[int, str | None]:
+    """The longest window, at most `wanted` steps, whose samples of `chains` chains of
+    `input_shape` (float32) fit in `WINDOW_MEMORY_LIMIT_BYTES`, and the sentence that says so
+    when it is shorter than `wanted` (None otherwise). At least 1: a single sample that does
+    not fit is refused by `check_window_memory`."""
+    per_step = chains * math.prod(input_shape) * 4
+    window = max(1, min(wanted, WINDOW_MEMORY_LIMIT_BYTES // per_step))
+    if window >= wanted:
+        return wanted, None
+    return window, (
+        f"The averaging window is {window} steps instead of {wanted}, the most that fits the "
+        f"{WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB budget for {chains} chains of shape "
+        f"{tuple(input_shape)}; fewer chains allow a longer one."
+    )
 
 
 def source_path(sources: Sources, which: str) -> str | None:
@@ -124,8 +154,19 @@ class PanelBuilder:
         """The main panel's model (loaded once)."""
         return self.models.load(source_path(sources, "checkpoint") or "", "checkpoint")
 
-    def build(self, params: SamplerParams, sources: Sources, shake: float = 1.0) -> Built:
-        """New panels for `params` and `sources`, or a `UserError` naming the field at fault."""
+    def build(
+        self,
+        params: SamplerParams,
+        sources: Sources,
+        shake: float = 1.0,
+        fit_window: bool = False,
+    ) -> Built:
+        """New panels for `params` and `sources`, or a `UserError` naming the field at fault.
+
+        With `fit_window` (the user has not chosen a window) the window is `DEFAULT_WINDOW`
+        or as much of it as fits the memory budget (`fitted_window`); otherwise
+        `params.window` must fit.
+        """
         main = self.main_model(sources)
         layers = target_layers(main)
         if not layers:
@@ -141,10 +182,14 @@ class PanelBuilder:
             units_by_layer, layer, {"unit": params.unit, "unit_end": params.unit_end}
         )
         which = ["checkpoint"] + (["compare"] if sources["compare"] is not None else [])
-        cells = len(params.grid()[0])
-        check_window_memory(params.window, cells * len(which), main.input_shape)
+        chains = len(params.grid()[0]) * len(which)
+        note = None
+        if fit_window:
+            window, note = fitted_window(chains, main.input_shape)
+            params = params.model_copy(update={"window": window})
+        check_window_memory(params.window, chains, main.input_shape)
         panels = [self._panel(params, sources, w, layer, shake) for w in which]
-        return Built(panels, params, layers)
+        return Built(panels, params, layers, note)
 
     def _panel(
         self, params: SamplerParams, sources: Sources, which: str, layer: str, shake: float

@@ -53,7 +53,14 @@ from ldam.wire.params import STRUCTURAL_FIELDS, SamplerParams
 from ldam.worker.disc_slot import DiscriminatorSlot
 from ldam.worker.live_diagnostics import ActivationHistory, unit_diagnostics
 from ldam.worker.models import ModelCache
-from ldam.worker.panels import Panel, PanelBuilder, SwapImpossible, live_settings, source_path
+from ldam.worker.panels import (
+    DEFAULT_WINDOW,
+    Panel,
+    PanelBuilder,
+    SwapImpossible,
+    live_settings,
+    source_path,
+)
 from ldam.worker.publisher import Publisher, Rate
 
 # Seconds between the heartbeat thread's "alive" messages (the server waits 10 s).
@@ -101,6 +108,10 @@ class Worker:
         self.builder = PanelBuilder(models, self.device, self.disc.published)
         self.panels: list[Panel] = []
         self.layers: list[Any] = []
+        # A window other than the default is the user's choice: kept, or refused if it does
+        # not fit. Until then each rebuild fits the default to the memory budget.
+        self.window_chosen = self.params.window != DEFAULT_WINDOW
+        self.window_note: str | None = None
         self.shake_until = 0.0
         self.shake_factor = 1.0
         self.step = 0
@@ -124,12 +135,20 @@ class Worker:
 
     # --- building ---------------------------------------------------------------------
 
-    def build(self, params: SamplerParams, sources: dict[str, str | None]) -> SamplerParams:
+    def build(
+        self,
+        params: SamplerParams,
+        sources: dict[str, str | None],
+        window_chosen: bool | None = None,
+    ) -> SamplerParams:
         """Swap in new panels for `params`; on a `UserError` the old panels stay.
 
-        Returns `params` with the layer filled in when it was left empty.
+        Returns `params` with the layer filled in when it was left empty, and the window
+        fitted to the memory budget unless the user chose it (`window_chosen`, default: the
+        worker's own record).
         """
-        built = self.builder.build(params, sources, self._shake())
+        chosen = self.window_chosen if window_chosen is None else window_chosen
+        built = self.builder.build(params, sources, self._shake(), fit_window=not chosen)
         self.disc.ensure(built.panels[0].loaded, built.params)
         # Divergence resets are counted per sampler; keep the total across rebuilds.
         self.resets_before += sum(int(p.sampler.resets.sum()) for p in self.panels)
@@ -143,6 +162,9 @@ class Worker:
         self.unit_labels = [self._unit_labels(p) for p in self.panels]
         self.diagnosed_at = None
         self.dirty = True
+        if built.window_note is not None and built.window_note != self.window_note:
+            self.publisher.notice("window", built.window_note)
+        self.window_note = built.window_note
         return built.params
 
     def swap(self, params: SamplerParams, sources: dict[str, str | None]) -> SamplerParams:
@@ -181,7 +203,8 @@ class Worker:
         return {
             "device": str(self.device),
             "layers": [
-                {"name": i.name, "shape": list(i.shape), "units": i.units} for i in self.layers
+                {"name": i.name, "shape": list(i.shape), "units": i.units, "kind": i.kind}
+                for i in self.layers
             ],
             "input_shape": list(main.input_shape),
             "class_names": main.class_names,
@@ -197,6 +220,7 @@ class Worker:
                 for p, labels in zip(self.panels, self.unit_labels, strict=True)
             ],
             "disc_note": self.disc.note,
+            "window_note": self.window_note,
         }
 
     # --- controls ---------------------------------------------------------------------
@@ -235,6 +259,13 @@ class Worker:
         warm: bool = False,
     ) -> None:
         changed = {k for k, v in params.model_dump().items() if getattr(self.params, k) != v}
+        sent_window = params.window
+        if "window" in changed and self.window_note is not None and sent_window == DEFAULT_WINDOW:
+            # The default back from a server that had not yet heard of the fitted window: no
+            # choice of the user's. The fitted window stays.
+            changed.discard("window")
+            params = params.model_copy(update={"window": self.params.window})
+        chosen = self.window_chosen or "window" in changed
         structural = bool(changed & STRUCTURAL_FIELDS)
         rebuild = structural or sources != self.sources
         # A newer checkpoint of the run alone (or the shown file written again, as a training
@@ -244,7 +275,7 @@ class Worker:
             if swap:
                 params = self.swap(params, sources)
             elif rebuild:
-                params = self.build(params, sources)
+                params = self.build(params, sources, chosen)
             elif "window" in changed:
                 main = self.panels[0]
                 chains = sum(p.sampler.config.chains for p in self.panels)
@@ -252,7 +283,13 @@ class Worker:
         except UserError as err:
             self.publisher.rejected(version, err, self.params.model_dump(), dict(self.sources))
             return
-        if rebuild or swap:
+        self.window_chosen = chosen
+        # "ready" also tells the server what the worker changed: the window, or its note.
+        announce = rebuild or swap or params.window != sent_window
+        if "window" in changed and not rebuild and self.window_note is not None:
+            self.window_note = None  # the user's window replaces the fitted one
+            announce = True
+        if announce:
             self.publisher.ready(version, params.model_dump(), self.info())
         self.params = params
         self.version = version
@@ -289,7 +326,8 @@ class Worker:
 
     def publish_frame(self) -> None:
         """One frame of every panel, to the outbox (latest wins)."""
-        self.publisher.frame(self.panels, self.params.show, self.step, self.version)
+        params = self.params
+        self.publisher.frame(self.panels, params.show, self.step, self.version, params.view)
         self.dirty = False
 
     def publish_metrics(self) -> None:

@@ -16,14 +16,15 @@ from typing import Any
 import torch
 
 from ldam.errors import UserError
-from ldam.sampling.images import tile, to_display, to_pil
+from ldam.sampling.images import display_grid, to_pil
 from ldam.wire.events import Frame, Heartbeat, Metrics, Notice, Ready, Rejected
 from ldam.wire.link import Outbox
 from ldam.worker.panels import Panel
 
 
 def encode_jpeg(grid: torch.Tensor, quality: int) -> bytes:
-    """uint8 grid `[C, H, W]` (C = 1 or 3) -> JPEG bytes (4:4:4, no chroma blur on tiny images)."""
+    """uint8 grid `[C, H, W]` (C = 1 or 3, as `display_grid` makes it) -> JPEG bytes (4:4:4, no
+    chroma blur on tiny images)."""
     out = io.BytesIO()
     to_pil(grid).save(out, format="JPEG", quality=quality, subsampling=0)
     return out.getvalue()
@@ -88,15 +89,18 @@ class Publisher:
         """A sentence for the browsers that refuses no change."""
         self.outbox.put_event(Notice(field, message))
 
-    def frame(self, panels: list[Panel], show: str, step: int, version: int) -> None:
-        """One frame of every panel: window means (`show` "average") or the chains."""
+    def frame(
+        self, panels: list[Panel], show: str, step: int, version: int, view: str = "symmetric"
+    ) -> None:
+        """One frame of every panel: window means (`show` "average") or the chains, in `view`
+        (the paper's symmetric scaling, or the input space with the panel's normalization)."""
         images: list[bytes] = []
         headers: list[dict[str, Any]] = []
         with torch.no_grad():
             for panel in panels:
                 sampler = panel.sampler
                 x = sampler.window_mean() if show == "average" else sampler.x
-                grid = tile(to_display(x), columns=panel.columns)
+                grid = display_grid(x, panel.columns, view, panel.loaded.normalization)
                 images.append(encode_jpeg(grid, self.jpeg_quality))
                 headers.append(
                     {
@@ -115,6 +119,7 @@ class Publisher:
             "step": step,
             "version": version,
             "show": show,
+            "view": view,
             "panels": headers,
         }
         self.outbox.put_frame(Frame(header, images))
