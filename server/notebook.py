@@ -50,6 +50,7 @@ OPTIONS = {
     "input_shape": "--input-shape",
     "idle_pause": "--idle-pause",
     "watch_settle": "--watch-settle",
+    "atlas": "--atlas",
 }
 # Starting imports torch in the worker and loads the model: allow a slow machine its time.
 START_TIMEOUT_S = 180.0
@@ -226,8 +227,9 @@ def show(
     `options` are ``ldam serve``'s, with underscores: `compare`, `target`, `data`,
     `checkpoints`, `host`, `port` (default: a free one), `device`, `token`, `trust_checkpoint`,
     `arch`, `input_shape` (``(C, H, W)`` or ``"C,H,W"``), `idle_pause` and `watch_settle` (in
-    seconds). In a Jupyter kernel the page appears in an IFrame of `width` x `height` pixels
-    (`width` may be a CSS length such as ``"100%"``); elsewhere its address is printed. The
+    seconds), `atlas` (an ``ldam atlas`` folder). In a Jupyter kernel the page appears in an
+    IFrame of `width` x `height` pixels (`width` may be a CSS length such as ``"100%"``);
+    elsewhere its address is printed. The
     same file and options reuse the running server. Returns the `Dashboard`; raises
     `NotebookError` (one sentence) for a bad option or path, or a server that does not start.
     """

@@ -34,7 +34,7 @@ def test_bad_options_and_paths_get_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(notebook.NotebookError) as err:
         notebook.show(checkpoint, temprature=0.1)
     assert str(err.value) == (
-        "show() has no option 'temprature'; use one of: arch, checkpoints, compare, data, "
+        "show() has no option 'temprature'; use one of: arch, atlas, checkpoints, compare, data, "
         "device, host, idle_pause, input_shape, port, target, token, trust_checkpoint, "
         "watch_settle."
     )
