@@ -2,7 +2,9 @@
 
 import { Charts } from "./charts.js";
 import { Controls } from "./controls.js";
+import { Diagnostics } from "./diagnostics.js";
 import { Stream } from "./stream.js";
+import { Timeline } from "./timeline.js";
 
 const panelsBox = document.getElementById("panels");
 const message = document.getElementById("message");
@@ -17,6 +19,8 @@ const stream = new Stream({
 });
 const controls = new Controls((msg) => stream.send(msg));
 const charts = new Charts();
+const timeline = new Timeline((msg) => stream.send(msg));
+const diagnostics = new Diagnostics();
 
 // --- frames ----------------------------------------------------------------------------
 
@@ -50,7 +54,10 @@ function drawFrame(header, bitmaps) {
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
     const panel = header.panels[i];
     canvas.setAttribute("aria-label", `Samples of ${panel.label}: ${panel.target}`);
-    figure.querySelector("figcaption").textContent = `${panel.label} · ${panel.target}`;
+    const info = debug.info?.panels?.find((p) => p.label === panel.label);
+    const shown = timeline.describe(panel.label, info?.step ?? null);
+    text2(figure.querySelector("figcaption"), `${shown} · ${panel.target}`);
+    diagnostics.layout(figure, i, panel, debug.state?.params?.layout);
   });
   debug.header = header;
   debug.framesShown += 1;
@@ -67,10 +74,18 @@ function handleMessage(msg) {
       debug.state = msg;
       controls.setState(msg.params, msg.version, msg.defaults);
       controls.applyUrl();
+      if (debug.info) timeline.patchPicker(debug.info, msg.params);
       break;
     case "info":
+      debug.info = msg;
       controls.setInfo(msg);
+      diagnostics.setInfo(msg);
+      timeline.patchPicker(msg, controls.params);
       text("status-device", `device ${msg.device ?? "—"}`);
+      break;
+    case "timeline":
+      debug.timeline = msg;
+      timeline.update(msg);
       break;
     case "metrics":
       debug.metrics = msg;
@@ -100,6 +115,7 @@ function showMetrics(m) {
   discError.textContent = failed ? d.error : m.disc_note || "";
   restart.hidden = !failed;
   document.getElementById("shake").classList.toggle("active", Boolean(m.shaking));
+  diagnostics.update(m.diagnostics, panelsBox.children);
   charts.add(m, fps);
 }
 
@@ -109,6 +125,7 @@ function showStatus(s) {
     starting: "worker starting",
     restarting: `worker restarting (restart ${s.restarts})`,
     failed: "worker failed",
+    waiting: "waiting for a checkpoint",
   }[s.worker] ?? s.worker;
   setWorker(s.worker, label);
   text("status-clients", `clients ${s.clients}`);
@@ -122,7 +139,10 @@ function setWorker(state, label) {
 }
 
 function text(id, value) {
-  const el = document.getElementById(id);
+  text2(document.getElementById(id), value);
+}
+
+function text2(el, value) {
   if (el.textContent !== value) el.textContent = value;
 }
 

@@ -415,6 +415,7 @@ def _build_factory(arch: str) -> nn.Module:
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     # Training checkpoints often nest the weights (Lightning: "state_dict"; others: "model").
+    lightning = isinstance(obj, dict) and "pytorch-lightning_version" in obj
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -429,6 +430,12 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     prefix = "module."  # DataParallel wrapping
     if all(k.startswith(prefix) for k in obj):
         obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    # A LightningModule's keys carry the attribute holding the network ("model.conv1.weight"
+    # for `self.model = LeNet()`): when every key shares one first part, that part goes.
+    heads = {k.split(".", 1)[0] for k in obj}
+    if lightning and len(heads) == 1 and all("." in k for k in obj):
+        cut = len(next(iter(heads))) + 1
+        obj = {k[cut:]: v for k, v in obj.items()}
     return obj
 
 

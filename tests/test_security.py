@@ -217,7 +217,7 @@ def test_resolve_checkpoint_accepts_files_inside(ckpt_root: Path) -> None:
         ("folder.pt", "Checkpoint 'folder.pt' is not a file."),
         (
             "notes.txt",
-            "Checkpoint 'notes.txt' does not end in one of .pt2, .pt, .pth, .ts, .safetensors.",
+            "Checkpoint 'notes.txt' does not end in one of .pt2, .pt, .pth, .ts, .safetensors, .ckpt.",
         ),
     ],
 )

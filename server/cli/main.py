@@ -116,10 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("serve", help="start the live dashboard")
     v.add_argument("checkpoint", nargs="?")
+    v.add_argument(
+        "--watch",
+        metavar="DIR",
+        help="follow a training run: the newest complete checkpoint in DIR is the main panel",
+    )
+    v.add_argument(
+        "--watch-settle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --watch, a file counts as complete once unchanged this long (default 2)",
+    )
+    v.add_argument(
+        "--idle-pause",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop sampling after this long with no browser connected (0: never; default 60)",
+    )
+    v.add_argument(
+        "--arch",
+        help="the network of state-dict checkpoints (.pt, .ckpt): lenet, a torchvision name, "
+        "or package.module:factory",
+    )
+    v.add_argument("--input-shape", help="C,H,W when the checkpoints carry no metadata")
     v.add_argument("--compare")
     v.add_argument("--target")
     v.add_argument("--data", help="real images (folder or .npz) for the discriminator")
-    v.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINT.parent))
+    v.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="the folder the page's checkpoint picker offers (default: the bundled checkpoints; "
+        "with --watch, the watched folder)",
+    )
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

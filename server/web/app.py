@@ -22,6 +22,7 @@ from ldam.web import security
 from ldam.web.atlas import atlas_routes, checkpoint_param, load_atlas
 from ldam.web.config import ServeConfig, worker_setup
 from ldam.web.hub import Hub
+from ldam.web.watch import Watcher
 
 # The page: frontend/ in a source checkout, ldam/frontend/ in an installed wheel.
 FRONTEND = Path(str(importlib.resources.files("ldam.frontend")))
@@ -46,7 +47,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     if config.atlas is not None:
         view = load_atlas(config.atlas)
         links = view.live_links(checkpoint_param(view, base.checkpoint, config.folder))
-    hub = Hub(base, initial, config.worker_entry, config.standby)
+    watch = Watcher(Path(config.watch), config.watch_settle_s) if config.watch else None
+    hub = Hub(base, initial, config.worker_entry, config.standby, watch, config.watch_poll_s)
     auth = security.TokenAuth(config.token, config.port)
 
     @contextlib.asynccontextmanager
@@ -91,6 +93,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/api/state")
     async def state() -> JSONResponse:
         metrics = hub.broadcaster.latest("metrics")
+        timeline = hub.broadcaster.latest("timeline")
         return JSONResponse(
             {
                 "version": hub.store.version,
@@ -99,6 +102,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "status": hub.status_payload(),
                 "frame_seq": hub.broadcaster.frame_seq,
                 "metrics": json.loads(metrics) if metrics is not None else None,
+                # --watch: the run's checkpoints and which ones the panels show (else None).
+                "timeline": json.loads(timeline) if timeline is not None else None,
                 # The event loop's task count: the load test checks it returns to where it was.
                 "tasks": len(asyncio.all_tasks()),
             }

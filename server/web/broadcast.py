@@ -1,8 +1,8 @@
 """Fanning the worker's frames and the server's texts out to every browser, with flow control.
 
-Each browser is a `Client`: latest-wins slots for the text kinds (a stale state, info, status
-or metrics message is useless), an ordered queue for errors (bounded, so a client that never
-reads cannot grow it), and a window of at most `MAX_FRAMES_IN_FLIGHT` frames that await the
+Each browser is a `Client`: latest-wins slots for the text kinds (a stale state, info, status,
+timeline or metrics message is useless), an ordered queue for errors (bounded, so a client that
+never reads cannot grow it), and a window of at most `MAX_FRAMES_IN_FLIGHT` frames that await the
 browser's ``ack``. The `Broadcaster` keeps only the newest frame; `Broadcaster.flush` sends a
 client what is due, so a slow browser skips frames (it always gets the newest one) and never
 slows other browsers or the worker. A send that does not finish in `SEND_TIMEOUT_S` raises
@@ -24,7 +24,7 @@ from ldam.wire.messages import encode_frame
 # Errors waiting for one client; older ones are dropped first.
 MAX_QUEUED_ERRORS = 32
 # The order in which one flush sends the latest-wins texts (errors go before all of them).
-TEXT_KINDS = ("status", "info", "state", "metrics")
+TEXT_KINDS = ("status", "info", "state", "timeline", "metrics")
 
 
 class Client:

@@ -38,6 +38,11 @@ class ServeConfig:
     at most; `worker_entry`: the worker's start function (tests swap it); `extra_hosts`: more
     Host header names to accept; `default_compare`: with no checkpoint named, show the
     averaged LeNet beside the plain one; `standby`: keep a warm spare worker for fast restarts;
+    `watch`: a training run's folder whose newest complete checkpoint is the main panel (then
+    also the picker's folder, and `checkpoint` must be None), with the settle rule's quiet time
+    `watch_settle_s` and a scan every `watch_poll_s` seconds (`ldam.web.watch`);
+    `idle_pause_s`: seconds with no browser connected before the worker rests (0: never);
+    `arch`, `input_shape`: the network and C,H,W for state-dict files (``--arch``).
     `atlas`: an `ldam atlas` folder for the Atlas view (its checkpoint is the main one when no
     checkpoint is named).
     """
@@ -58,12 +63,21 @@ class ServeConfig:
     extra_hosts: tuple[str, ...] = ()
     default_compare: bool = True
     standby: bool = True
+    watch: str | None = None
+    watch_settle_s: float = 2.0
+    watch_poll_s: float = 0.5
+    idle_pause_s: float = 60.0
+    arch: str | None = None
+    input_shape: tuple[int, int, int] | None = None
     atlas: str | None = None
 
     @property
     def folder(self) -> Path:
-        """The checkpoint picker's folder: `checkpoints_dir`, or the bundled checkpoints."""
-        return Path(self.checkpoints_dir) if self.checkpoints_dir else CHECKPOINT_DIR
+        """The checkpoint picker's folder: `checkpoints_dir`, the watched run's folder, or the
+        bundled checkpoints."""
+        if self.checkpoints_dir:
+            return Path(self.checkpoints_dir)
+        return Path(self.watch) if self.watch else CHECKPOINT_DIR
 
 
 def parse_target_option(target: str | None) -> dict[str, Any]:
@@ -109,16 +123,28 @@ def _check_file(path: str | None, what: str) -> str | None:
 def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
     """The worker's start configuration and the first parameters for `config`.
 
-    Fills in the bundled pair when no checkpoint is named, checks the files and the target,
-    and validates `config.params`; raises `ServeError` (one sentence) for anything wrong.
+    Fills in the bundled pair when no checkpoint is named (with `watch`, the main file comes
+    later, from the run's folder), checks the files and the target, and validates
+    `config.params`; raises `ServeError` (one sentence) for anything wrong.
     """
     folder = config.folder
     checkpoint, compare = config.checkpoint, config.compare
+    if config.watch is not None:
+        if checkpoint is not None:
+            raise ServeError(
+                "--watch follows the newest checkpoint in its folder; name no checkpoint with it."
+            )
+        if config.atlas is not None:
+            raise ServeError("--atlas shows one checkpoint's units; leave it out with --watch.")
+        if config.checkpoints_dir is not None and Path(config.checkpoints_dir).resolve() != (
+            Path(config.watch).resolve()
+        ):
+            raise ServeError("--watch DIR is also the picker's folder; leave out --checkpoints.")
     if checkpoint is None and config.atlas is not None:
         from ldam.web.atlas import load_atlas
 
         checkpoint = str(load_atlas(config.atlas).checkpoint)
-    if checkpoint is None:
+    if checkpoint is None and config.watch is None:
         checkpoint = str(DEFAULT_PAIR[0])
         if compare is None and config.default_compare and DEFAULT_PAIR[1].is_file():
             compare = str(DEFAULT_PAIR[1])
@@ -127,8 +153,13 @@ def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
     data = config.data
     if data is not None and not Path(data).exists():
         raise ServeError(f"The data {data} does not exist.")
+    if config.idle_pause_s < 0 or config.idle_pause_s != config.idle_pause_s:
+        raise ServeError(
+            f"--idle-pause must be 0 (never) or a number of seconds, not {config.idle_pause_s}."
+        )
     try:
         # A file the operator named that lies inside the picker's folder shows under its name.
+        # (With --watch the main file is followed, not named: `checkpoint` stays None.)
         initial = SamplerParams.model_validate(
             {
                 **parse_target_option(config.target),
@@ -150,5 +181,8 @@ def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
         device=config.device,
         trust_checkpoint=config.trust_checkpoint,
         frame_rate=config.frame_rate,
+        arch=config.arch,
+        input_shape=config.input_shape,
+        idle_pause_s=config.idle_pause_s,
     )
     return worker, initial

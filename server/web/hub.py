@@ -1,8 +1,8 @@
 """The server's four parts wired together: parameters, worker, broadcasts and browser sessions.
 
 `Hub` routes each worker event to the part it concerns (`ParamStore`, `Broadcaster`,
-`Supervisor`) and each browser message to the store or the worker; it holds no state of its
-own. No torch here.
+`Supervisor`, and with ``--watch`` the `Follower`) and each browser message to the store or
+the worker; it holds no state of its own. No torch here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ldam.web.broadcast import Broadcaster, Client
 from ldam.web.session import Session
 from ldam.web.store import ParamStore
 from ldam.web.supervisor import Supervisor
+from ldam.web.watch import Follower, Watcher
 from ldam.wire.events import (
     Died,
     Frame,
@@ -41,7 +42,8 @@ class Hub:
     """The dashboard's parts: `store` (parameters), `supervisor` (the worker process),
     `broadcaster` (the browsers). `base` is the worker's start configuration from the
     command line, `params` the first parameters; `worker_entry` and `standby` as for
-    `Supervisor`."""
+    `Supervisor`. With `watch` (``--watch``) the `follower` starts the worker once the run's
+    first checkpoint is complete and swaps in each newer one, scanning every `poll_s` s."""
 
     def __init__(
         self,
@@ -49,6 +51,8 @@ class Hub:
         params: SamplerParams,
         worker_entry: str = WORKER_ENTRY,
         standby: bool = True,
+        watch: Watcher | None = None,
+        poll_s: float = 0.5,
     ) -> None:
         self.store = ParamStore(base, params)
         self.broadcaster = Broadcaster()
@@ -59,13 +63,23 @@ class Hub:
             worker_entry,
             standby,
         )
+        self.follower: Follower | None = None
+        if watch is not None:
+            self.store.watch = str(watch.folder)
+            self.follower = Follower(watch, self, poll_s)
 
     def start(self) -> None:
-        """Start the worker (call from the event loop)."""
-        self.supervisor.start()
+        """Start the worker, or with ``--watch`` the follower that starts it (call from the
+        event loop)."""
+        if self.follower is not None:
+            self.follower.start()
+        else:
+            self.supervisor.start()
 
     async def stop(self) -> None:
         """Stop the worker (without restarting it) and close every browser's session."""
+        if self.follower is not None:
+            await self.follower.stop()
         await self.supervisor.stop()
         self.broadcaster.close_all()
 
@@ -83,6 +97,8 @@ class Hub:
         elif isinstance(message, Ready):
             self.store.on_ready(message)
             self.supervisor.note_ready()
+            if self.follower is not None:
+                self.follower.on_ready(message)
             self.broadcaster.post_all("info", json.dumps(self.store.info_message()))
             self.broadcast_state()
             self.broadcast_status()
@@ -90,14 +106,19 @@ class Hub:
             self.broadcaster.post_all("error", _error_text(message.field, message.message))
             if message.params is None:
                 # The worker could not start at all (bad checkpoint or target on the command
-                # line): `run_server` reports it; a browser sees the error.
+                # line): `run_server` reports it; a browser sees the error. With --watch the
+                # follower tries the run's next file when this one was at fault.
                 self.supervisor.note_refused_start(message.message)
+                if self.follower is not None:
+                    self.follower.on_rejected(message)
                 self.broadcast_status()
                 return
             command = self.store.on_rejected(message)
             if command is not None:
                 self.supervisor.send(command)
                 self.broadcast_state()
+            if self.follower is not None:
+                self.follower.on_rejected(message)
         elif isinstance(message, Notice):
             self.broadcaster.post_all("error", _error_text(message.field, message.message))
         elif isinstance(message, Died):
@@ -133,6 +154,8 @@ class Hub:
     def status_payload(self) -> dict[str, Any]:
         """The ``status`` message: worker state, pid, restarts and errors, clients."""
         worker = self.supervisor.describe()
+        if self.follower is not None and self.follower.waiting:
+            worker["worker"] = "waiting"  # for the run's first complete checkpoint
         return {
             "type": "status",
             "worker": worker["worker"],
@@ -144,8 +167,15 @@ class Hub:
         }
 
     def broadcast_state(self) -> None:
-        """Send the parameters to every browser, so all pages show the same settings."""
+        """Send the parameters to every browser, so all pages show the same settings (and
+        with ``--watch`` the timeline, which shows what is pinned)."""
         self.broadcaster.post_all("state", json.dumps(self.store.state_message()))
+        if self.follower is not None:
+            self.follower.post()
+
+    def post_timeline(self, text: str) -> None:
+        """Send the ``timeline`` message (``--watch``) to every browser."""
+        self.broadcaster.post_all("timeline", text)
 
     def broadcast_status(self) -> None:
         """Send the status line to every browser (and the viewer count to the worker)."""

@@ -60,11 +60,12 @@ WS_TOKEN_SUBPROTOCOL_PREFIX = "ldam.token."
 LOGIN_PATH = "/login"
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-CHECKPOINT_SUFFIXES = (".pt2", ".pt", ".pth", ".ts", ".safetensors")
+# .ckpt: PyTorch Lightning's training checkpoints (a state dict, read with --arch).
+CHECKPOINT_SUFFIXES = (".pt2", ".pt", ".pth", ".ts", ".safetensors", ".ckpt")
 # A checkpoint name the picker offers: a plain file name in the folder. (A `set` message may
 # also name a file in a subfolder, "runs/a.pt"; `ldam.wire.params` checks that text, and
-# `resolve_checkpoint` confines both.)
-CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+# `resolve_checkpoint` confines both.) "=" is in Lightning's names: epoch=3-step=1200.ckpt.
+CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=\-]{0,199}")
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}

@@ -22,6 +22,7 @@ from ldam.web.app import create_app
 from ldam.web.config import ServeConfig, ServeError
 from ldam.web.hub import Hub
 from ldam.web.supervisor import WorkerState
+from ldam.web.watch import watch_folder_error
 
 # How often `run_server` looks whether the first worker is ready or the start failed.
 _START_POLL_S = 0.05
@@ -77,6 +78,10 @@ def run_server(config: ServeConfig) -> None:
     config = dataclasses.replace(config, token=token)
     host, port = config.host, config.port
     check_port(host, port)
+    if config.watch is not None:
+        problem = watch_folder_error(config.watch)
+        if problem is not None:
+            raise ServeError(problem)
     if not config.folder.is_dir():
         shown_folder = config.checkpoints_dir or config.folder
         raise ServeError(f"The checkpoint folder {shown_folder} does not exist.")
@@ -87,18 +92,35 @@ def run_server(config: ServeConfig) -> None:
     async def main() -> None:
         serving = asyncio.create_task(server.serve())
         # Fail fast with the worker's own sentence when the model or target cannot be used.
-        supervisor = hub.supervisor
-        while not supervisor.start_settled and not serving.done():
-            await asyncio.sleep(_START_POLL_S)
-        if supervisor.state is WorkerState.FAILED:
+        # With --watch a file that fails is skipped instead (the page says so): only a start
+        # that no file can mend (device, target, compare file) ends it.
+        supervisor, follower = hub.supervisor, hub.follower
+        if follower is not None:
+            while not serving.done() and not (
+                follower.settled or (follower.started and supervisor.start_settled)
+            ):
+                await asyncio.sleep(_START_POLL_S)
+            failed = follower.stopped_with
+            if failed is None and supervisor.state is WorkerState.FAILED and follower.starting:
+                failed = supervisor.last_error  # workers died before "ready", file or not
+        else:
+            while not supervisor.start_settled and not serving.done():
+                await asyncio.sleep(_START_POLL_S)
+            failed = supervisor.last_error if supervisor.state is WorkerState.FAILED else None
+            if supervisor.state is WorkerState.FAILED and failed is None:
+                failed = "The worker could not start."
+        if failed is not None:
             server.should_exit = True
             await serving
-            raise ServeError(supervisor.last_error or "The worker could not start.")
+            raise ServeError(failed)
         shown = "127.0.0.1" if security.is_wildcard(host) else host
         if token is not None:
             print(f"ldam: open {security.login_url(host, port, token)}", flush=True)
         else:
             print(f"ldam: serving on http://{shown}:{port}", flush=True)
+        if follower is not None:
+            waiting = " (waiting for its first complete checkpoint)" if follower.waiting else ""
+            print(f"ldam: following {follower.watcher.folder}{waiting}", flush=True)
         await serving
 
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler

@@ -58,6 +58,10 @@ class ParamStore:
         }
         # What the worker said about the model (layers, device, panels); None until "ready".
         self.info: dict[str, Any] | None = None
+        # ``--watch``: the run's folder, and its newest loadable file (set by
+        # `ldam.web.watch.Follower`), where ``checkpoint: ""`` (follow the run again) leads.
+        self.watch: str | None = None
+        self.newest: str | None = None
 
     def worker_config(self) -> WorkerConfig:
         """The start configuration of a worker that runs the current parameters and files."""
@@ -84,8 +88,9 @@ class ParamStore:
                 continue
             if changes[name] is None:
                 if name == "checkpoint":
-                    # The picker's "(from the command line)" entry: the operator's own file.
-                    sources[name] = self.base.checkpoint
+                    # The picker's "(from the command line)" entry: the operator's own file,
+                    # or with --watch the run's newest checkpoint (followed from then on).
+                    sources[name] = self.newest or self.base.checkpoint
                     changes[name] = name_in_folder(self.folder, self.base.checkpoint)
                 else:
                     sources[name] = None
@@ -108,6 +113,17 @@ class ParamStore:
         self.sources = sources
         self.version += 1
         return SetParams(self.version, params.model_dump(), dict(sources))
+
+    def follow(self, path: str) -> SetParams | None:
+        """``--watch`` found `path`, the run's newest checkpoint: the main panel moves to it
+        unless the page pinned one (``checkpoint`` set). Returns the warm command that swaps
+        the model under the running chains, or None while pinned."""
+        self.newest = path
+        if self.params.checkpoint is not None:
+            return None
+        self.sources = {**self.sources, "checkpoint": path}
+        self.version += 1
+        return SetParams(self.version, self.params.model_dump(), dict(self.sources), warm=True)
 
     def _check_target(self, changes: dict[str, Any]) -> None:
         # The worker knows the layers; checking here keeps a bad pick from reaching it. A new
@@ -167,4 +183,6 @@ class ParamStore:
             # The picker offers the operator's file (sent as checkpoint "") when it is not one
             # of `checkpoints`.
             "operator_checkpoint": Path(checkpoint).name if checkpoint else None,
+            # --watch: the run's folder (the picker's "" then means: follow the newest).
+            "watch": self.watch,
         }

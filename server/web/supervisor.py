@@ -128,6 +128,30 @@ class Supervisor:
         if standby is not None:
             await asyncio.to_thread(standby.close)
 
+    def prepare_standby(self) -> None:
+        """Start the standby now, ahead of the first worker (``--watch`` while it waits for
+        the run's first checkpoint): that worker then starts in about a second, not the
+        seconds importing torch takes. Call from the event loop."""
+        if self.use_standby and self.standby is None and self.state is not WorkerState.STOPPED:
+            self.standby = Standby(self.entry)
+
+    async def retry(self) -> None:
+        """Start a fresh worker from `configure()` after the start failed before any worker
+        was ready (``ldam serve --watch`` then tries the run's next checkpoint); nothing
+        happens in any other state."""
+        if self.state is not WorkerState.FAILED or self.ever_ready:
+            return
+        link, self.link = self.link, None
+        if link is not None:
+            # Stopped, not left to exit: its exit must not count against the new worker.
+            await asyncio.to_thread(link.stop)
+        if self.state is not WorkerState.FAILED:
+            return  # stopped meanwhile
+        self.state = WorkerState.STARTING
+        self.deaths_before_ready = 0
+        self.last_error = None
+        self._spawn()
+
     def send(self, command: Message) -> None:
         """Queue a command (`ldam.wire.events`) for the current worker; dropped when none runs
         (the next worker starts from `configure()`, which already has every change)."""

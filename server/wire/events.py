@@ -22,12 +22,15 @@ class SetParams:
     """Run with these parameters (a `SamplerParams` dump) and checkpoint files from now on.
 
     `sources` maps ``checkpoint`` and ``compare`` to absolute paths (or None). A change of a
-    structural field or of the files rebuilds the chains; anything else applies live.
+    structural field or of the files rebuilds the chains; anything else applies live. `warm`
+    (``ldam serve --watch`` found a newer checkpoint): a new main file alone swaps the model
+    under the running chains instead of restarting them.
     """
 
     version: int
     params: dict[str, Any]
     sources: dict[str, str | None]
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class RestartDiscriminator:
 
 @dataclass(frozen=True)
 class Viewers:
-    """How many browsers watch now (none: frames once a second)."""
+    """How many browsers watch now (none: frames once a second, and after the idle pause no
+    steps at all until one connects)."""
 
     count: int
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -72,6 +73,11 @@ class WorkerConfig:
     jpeg_quality: int = 90
     # Torch CPU threads in the worker; None keeps torch's default.
     threads: int | None = None
+    # For state-dict files: the network (``--arch``) and C,H,W when the file does not say.
+    arch: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    # Seconds with no browser connected after which the worker stops stepping (0: never).
+    idle_pause_s: float = 60.0
 
 
 # A command or an event of `ldam.wire.events` (the outbox itself carries any picklable value).
@@ -206,9 +212,11 @@ def _child_main(
             try:
                 config = config_conn.recv()
             except (EOFError, OSError):
-                return  # the server went away or no longer needs a standby
+                config = None  # the server went away or no longer needs a standby
             if config is None:
-                return
+                # Nothing to finish: skip the interpreter's shutdown, which takes seconds with
+                # torch imported (the server would wait, then kill the standby).
+                os._exit(0)
         end = WorkerEnd(commands, events)
         getattr(module, function)(config, end)
     except Exception as err:

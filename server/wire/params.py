@@ -66,8 +66,9 @@ SweepParam = Literal["disc_weight", "temperature", "l2_weight", "step_size"]
 # optional element of a tuple or dict output in brackets (`attn[0]`, `output[logits]`).
 _LAYER_PATTERN = r"^[A-Za-z0-9_.\-\[\]]{1,200}$"
 # A checkpoint is a relative name inside the configured folder; `security.resolve_checkpoint`
-# does the real confinement (no `..`, no symlinks out), this only keeps the text plain.
-_CHECKPOINT_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./\-]{0,254}$"
+# does the real confinement (no `..`, no symlinks out), this only keeps the text plain ("=" is
+# in PyTorch Lightning's names, epoch=3-step=1200.ckpt).
+_CHECKPOINT_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./=\-]{0,254}$"
 
 
 def _no_parent(name: str) -> str:

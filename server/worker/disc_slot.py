@@ -80,6 +80,12 @@ class DiscriminatorSlot:
         elif not used and self.trainer.running:
             self.trainer.stop()
 
+    def rest(self) -> None:
+        """Stop D's thread while nobody watches (its weights and pool are kept); `apply`
+        starts it again."""
+        if self.trainer is not None and self.trainer.running:
+            self.trainer.stop()
+
     def restart(self) -> None:
         """Restart a trainer that failed; `UserError` when its thread cannot restart."""
         if self.trainer is not None:

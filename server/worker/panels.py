@@ -12,6 +12,7 @@ default, `DEFAULT_WINDOW`) is fitted to the budget, with a sentence saying so
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,6 +232,48 @@ class PanelBuilder:
         config = SamplerConfig(chains=cells, seed=params.seed, device=self.device, **settings)
         sampler = Sampler(terms, loaded.input_shape, config)
         return Panel(Path(path).name, spec, loaded, target, sampler, columns)
+
+    def swap(self, panel: Panel, path: str, params: SamplerParams) -> tuple[Panel, list[LayerInfo]]:
+        """`panel` with the model in `path` under its running chains (a warm start: the
+        sampler's chains, velocities, windows, RNGs and burn-in carry on, only the activation
+        term reads the new model), and the new model's layers.
+
+        Raises `SwapImpossible` when the new model takes another input shape (the chains
+        cannot carry over: build afresh), `UserError` naming ``checkpoint`` when the file
+        cannot be loaded or lacks the target; `panel` is unchanged then.
+        """
+        loaded = self.models.load(path, "checkpoint")
+        if tuple(loaded.input_shape) != tuple(panel.loaded.input_shape):
+            raise SwapImpossible(
+                f"{Path(path).name} takes input {list(loaded.input_shape)}, not "
+                f"{list(panel.loaded.input_shape)}."
+            )
+        layers = target_layers(loaded)
+        units, _ = params.grid()
+        try:
+            check_layer_and_units(
+                {info.name: info.units for info in layers},
+                params.layer,
+                {"unit": params.unit, "unit_end": params.unit_end},
+            )
+            target = Target(
+                loaded.module,
+                panel.target_text,
+                len(units),
+                batch_size=loaded.batch_size,
+                input_shape=loaded.input_shape,
+            )
+        except UserError as err:
+            raise UserError(f"{Path(path).name}: {err}", "checkpoint") from None
+        order = grid_order(list(target.units_per_chain), sorted(set(units)))
+        term = next(t for t in panel.sampler.terms if isinstance(t, ActivationTerm))
+        term.activation_fn = _Reordered(target, order)
+        swapped = dataclasses.replace(panel, label=Path(path).name, loaded=loaded, target=target)
+        return swapped, layers
+
+
+class SwapImpossible(Exception):
+    """A new checkpoint's model takes another input shape than the chains it should take over."""
 
 
 class _Reordered:

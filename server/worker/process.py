@@ -10,7 +10,13 @@ process of the dashboard that imports torch. Its loop, top to bottom:
    trains D online;
 3. at most `frame_rate` times a second (and right after a change, so a slider's effect shows
    at once): one frame through the publisher (latest wins);
-4. `metrics_rate` times a second: activations, speed, burn-in, resets, D's figures.
+4. `metrics_rate` times a second: activations, speed, burn-in, resets, D's figures, and the
+   live diagnostics of every unit (`ldam.worker.live_diagnostics`).
+
+With no browser connected for `WorkerConfig.idle_pause_s` the loop stops stepping (the chains,
+D and every setting are kept) and only answers commands and sends metrics, until a browser
+connects. A `SetParams` marked `warm` (``ldam serve --watch`` found a newer checkpoint) that
+changes only the main file swaps the model under the running chains (`PanelBuilder.swap`).
 
 A heartbeat thread sends `Heartbeat()` every `HEARTBEAT_EVERY_S`, also during a long step or
 checkpoint load: the server restarts a worker it has not heard from for its heartbeat timeout,
@@ -19,8 +25,10 @@ which then means a frozen process, not a slow network.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -43,14 +51,29 @@ from ldam.wire.events import (
 from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import STRUCTURAL_FIELDS, SamplerParams
 from ldam.worker.disc_slot import DiscriminatorSlot
+from ldam.worker.live_diagnostics import ActivationHistory, unit_diagnostics
 from ldam.worker.models import ModelCache
-from ldam.worker.panels import DEFAULT_WINDOW, Panel, PanelBuilder, live_settings
+from ldam.worker.panels import (
+    DEFAULT_WINDOW,
+    Panel,
+    PanelBuilder,
+    SwapImpossible,
+    live_settings,
+    source_path,
+)
 from ldam.worker.publisher import Publisher, Rate
 
 # Seconds between the heartbeat thread's "alive" messages (the server waits 10 s).
 HEARTBEAT_EVERY_S = 2.0
 # Seconds between frames while no browser watches.
 IDLE_FRAME_EVERY_S = 1.0
+# How long the loop waits for a command while it does not step (paused, or idle).
+PAUSED_POLL_S = 0.05
+IDLE_POLL_S = 0.25
+# The live diagnostics are computed at most this often (about 0.4 ms per unit on this
+# machine's CPU for 2 chains of 1000 draws; 64 units once a second cost 3% of a core).
+DIAGNOSTICS_EVERY_S = 1.0
+SWEEP_NOTE = "The rows of a sweep run different settings, so their chains are not compared."
 
 
 class Worker:
@@ -73,7 +96,14 @@ class Worker:
         trusted = config.trusted_paths
         if trusted is None:  # started directly (not by the server): the config's own files
             trusted = (config.checkpoint, config.compare)
-        models = ModelCache(self.device, config.trust_checkpoint, trusted, self.publisher.heartbeat)
+        models = ModelCache(
+            self.device,
+            config.trust_checkpoint,
+            trusted,
+            self.publisher.heartbeat,
+            config.arch,
+            config.input_shape,
+        )
         self.disc = DiscriminatorSlot(config.data, self.device)
         self.builder = PanelBuilder(models, self.device, self.disc.published)
         self.panels: list[Panel] = []
@@ -89,9 +119,19 @@ class Worker:
         self.dirty = True
         self.steps = Rate()
         self.stopping = False
-        # Browsers watching; with none, frames are made once a second (for a late joiner).
+        # Browsers watching; with none, frames are made once a second (for a late joiner),
+        # and after `config.idle_pause_s` none at all: the loop rests (`idle`).
         self.clients = 0
         self.next_frame = 0.0
+        self.last_viewer_at = time.monotonic()
+        self.idle = False
+        # Per panel: its chains' recent activations, and each unit's name when it has one.
+        self.histories: list[ActivationHistory] = []
+        self.unit_labels: list[dict[int, str]] = []
+        self.diagnostics: list[dict[str, Any]] = []
+        self.diagnosed_at: tuple[int, float] | None = None
+        # Models swapped under running chains so far (warm starts).
+        self.swaps = 0
 
     # --- building ---------------------------------------------------------------------
 
@@ -116,11 +156,46 @@ class Worker:
         self.params = built.params
         self.layers = built.layers
         self.sources = dict(sources)
+        self.histories = [
+            ActivationHistory(p.sampler.config.chains, self.device) for p in self.panels
+        ]
+        self.unit_labels = [self._unit_labels(p) for p in self.panels]
+        self.diagnosed_at = None
         self.dirty = True
         if built.window_note is not None and built.window_note != self.window_note:
             self.publisher.notice("window", built.window_note)
         self.window_note = built.window_note
         return built.params
+
+    def swap(self, params: SamplerParams, sources: dict[str, str | None]) -> SamplerParams:
+        """Put the main file of `sources` under the main panel's running chains (a warm
+        start), or build afresh when its model takes another input; a `UserError` leaves
+        everything as it was."""
+        path = source_path(sources, "checkpoint")
+        assert path is not None
+        try:
+            panel, layers = self.builder.swap(self.panels[0], path, params)
+        except SwapImpossible:
+            return self.build(params, sources)
+        self.panels[0] = panel
+        self.layers = layers
+        self.sources = dict(sources)
+        # The energy changed under the chains: only draws from the new model are judged.
+        self.histories[0].restart(panel.sampler.t)
+        self.unit_labels[0] = self._unit_labels(panel)
+        self.diagnosed_at = None
+        self.disc.ensure(panel.loaded, params)
+        self.swaps += 1
+        self.dirty = True
+        return params
+
+    def _unit_labels(self, panel: Panel) -> dict[int, str]:
+        # Class names label the units of the output layer only (the last layer listed).
+        names = panel.loaded.class_names
+        last = self.layers[-1] if self.layers else None
+        if not names or last is None or self.params.layer != last.name or len(names) != last.units:
+            return {}
+        return dict(enumerate(names))
 
     def info(self) -> dict[str, Any]:
         """What the page's pickers need: layers, device, panels."""
@@ -133,7 +208,17 @@ class Worker:
             ],
             "input_shape": list(main.input_shape),
             "class_names": main.class_names,
-            "panels": [{"label": p.label, "format": p.loaded.format} for p in self.panels],
+            "panels": [
+                {
+                    "label": p.label,
+                    "format": p.loaded.format,
+                    # The training step the file's metadata names (`ldam.save_checkpoint`).
+                    "step": _metadata_step(p.loaded.metadata),
+                    "units": sorted(set(self.params.grid()[0])),
+                    "unit_labels": {str(k): v for k, v in labels.items()},
+                }
+                for p, labels in zip(self.panels, self.unit_labels, strict=True)
+            ],
             "disc_note": self.disc.note,
             "window_note": self.window_note,
         }
@@ -144,10 +229,12 @@ class Worker:
         """Apply one command from the server."""
         if isinstance(command, SetParams):
             params = SamplerParams.model_validate(command.params)
-            self._set(command.version, params, command.sources)
+            self._set(command.version, params, command.sources, command.warm)
         elif isinstance(command, Reset):
-            for panel in self.panels:
+            for panel, history in zip(self.panels, self.histories, strict=True):
                 panel.sampler.reset()
+                history.restart(panel.sampler.t)
+            self.diagnosed_at = None
             self.dirty = True
         elif isinstance(command, Shake):
             self.shake_factor = float(command.factor)
@@ -164,7 +251,13 @@ class Worker:
         elif isinstance(command, Stop):
             self.stopping = True
 
-    def _set(self, version: int, params: SamplerParams, sources: dict[str, str | None]) -> None:
+    def _set(
+        self,
+        version: int,
+        params: SamplerParams,
+        sources: dict[str, str | None],
+        warm: bool = False,
+    ) -> None:
         changed = {k for k, v in params.model_dump().items() if getattr(self.params, k) != v}
         sent_window = params.window
         if "window" in changed and self.window_note is not None and sent_window == DEFAULT_WINDOW:
@@ -173,9 +266,15 @@ class Worker:
             changed.discard("window")
             params = params.model_copy(update={"window": self.params.window})
         chosen = self.window_chosen or "window" in changed
-        rebuild = bool(changed & STRUCTURAL_FIELDS) or sources != self.sources
+        structural = bool(changed & STRUCTURAL_FIELDS)
+        rebuild = structural or sources != self.sources
+        # A newer checkpoint of the run alone (or the shown file written again, as a training
+        # loop's last.ckpt is): the chains carry on under the new model.
+        swap = warm and not structural and sources["compare"] == self.sources["compare"]
         try:
-            if rebuild:
+            if swap:
+                params = self.swap(params, sources)
+            elif rebuild:
                 params = self.build(params, sources, chosen)
             elif "window" in changed:
                 main = self.panels[0]
@@ -186,7 +285,7 @@ class Worker:
             return
         self.window_chosen = chosen
         # "ready" also tells the server what the worker changed: the window, or its note.
-        announce = rebuild or params.window != sent_window
+        announce = rebuild or swap or params.window != sent_window
         if "window" in changed and not rebuild and self.window_note is not None:
             self.window_note = None  # the user's window replaces the fitted one
             announce = True
@@ -216,9 +315,10 @@ class Worker:
 
     def step_all(self) -> None:
         """One Langevin step of every panel; the chains go to the discriminator now and then."""
-        for panel in self.panels:
+        for panel, history in zip(self.panels, self.histories, strict=True):
             info = panel.sampler.step()
             panel.last_activation = info.activation
+            history.add(info.step, info.activation)
         self.step += 1
         main = self.panels[0].sampler
         self.disc.offer(self.step, main.x, main.age)
@@ -253,8 +353,35 @@ class Worker:
                 "disc": self.disc.metrics(),
                 "disc_note": self.disc.note,
                 "device": str(self.device),
+                "idle": self.idle,
+                "swaps": self.swaps,
+                "diagnostics": self.live_diagnostics(),
             }
         )
+
+    def live_diagnostics(self) -> list[dict[str, Any]]:
+        """Per panel: ``units``, each unit's split R-hat, ESS and state over its chains
+        (`ldam.worker.live_diagnostics.unit_diagnostics`), and a ``note`` when the layout
+        has none; computed again only after new steps, at most every `DIAGNOSTICS_EVERY_S`
+        (a rebuild, swap or reset makes the next call compute)."""
+        now = time.monotonic()
+        if self.diagnosed_at is not None:
+            step, at = self.diagnosed_at
+            if step == self.step or now - at < DIAGNOSTICS_EVERY_S:
+                return self.diagnostics
+        out: list[dict[str, Any]] = []
+        cells = self.params.grid()[0]
+        for panel, history, labels in zip(
+            self.panels, self.histories, self.unit_labels, strict=True
+        ):
+            if self.params.layout == "sweep":
+                out.append({"units": [], "note": SWEEP_NOTE})
+                continue
+            burn = panel.sampler.burn_in_step.cpu().tolist()
+            out.append({"units": unit_diagnostics(history, burn, cells, labels), "note": None})
+        self.diagnostics = out
+        self.diagnosed_at = (self.step, now)
+        return out
 
     def _beat_forever(self) -> None:
         # A step of a large network on a CPU can outlast the server's watchdog; this thread
@@ -272,21 +399,25 @@ class Worker:
         next_metrics = 0.0
         shaking = False
         while not self.stopping:
+            resting = self.params.paused or self.idle
+            wait = (IDLE_POLL_S if self.idle else PAUSED_POLL_S) if resting else 0.0
             try:
-                commands = self.end.poll_commands(0.05 if self.params.paused else 0.0)
+                commands = self.end.poll_commands(wait)
             except (EOFError, OSError):
                 return
             for command in commands:
                 self.handle(command)
             if self.stopping:
                 return
+            self.check_idle()
             if shaking and time.monotonic() >= self.shake_until:
                 self.apply_live()  # the shake is over: back to the set temperature
             shaking = time.monotonic() < self.shake_until
-            if not self.params.paused:
+            stepping = not self.params.paused and not self.idle
+            if stepping:
                 self.step_all()
             now = time.monotonic()
-            if self.dirty or (not self.params.paused and now >= self.next_frame):
+            if self.dirty or (stepping and now >= self.next_frame):
                 self.publish_frame()
                 # Keep the cadence: a frame that came a step late does not delay the next one.
                 every = frame_every if self.clients else IDLE_FRAME_EVERY_S
@@ -295,9 +426,32 @@ class Worker:
                 self.publish_metrics()
                 next_metrics = now + metrics_every
 
+    def check_idle(self) -> None:
+        """Rest after `config.idle_pause_s` with no browser connected (0: never); wake when
+        one connects. Resting keeps the chains and D as they are and stops D's thread."""
+        now = time.monotonic()
+        if self.clients:
+            self.last_viewer_at = now
+        after = self.config.idle_pause_s
+        idle = after > 0 and not self.clients and now - self.last_viewer_at >= after
+        if idle == self.idle:
+            return
+        self.idle = idle
+        if idle:
+            self.disc.rest()
+        else:
+            self.disc.apply(self.params)
+            self.next_frame = 0.0
+        self.dirty = True
+
     def close(self) -> None:
         """Stop the discriminator thread."""
         self.disc.close()
+
+
+def _metadata_step(metadata: dict[str, Any]) -> int | None:
+    step = metadata.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def warm_up() -> None:
@@ -324,6 +478,7 @@ def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
     except UserError as err:
         publisher.rejected(config.version, err, None)
         end.outbox.close()
+        exit_at_once()
         return
     publisher.ready(config.version, params.model_dump(), worker.info())
     worker.apply_live()
@@ -336,3 +491,19 @@ def run_worker(config: WorkerConfig, end: WorkerEnd) -> None:
     finally:
         worker.close()
         end.outbox.close()
+    exit_at_once()
+
+
+def exit_at_once() -> None:
+    """End a spawned worker process now that everything is sent and stopped.
+
+    A normal interpreter shutdown with torch loaded spends seconds collecting garbage (3 s and
+    more measured on this project's 2-core machine), longer than the server waits before it
+    kills the worker; so every stop of the server took that long. Run in-process (tests), it
+    does nothing.
+    """
+    if multiprocessing.parent_process() is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
