@@ -82,7 +82,8 @@ EOF
 } >> "$OUT/gpu.md"
 
 # The atlas on the device: units per minute of `ldam atlas` (local executor, one process) for
-# 64 channels of resnet18's layer4.1.conv2 at 224x224, 8 chains each, 16 units per batch.
+# 64 channels of resnet18's layer4.1.conv2 at 224x224, 8 chains each, window 10 (so that the
+# window budget lets 22 units share a batch).
 "$PY" - "$WORK/atlas_resnet18.pt2" <<'EOF'
 import sys
 
@@ -97,11 +98,11 @@ EOF
 ATLAS_UNITS=0-63 ATLAS_STEPS=200
 if [ -n "$QUICK" ]; then ATLAS_UNITS=0-3 ATLAS_STEPS=5; fi
 {
-  echo "### \`ldam atlas resnet18.pt2 --layer layer4.1.conv2 --units $ATLAS_UNITS --steps $ATLAS_STEPS --chains 8 --batch-units 16 --device $DEVICE\`"
+  echo "### \`ldam atlas resnet18.pt2 --layer layer4.1.conv2 --units $ATLAS_UNITS --steps $ATLAS_STEPS --chains 8 --window 10 --batch-units auto --device $DEVICE\`"
   echo
   start=$(date +%s)
   "$PY" -m ldam atlas "$WORK/atlas_resnet18.pt2" --layer layer4.1.conv2 --units "$ATLAS_UNITS" \
-    --steps "$ATLAS_STEPS" --chains 8 --batch-units 16 --device "$DEVICE" --out "$WORK/atlas" 2>&1 | tail -2
+    --steps "$ATLAS_STEPS" --chains 8 --window 10 --batch-units auto --device "$DEVICE" --out "$WORK/atlas" 2>&1 | tail -2
   echo
   echo "wall time including start and model load: $(( $(date +%s) - start )) s"
   echo
