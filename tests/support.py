@@ -11,6 +11,7 @@ module: it imports no torch at the top (`lenet_folder` imports it when called).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -365,3 +366,35 @@ class RawClient:
         """Drop the connection with a TCP reset and no websocket close frame."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
+
+
+@contextlib.contextmanager
+def in_process_worker(params: Any, checkpoint: Path, folder: Path) -> Iterator[Any]:
+    """A `Worker` for `params` (`SamplerParams`) on `checkpoint`, built in the test's own
+    process with its pipes open but never read: the test drives `step_all` and `handle`
+    itself. Closed when the block ends."""
+    import multiprocessing as mp
+
+    from ldam.wire.link import WorkerConfig, WorkerEnd
+    from ldam.worker.process import Worker
+
+    ctx = mp.get_context("spawn")
+    command_read, command_write = ctx.Pipe(duplex=False)
+    event_read, event_write = ctx.Pipe(duplex=False)
+    config = WorkerConfig(
+        checkpoints_dir=str(folder),
+        checkpoint=str(checkpoint),
+        device="cpu",
+        params=params.model_dump(),
+    )
+    end = WorkerEnd(command_read, event_write)
+    worker = Worker(config, end)
+    try:
+        worker.build(worker.params, worker.sources)
+        worker.apply_live()
+        yield worker
+    finally:
+        worker.close()
+        end.outbox.close()
+        for pipe in (command_write, event_read):
+            pipe.close()

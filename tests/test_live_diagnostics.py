@@ -5,7 +5,6 @@ the plain-words states and their thresholds, and the worker's metrics on a real 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch
 
 from ldam.sampling.diagnostics import effective_sample_size, split_rhat
 from ldam.wire.events import SetParams
-from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.live_diagnostics import (
     ESS_PER_CHAIN_MIXING,
@@ -26,8 +24,8 @@ from ldam.worker.live_diagnostics import (
     unit_diagnostics,
     verdict,
 )
-from ldam.worker.process import SWEEP_NOTE, Worker
-from tests.support import PAIR, lenet_folder
+from ldam.worker.process import SWEEP_NOTE
+from tests.support import PAIR, in_process_worker, lenet_folder
 
 CPU = torch.device("cpu")
 
@@ -128,23 +126,10 @@ def test_verdict_thresholds() -> None:
 def test_the_worker_reports_the_diagnostics_of_its_own_chains() -> None:
     # A real LeNet, 8 chains over fc3:0-3, warm enough to burn in within a hundred steps.
     folder = lenet_folder()
-    ctx = mp.get_context("spawn")
-    command_read, _command_write = ctx.Pipe(duplex=False)
-    _event_read, event_write = ctx.Pipe(duplex=False)
     params = SamplerParams(
         layout="range", unit=0, unit_end=3, chains=8, temperature=1.0, l2_weight=1.0
     )
-    config = WorkerConfig(
-        checkpoints_dir=str(folder),
-        checkpoint=str(folder / PAIR[0]),
-        device="cpu",
-        params=params.model_dump(),
-    )
-    end = WorkerEnd(command_read, event_write)
-    worker = Worker(config, end)
-    try:
-        worker.build(worker.params, worker.sources)
-        worker.apply_live()
+    with in_process_worker(params, folder / PAIR[0], folder) as worker:
         sampler = worker.panels[0].sampler
         seen = []
         for _ in range(260):
@@ -171,6 +156,3 @@ def test_the_worker_reports_the_diagnostics_of_its_own_chains() -> None:
         worker.handle(SetParams(worker.version + 1, sweep, dict(worker.sources)))
         worker.step_all()
         assert worker.live_diagnostics() == [{"units": [], "note": SWEEP_NOTE}]
-    finally:
-        worker.close()
-        end.outbox.close()

@@ -9,7 +9,6 @@ PyTorch Lightning ``.ckpt``; then the timeline's picks, and the idle pause and r
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import select
 import shutil
@@ -29,9 +28,7 @@ from ldam.web.config import ServeConfig, ServeError
 from ldam.web.serve import run_server
 from ldam.web.watch import Watcher, step_in_name
 from ldam.wire.events import SetParams
-from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
-from ldam.worker.process import Worker
 from tests.support import (
     PAIR,
     REPO,
@@ -39,6 +36,7 @@ from tests.support import (
     LiveServer,
     Viewer,
     free_port,
+    in_process_worker,
     lenet_folder,
 )
 
@@ -192,21 +190,8 @@ def test_a_warm_swap_keeps_the_chains_and_reads_the_new_model(tmp_path: Path) ->
     first, second = folder / PAIR[0], folder / PAIR[1]
     last = tmp_path / "last.pt2"  # a file the run writes again and again
     shutil.copyfile(first, last)
-    ctx = mp.get_context("spawn")
-    command_read, _keep = ctx.Pipe(duplex=False)
-    _events, event_write = ctx.Pipe(duplex=False)
     params = SamplerParams(layout="chains", unit=3, chains=4, temperature=0.1)
-    config = WorkerConfig(
-        checkpoints_dir=str(folder),
-        checkpoint=str(first),
-        device="cpu",
-        params=params.model_dump(),
-    )
-    end = WorkerEnd(command_read, event_write)
-    worker = Worker(config, end)
-    try:
-        worker.build(worker.params, worker.sources)
-        worker.apply_live()
+    with in_process_worker(params, first, folder) as worker:
         for _ in range(20):
             worker.step_all()
         sampler = worker.panels[0].sampler
@@ -236,9 +221,6 @@ def test_a_warm_swap_keeps_the_chains_and_reads_the_new_model(tmp_path: Path) ->
         worker.step_all()
         expected = load_checkpoint(second).module(x)[:, 3]
         assert torch.allclose(worker.panels[0].last_activation, expected, atol=1e-5)
-    finally:
-        worker.close()
-        end.outbox.close()
 
 
 # --- a real server following a writer process ------------------------------------------------
