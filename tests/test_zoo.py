@@ -498,3 +498,33 @@ def test_inner_targets_rise_at_zero_temperature(zoo: Exported) -> None:
     failed = {spec: check_target(zoo, spec) for spec in zoo.arch.targets}
     failed = {spec: why for spec, why in failed.items() if why is not None}
     assert not failed, "\n".join(f"{spec}: {why}" for spec, why in failed.items())
+
+
+def test_the_eager_network_reads_its_layers_as_its_export_does(zoo: Exported) -> None:
+    """A state-dict checkpoint runs eagerly, with no graph: its layers' kinds come from the
+    modules (`_EagerAxes`). Every layer both list has the export's kind and units, and each
+    target reads the export's value."""
+    shape = zoo.dynamic.input_shape
+    exported = {i.name: i for i in list_layers(zoo.dynamic.module, shape)}
+    eager = {i.name: i for i in list_layers(zoo.eager, shape)}
+    common = [name for name in exported if name in eager]
+    # The export lists no module without ops (Identity, eval Dropout) and names an attention
+    # that returns a tuple by its one used tensor: nearly all layers are in both.
+    assert len(common) >= 0.9 * len(exported)
+    differ = [
+        (name, eager[name].kind, eager[name].units, exported[name].kind, exported[name].units)
+        for name in common
+        if (eager[name].kind, eager[name].units) != (exported[name].kind, exported[name].units)
+    ]
+    assert differ == []
+    x = torch.randn(CHAINS, *shape, generator=torch.Generator().manual_seed(3))
+    for text in zoo.arch.targets:
+        if parse_target(text).layer not in eager:
+            continue
+        with torch.no_grad():
+            torch.testing.assert_close(
+                Target(zoo.eager, text, CHAINS)(x),
+                Target(zoo.dynamic.module, text, CHAINS)(x),
+                rtol=1e-4,
+                atol=1e-4,
+            )

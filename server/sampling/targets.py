@@ -14,8 +14,9 @@ What a unit is depends on the layer's output, batch first:
 
 Which axis holds the channels is read from a `torch.export` graph (`graph.channel_axes`: a
 convolution or batch norm puts them on axis 1, a linear layer or layer norm on the last, a
-permute moves them). An eager module tells it by the target module's type (a Linear or
-LayerNorm: last axis). Where neither tells, a 4-D output is [N, C, H, W] and a 3-D output is
+permute moves them). An eager module's modules tell it over one forward (`_EagerAxes`: their
+types, permute modules, and modules that pass a child's output or their input's shape on).
+Where neither tells, a 4-D output is [N, C, H, W] and a 3-D output is
 tokens [N, T, D]; `layout="channels-first"` or `"channels-last"` states it instead, for every
 output of three or more axes.
 
@@ -102,13 +103,99 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-def _module_axis(module: nn.Module | None) -> int | None:
-    # An eager module has no graph; its type tells the common cases.
-    if isinstance(module, (nn.Linear, nn.LayerNorm)):
-        return -1
+def _module_axis(module: nn.Module | None, out: Tensor | None = None) -> int | None:
+    """The channel axis a module's type shows for its output `out` (negative: from the end),
+    or None. A linear layer puts its features last; a layer norm normalizes its channels,
+    last, except the `LayerNorm2d` kind (timm, torchvision ConvNeXt), which permutes around
+    the norm and returns [N, C, H, W]; convolutions and batch norms put them on axis 1."""
     if isinstance(module, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
         return 1
+    if isinstance(module, nn.Linear):
+        return -1
+    if isinstance(module, nn.LayerNorm):
+        channels = module.normalized_shape[-1]
+        if out is None or out.ndim < 3:
+            return -1
+        first, last = out.shape[1] == channels, out.shape[-1] == channels
+        if first and (not last or type(module).__name__.endswith("2d")):
+            return 1
+        return -1 if last else None
     return None
+
+
+class _EagerAxes:
+    """The channel axis of every module's output in one eager forward, from hooks.
+
+    The eager counterpart of `graph.channel_axes`, over module outputs instead of ops: a
+    module's type tells (`_module_axis`); else a module that returns a tensor some module
+    inside it returned (a Sequential, an in-place ReLU) has that module's axis; a permute
+    module (a `dims` attribute, as torchvision's `Permute`) moves its input's axis; a module
+    whose output has its input's shape (activations, dropout, a residual block) keeps its
+    input's axis. The network's input is [N, C, H, W]: channels on axis 1.
+    """
+
+    def __init__(self, network_input: Tensor) -> None:
+        self._axes: dict[int, int | None] = {id(network_input): 1}
+        self._alive: list[Tensor] = [network_input]  # keeps ids unique during the forward
+
+    def axis(self, tensor: Tensor) -> int | None:
+        """The axis recorded for `tensor` (None: not seen, or not known)."""
+        return self._axes.get(id(tensor))
+
+    def record(self, module: nn.Module, inputs: Any, output: Any) -> int | None:
+        """Work out and remember the axis of `module`'s output; returns it."""
+        out = next((leaf for _, leaf in _leaves(output) if isinstance(leaf, Tensor)), None)
+        if out is None:
+            return None
+        axis = _module_axis(module, out)
+        if axis is None:
+            axis = self._axes.get(id(out))
+        source = next((v for v in inputs if isinstance(v, Tensor)), None) if inputs else None
+        in_axis = self._axes.get(id(source)) if source is not None else None
+        if axis is None and in_axis is not None and source is not None:
+            dims = getattr(module, "dims", None)
+            if isinstance(dims, (list, tuple)) and len(dims) == source.ndim == out.ndim:
+                try:
+                    axis = [int(d) % source.ndim for d in dims].index(in_axis)
+                except (TypeError, ValueError):
+                    axis = None
+            elif out.shape == source.shape:
+                axis = in_axis
+        if axis is not None:
+            axis %= out.ndim
+        self._axes[id(out)] = axis
+        self._alive.append(out)
+        return axis
+
+
+def eager_layer_axis(module: nn.Module, layer: str, x: Tensor) -> int | None:
+    """The channel axis of `layer`'s first output in one forward of `x` through `module`
+    (`_EagerAxes`), or None where the modules do not tell."""
+    axes = _EagerAxes(x)
+    found: list[int | None] = []
+    handles = []
+
+    def hook(sub: nn.Module) -> Any:
+        def run(_module: nn.Module, inputs: Any, output: Any) -> None:
+            axis = axes.record(sub, inputs, output)
+            if sub is target:
+                found.append(axis)
+                raise _Stop
+
+        return run
+
+    target = module.get_submodule(layer)
+    for _, sub in module.named_modules():
+        handles.append(sub.register_forward_hook(hook(sub)))
+    try:
+        with torch.no_grad():
+            module(x)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
 
 
 def _kind_text(value: Any) -> str:
@@ -237,10 +324,10 @@ class Target:
                     "layer",
                 )
             self.layer = module.get_submodule(self.spec.layer)
-            self.detected_axis = _module_axis(self.layer)
         if input_shape is not None:
             probe = torch.zeros(batch_size or 1, *input_shape)
             with torch.no_grad():
+                self._detect(probe)
                 self._check(self._forward(probe))
 
     @property
@@ -314,8 +401,14 @@ class Target:
                 parts.append(self._forward(chunk)[:real])
             out = torch.cat(parts)
         if out.ndim != self._checked_ndim:
+            self._detect(x[:1].detach())
             self._check(out)
         return self._select(out)
+
+    def _detect(self, x: Tensor) -> None:
+        """For an eager layer, read its channel axis from one forward of `x` (once)."""
+        if self.layer is not None and self.detected_axis is None and self.layout == "auto":
+            self.detected_axis = eager_layer_axis(self.module, self.spec.layer, x)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.cut is not None:
@@ -469,11 +562,14 @@ def list_layers(
         return _list_graph_layers(module, input_shape, batch_size, layout)  # type: ignore[arg-type]
     found: dict[str, tuple[Any, int | None]] = {}
     handles = []
+    x = torch.zeros(batch_size or 1, *input_shape)
+    axes = _EagerAxes(x)
 
     def record(name: str, sub: nn.Module) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        def hook(_module: nn.Module, inputs: Any, output: Any) -> None:
+            axis = axes.record(sub, inputs, output)
             if name not in found:
-                found[name] = (output, _module_axis(sub))
+                found[name] = (output, axis)
 
         return hook
 
@@ -483,7 +579,7 @@ def list_layers(
                 if name:
                     handles.append(sub.register_forward_hook(record(name, sub)))
         with torch.no_grad():
-            out = module(torch.zeros(batch_size or 1, *input_shape))
+            out = module(x)
     except Exception as error:
         raise _refused_input(input_shape, error) from None
     finally:
