@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,10 @@ class _ActorRenderer:
         folder = tempfile.mkdtemp(prefix="ldam-atlas-")
         path = Path(folder) / f"checkpoint{suffix}"
         path.write_bytes(checkpoint)
-        self.renderer = Renderer(_replace_checkpoint(job, str(path)))
+        self.renderer = Renderer(replace(job, checkpoint=str(path)))
 
     def render(self, units: list[int]) -> list[Rendered]:
         return self.renderer.render(units)
-
-
-def _replace_checkpoint(job: Job, path: str) -> Job:
-    from dataclasses import replace
-
-    return replace(job, checkpoint=path)
 
 
 def _import_ray() -> Any:
@@ -117,8 +112,6 @@ def _dispatch(
         _ActorRenderer
     )
     if gpus_per_worker > 0:
-        from dataclasses import replace
-
         job = replace(job, device="cuda")
     blob = ray.put(Path(job.checkpoint).read_bytes())
     suffix = Path(job.checkpoint).suffix

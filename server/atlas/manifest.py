@@ -46,12 +46,13 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
 
 def check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
     """`--resume` continues only the same run: same checkpoint bytes, layer and settings."""
-    for key, what in (("checkpoint", "checkpoint"), ("layer", "layer"), ("settings", "settings")):
-        if key == "checkpoint":
-            same = old.get(key, {}).get("sha256") == new[key]["sha256"]
-        else:
-            same = old.get(key) == new[key]
-        if not same:
+    differs = {
+        "checkpoint": old.get("checkpoint", {}).get("sha256") != new["checkpoint"]["sha256"],
+        "layer": old.get("layer") != new["layer"],
+        "settings": old.get("settings") != new["settings"],
+    }
+    for what, different in differs.items():
+        if different:
             raise AtlasError(
                 f"{out / MANIFEST} was made with another {what}; --resume continues only the same "
                 "run, so use a new --out folder."

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +162,6 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     renderer = Renderer(job)
     count = renderer.check()
     units = parse_units(args.units, count, args.layer)
-    from dataclasses import replace
-
     per_batch = batch_units(args.batch_units, settings, renderer.loaded.input_shape)
     job = replace(job, units=units, settings=replace(settings, batch_units=per_batch))
     renderer.job = job
@@ -210,7 +210,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
                 batches,
                 on_done,
                 args.ray_address,
-                args.workers or _cpus(),
+                args.workers or os.cpu_count() or 1,
                 args.gpus_per_worker,
             )
     except KeyboardInterrupt:
@@ -236,9 +236,3 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         lines.append(f"{replaced} Ray workers died and were replaced; their batches ran again")
     sys.stderr.write("\n".join(lines) + "\n")
     return 0
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1

@@ -10,7 +10,6 @@ No torch here.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from ldam.atlas.gallery import gallery_html
 from ldam.atlas.manifest import AtlasError, read_manifest
-from ldam.atlas.plan import unit_seed
+from ldam.atlas.plan import file_sha256, unit_seed
 from ldam.errors import UserError
 from ldam.wire.limits import MAX_CHAINS
 
@@ -89,12 +88,9 @@ def load_atlas(folder: str | Path) -> AtlasView:
 
 
 def _sha256(path: Path) -> str | None:
+    """The file's sha256, None when it cannot be read."""
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(2**20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
