@@ -26,3 +26,12 @@ class UserError(ValueError):
         if self.field is None:
             self.field = field
         return self
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of `error`'s text, at most `limit` characters, without a closing full
+    stop, so it can stand inside a sentence of ours; the exception's type name when it has no
+    text (``KeyError()``)."""
+    lines = str(error).strip().splitlines()
+    line = lines[0].strip() if lines else type(error).__name__
+    return line[:limit].rstrip(". ")
