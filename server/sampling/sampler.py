@@ -79,6 +79,7 @@ __all__ = [
     "Scalar",
     "StepInfo",
     "check_window_memory",
+    "fitted_window",
     "langevin_step",
     "live_replace",
     "update_direction",

@@ -21,7 +21,6 @@ from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
 from ldam.wire.settings import (
     AUTO_WINDOW_STEPS,
     LIVE_SETTINGS,
-    PER_CHAIN_SETTINGS,
     SETTINGS,
     SettingError,
     check_clamp,

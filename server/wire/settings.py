@@ -132,13 +132,13 @@ class Setting:
             raise self._fail(f"must be {self.range_text()}, got {_fmt(value)}")
         return value
 
-    def check(self, value: Any, chains: int | None = None) -> Any:
+    def check(self, value: Any, chains: int | None = None, single: bool = False) -> Any:
         """`value` checked and in its canonical type, or `SettingError` with one sentence.
 
         A per-chain setting takes one number or a list of one number per chain (`chains`; a
         list where the surface gives no chain count is checked value by value); a list of
         equal values collapses to one number. None is accepted only where `none` says what
-        it means.
+        it means. `single`: the surface takes one value only (the dashboard, the atlas).
         """
         if value is None:
             if self.none is None:
@@ -154,8 +154,8 @@ class Setting:
                 raise self._fail(f"must be {n} numbers or {self.none}, got {value!r}")
             return tuple(self._scalar(v) for v in value)
         if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-            if self.scope != "per_chain":
-                raise self._fail(f"takes one value, got {len(value)}")
+            if self.scope != "per_chain" or single:
+                raise self._fail(f"takes one value here, got {len(value)}")
             values = [self._scalar(v) for v in value]
             if not values:
                 raise self._fail("needs at least one value")
@@ -411,8 +411,7 @@ SETTINGS: dict[str, Setting] = {
             "burn_in_epsilon",
             "float",
             0.02,
-            "auto burn-in: the largest relative change of the activation between two "
-            "half-windows",
+            "auto burn-in: the largest relative change of the activation between two half-windows",
             low=0,
             high=1000,
             surfaces=("config",),
