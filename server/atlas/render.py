@@ -86,15 +86,7 @@ class Renderer:
         )
         config = SamplerConfig(
             chains=chains,
-            temperature=s.temperature,
-            step_size=s.step_size,
-            momentum=s.momentum,
-            l2_weight=s.l2_weight,
-            normalize=s.normalize,  # type: ignore[arg-type]
-            window=s.window,
-            init_std=s.init_std,
-            clamp=s.clamp,
-            burn_in=s.burn_in,
+            **s.sampler_settings(),
             group_seeds=[unit_seed(s.seed, u) for u in units],
             device=job.device,
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 from ldam.errors import UserError
+from ldam.wire.settings import Surface, check_clamp, check_step_decay, on
 
 
 class UsageError(UserError):
@@ -99,3 +101,62 @@ def add_layout_option(p: argparse.ArgumentParser) -> None:
         help="where the channels of 3-D and 4-D layer outputs are: auto (read from a .pt2 graph; "
         "else [N, C, H, W] and tokens [N, T, D]), channels-first or channels-last",
     )
+
+
+# ----------------------------------------------------------------------------- sampler settings
+
+
+def add_setting_flags(p: argparse.ArgumentParser, surface: Surface) -> None:
+    """One flag per setting of the one settings model (`ldam.wire.settings`) that appears on
+    `surface`, with its default there and its help; old spellings stay as aliases (``--l2``).
+    Values are parsed and checked by `settings_from_args`, so a refusal reads as on every
+    other surface."""
+    group = p.add_argument_group("sampler settings")
+    for name, setting in on(surface).items():
+        default = setting.default_on(surface)
+        shown = setting.none if default is None else default
+        extra = ""
+        if setting.low is not None or setting.high is not None:
+            extra = f"; {setting.range_text()}"
+        if setting.scope == "per_chain" and surface == "sample":
+            extra += "; one value or one per chain (comma list)"
+        group.add_argument(
+            setting.flag,
+            *setting.aliases,
+            dest=f"setting_{name}",
+            default=None,
+            metavar=name.upper()
+            if setting.kind != "choice"
+            else "{" + ",".join(setting.choices) + "}",
+            help=f"{setting.help} (default {shown}{extra})",
+        )
+
+
+def settings_from_args(args: argparse.Namespace, surface: Surface) -> dict[str, Any]:
+    """The settings of `surface` from `args`: each flag given is parsed and checked
+    (`Setting.parse`), each one left out is its default there. Per-chain lists only on
+    `ldam sample`."""
+    out: dict[str, Any] = {}
+    for name, setting in on(surface).items():
+        text = getattr(args, f"setting_{name}", None)
+        if text is None:
+            out[name] = setting.default_on(surface)
+            continue
+        value = setting.parse(text)
+        if isinstance(value, list) and surface != "sample":
+            setting.check(value, single=True)
+        out[name] = value
+    out["step_decay"] = check_step_decay(out["step_decay"]) if "step_decay" in out else None
+    if "clamp" in out:
+        out["clamp"] = check_clamp(out["clamp"])
+    if "step_decay" not in on(surface):
+        out.pop("step_decay")
+    return out
+
+
+def given_settings(args: argparse.Namespace, surface: Surface) -> dict[str, Any]:
+    """Only the settings the command line names (for `ldam serve`: the page's first values)."""
+    values = settings_from_args(args, surface)
+    return {
+        name: values[name] for name in on(surface) if getattr(args, f"setting_{name}") is not None
+    }

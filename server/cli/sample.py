@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ldam.cli.options import UsageError, burn_in_value, float_tuple, int_triple, per_chain
+from ldam.cli.options import UsageError, int_triple, settings_from_args
 from ldam.wire.params import grid_columns
+from ldam.wire.settings import on
 
 # Discriminator warm-up steps when --disc-weight > 0 and no --disc-checkpoint is given.
 DEFAULT_DISC_STEPS = 100
@@ -48,14 +49,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
 
-    if args.chains < 1:
-        raise UsageError("--chains must be at least 1.")
-    if args.steps < 1:
-        raise UsageError("--steps must be at least 1.")
-    if args.record_every < 1:
-        raise UsageError("--record-every must be at least 1.")
-    if args.window < 1:
-        raise UsageError("--window must be at least 1.")
+    settings = settings_from_args(args, "sample")
+    # How long and how often to record are the run's; the rest is the sampler's config.
+    chains = settings.pop("chains")
+    steps = settings.pop("steps")
+    record_every = settings.pop("record_every")
     out = Path(args.out)
     if not out.parent.exists():
         raise UsageError(f"The folder for --out does not exist: {out.parent}.")
@@ -70,12 +68,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         trust=args.trust_checkpoint,
     )
     module = loaded.module.to(device)
-    target = Target(
-        module, args.target, args.chains, batch_size=loaded.batch_size, layout=args.layout
-    )
+    target = Target(module, args.target, chains, batch_size=loaded.batch_size, layout=args.layout)
     terms: list[Any] = [ActivationTerm(target), L2Term()]
 
-    disc_weight = per_chain(args.disc_weight, "disc-weight")
+    disc_weight = settings["disc_weight"]
     trainer = None
     uses_disc = any(
         w > 0 for w in (disc_weight if isinstance(disc_weight, list) else [disc_weight])
@@ -103,40 +99,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
         terms.append(DiscriminatorTerm(trainer.current))
 
-    config = SamplerConfig(
-        chains=args.chains,
-        temperature=per_chain(args.temperature, "temperature"),
-        step_size=per_chain(args.step_size, "step-size"),
-        step_decay=float_tuple(args.step_decay, "step-decay", 3),
-        momentum=per_chain(args.momentum, "momentum"),
-        l2_weight=per_chain(args.l2, "l2"),
-        disc_weight=disc_weight,
-        normalize=args.normalize,
-        window=args.window,
-        init_std=args.init_std,
-        clamp=float_tuple(args.clamp, "clamp", 2),
-        burn_in=burn_in_value(args.burn_in),
-        seed=args.seed,
-        device=device,
-    )
+    config = SamplerConfig(chains=chains, device=device, **settings)
     sampler = Sampler(terms, loaded.input_shape, config)
 
     if trainer is not None and disc_steps:
         trainer.warm_up(sampler.x.detach().clone(), steps=disc_steps)
         trainer.start()
 
-    chains = args.chains
     # The loop only enqueues device work: the recorder keeps each step's activation and
     # burn-in flags, and the samples from the first step after which every chain is burned
     # in, on the device, and copies them to the host in blocks; the progress bar counts steps
     # on the host.
     recorder = Recorder(
-        chains, sampler.device, sample_shape=loaded.input_shape, sample_every=args.record_every
+        chains, sampler.device, sample_shape=loaded.input_shape, sample_every=record_every
     )
-    progress = Progress(args.steps, "sampling")
+    progress = Progress(steps, "sampling")
     started = time.perf_counter()
     try:
-        for t in range(args.steps):
+        for t in range(steps):
             info = sampler.step()
             recorder.add(info, sampler.x)
             if trainer is not None and disc_steps:
@@ -161,24 +141,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "target": args.target,
         "units_per_chain": list(target.units_per_chain),
         "chains": chains,
-        "steps": args.steps,
-        "burn_in": args.burn_in,
-        "temperature": config.temperature,
-        "step_size": config.step_size,
-        "step_decay": config.step_decay,
-        "momentum": config.momentum,
-        "l2_weight": config.l2_weight,
-        "disc_weight": config.disc_weight,
+        "steps": steps,
+        # Every setting of the one model by its name, as the sampler ran it (an auto window
+        # resolved; burn_in null = auto).
+        **{name: getattr(sampler.config, name) for name in on("sample") if name in settings},
         "disc_steps": disc_steps,
-        "normalize": config.normalize,
-        "window": config.window,
-        "init_std": config.init_std,
-        "clamp": config.clamp,
-        "seed": config.seed,
-        "record_every": args.record_every,
+        "record_every": record_every,
         "record_from_step": record_from,
         "device": device,
-        "steps_per_second": args.steps / elapsed if elapsed > 0 else None,
+        "steps_per_second": steps / elapsed if elapsed > 0 else None,
         "seconds": elapsed,
         "diagnostics": diagnostics,
     }

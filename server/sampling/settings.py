@@ -21,11 +21,25 @@ from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
 from ldam.wire.settings import (
     AUTO_WINDOW_STEPS,
     LIVE_SETTINGS,
+    PER_CHAIN_SETTINGS,
     SETTINGS,
     SettingError,
     check_clamp,
     check_step_decay,
 )
+
+# Re-exported: the sampler reads them here, beside `SamplerConfig`.
+__all__ = [
+    "LIVE_SETTINGS",
+    "NORMALIZE_MODES",
+    "PER_CHAIN_SETTINGS",
+    "PerChain",
+    "SamplerConfig",
+    "SamplerError",
+    "check_window_memory",
+    "fitted_window",
+    "live_replace",
+]
 
 PerChain = float | Sequence[float]
 
