@@ -141,11 +141,11 @@ def test_inspect_lists_layers() -> None:
         (["sample", "/nonexistent/model.pt2"], None),
         (
             ["sample", str(DEFAULT_CHECKPOINT), "--temperature", "hot"],
-            "ldam: --temperature must be a number or a comma-separated list of numbers, not 'hot'.\n",
+            "ldam: temperature must be a number or a comma list, one per chain, got 'hot'.\n",
         ),
         (
             ["sample", str(DEFAULT_CHECKPOINT), "--burn-in", "-3"],
-            "ldam: --burn-in must be 'auto' or a whole number of steps, not '-3'.\n",
+            "ldam: burn_in must be in [0, 10000000], got -3.\n",
         ),
         (
             ["sample", str(DEFAULT_CHECKPOINT), "--out", "/nonexistent/dir/run.npz"],

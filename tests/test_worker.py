@@ -22,7 +22,7 @@ from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, S
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.models import ModelCache
-from ldam.worker.panels import fitted_window
+from ldam.sampling.settings import fitted_window
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg
 from tests.support import PAIR, lenet_folder, rgb224_checkpoint
@@ -164,7 +164,7 @@ def test_live_change_applies_at_next_step_with_new_version() -> None:
     h = Harness({"layout": "chains", "chains": 4})
     try:
         sampler = h.worker.panels[0].sampler
-        h.set(temperature=0.5, momentum=0.3, grad_norm=True)
+        h.set(temperature=0.5, momentum=0.3, normalize="all")
         assert h.worker.version == 4
         assert h.worker.panels[0].sampler is sampler  # no rebuild for a live setting
         h.worker.step_all()
@@ -283,21 +283,26 @@ def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
     h = Harness({}, checkpoint=rgb224_checkpoint())
     try:
         sampler = h.worker.panels[0].sampler
-        assert h.worker.params.window == 89 and sampler.config.window == 89
+        # window=None (auto, the default) is fitted; the parameters keep "auto".
+        assert h.worker.params.window is None and sampler.config.window == 89
         notices = [m for m in h.events() if isinstance(m, Notice)]
         assert [(n.field, n.message) for n in notices] == [("window", FITTED)]
-        assert h.worker.info()["window_note"] == FITTED
+        assert h.worker.info()["window_note"] == FITTED and h.worker.info()["window"] == 89
         header, images = h.frame()
         # fc:0-9, one column per unit, 2 rows of 224 px RGB with 2 px padding.
         assert decode(images[0]).shape == (2 * 226 + 2, 10 * 226 + 2, 3)
-        # The default from a server that missed the fit (a change sent before its "ready")
-        # is no choice: the window stays, and "ready" tells the server so.
-        h.set(window=200, temperature=0.02)
-        ready = [m for m in h.events() if isinstance(m, (Ready, Rejected))]
-        assert [type(m) for m in ready] == [Ready] and ready[0].params["window"] == 89
+        # A live change leaves the fitted window as it is.
+        h.set(temperature=0.02)
         h.worker.step_all()  # live settings apply at the next step
         assert h.worker.panels[0].sampler is sampler and sampler.config.temperature == 0.02
         assert sampler.config.window == 89
+        # A user who picks exactly 200 gets 200, or here a refusal: a choice is never fitted.
+        h.set(window=200)
+        rejected = [m for m in h.events() if isinstance(m, Rejected)]
+        assert [r.message for r in rejected] == [
+            "A window of 200 samples for 20 chains of shape (3, 224, 224) needs 2297 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
+        ]
         # A window the user asks for is refused when it does not fit, kept when it does.
         h.set(window=300)
         h.set(window=40)
@@ -308,7 +313,7 @@ def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
             "than the 1024 MiB limit; use a smaller window or fewer chains."
         )
         assert isinstance(events[1], Ready) and events[1].params["window"] == 40
-        assert events[1].info["window_note"] is None
+        assert events[1].info["window_note"] is None and events[1].info["window"] == 40
         h.worker.step_all()
         assert sampler.config.window == 40 and h.worker.panels[0].sampler is sampler
         # Chosen, it is no longer fitted: more chains that it does not fit are refused.
@@ -319,6 +324,13 @@ def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
             "than the 1024 MiB limit; use a smaller window or fewer chains."
         ]
         assert h.worker.panels[0].sampler is sampler
+        # Back to auto: fitted again, and told.
+        h.set(window=None)
+        events = [m for m in h.events() if isinstance(m, (Ready, Notice))]
+        assert [type(m) for m in events] == [Notice, Ready]
+        assert events[1].params["window"] is None and events[1].info["window"] == 89
+        h.worker.step_all()
+        assert sampler.config.window == 89
     finally:
         h.close()
 
