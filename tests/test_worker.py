@@ -18,11 +18,11 @@ from PIL import Image
 
 from ldam.models.loading import export_checkpoint
 from ldam.sampling.images import display_grid, grid_order
+from ldam.sampling.settings import fitted_window
 from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.models import ModelCache
-from ldam.sampling.settings import fitted_window
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg
 from tests.support import PAIR, lenet_folder, rgb224_checkpoint
