@@ -199,6 +199,12 @@ def test_sample_with_discriminator_trains_saves_and_reloads(tmp_path: Path) -> N
     assert main([*common, "--disc-checkpoint", str(saved), "--out", str(tmp_path / "b.npz")]) == 0
     second = np.load(tmp_path / "b.npz")
     assert json.loads(str(second["params"]))["disc_steps"] == 0
+    # D as saved after the first run, never offered chains so never trained further.
+    d_first, d_second = (
+        json.loads(str(f["params"]))["disc"] for f in (np.load(tmp_path / "a.npz"), second)
+    )
+    assert d_first["steps"] >= 20
+    assert (d_second["steps"], d_second["offers"]) == (d_first["steps"], 0)
     assert np.isfinite(second["final"]).all() and second["resets"].tolist() == [0, 0, 0, 0]
 
 

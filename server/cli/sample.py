@@ -72,7 +72,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     terms: list[Any] = [ActivationTerm(target), L2Term()]
 
     disc_weight = settings["disc_weight"]
-    trainer = None
+    trainer = loop = None
     uses_disc = any(
         w > 0 for w in (disc_weight if isinstance(disc_weight, list) else [disc_weight])
     )
@@ -87,7 +87,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "--disc-weight above 0 needs a trained discriminator: give --disc-steps N or --disc-checkpoint FILE."
         )
     if uses_disc or args.disc_checkpoint or args.save_disc:
-        from ldam.sampling.discriminator import build_discriminator_for
+        from ldam.sampling.discriminator import DiscriminatorLoop, build_discriminator_for
         from ldam.sampling.energy import DiscriminatorTerm
 
         trainer = build_discriminator_for(
@@ -97,7 +97,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             device=device,
             checkpoint=args.disc_checkpoint,
         )
-        terms.append(DiscriminatorTerm(trainer.current))
+        loop = DiscriminatorLoop(trainer)  # the worker's driver and cadence
+        terms.append(DiscriminatorTerm(loop.current))
 
     config = SamplerConfig(chains=chains, device=device, **settings)
     sampler = Sampler(terms, loaded.input_shape, config)
@@ -119,8 +120,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for t in range(steps):
             info = sampler.step()
             recorder.add(info, sampler.x)
-            if trainer is not None and disc_steps:
-                trainer.offer(sampler.x, sampler.age)
+            if loop is not None:  # offers only while D's thread runs (trained, not loaded)
+                loop.after_step(sampler.x, sampler.age)
             progress.update(t + 1)
         recording = recorder.finish()  # waits for the device: part of the run's time
     finally:
@@ -153,6 +154,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "seconds": elapsed,
         "diagnostics": diagnostics,
     }
+    if trainer is not None:
+        params["disc"] = trainer.metrics()  # D's figures at the end: steps, offers, accuracy
     np.savez(
         out,
         samples=samples.astype(np.float32),

@@ -309,7 +309,7 @@ class Worker:
             history.add(info.step, info.activation)
         self.step += 1
         main = self.panels[0].sampler
-        self.disc.offer(self.step, main.x, main.age)
+        self.disc.after_step(main.x, main.age)
         self.steps.tick()
 
     def publish_frame(self) -> None:
