@@ -39,6 +39,7 @@ from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
 from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
+from ldam.wire.targets import ChainTargets
 from ldam.worker.process import Worker
 from tests.support import PAIR, lenet_folder
 
@@ -482,7 +483,8 @@ def test_discriminator_pulls_samples_toward_real_digits(digits, lenet) -> None:
     and 0.77-0.88) and 8-10 of 10 classified right at w = 0.8.
     """
     weights = (0.0, 0.5, 0.8)
-    target = Target(lenet, "fc3:0-9", 30)  # chains 3k, 3k+1, 3k+2 target class k
+    # Chains 3k, 3k+1, 3k+2 target class k (one group per class, each weight once per class).
+    target = Target(lenet, ChainTargets.on_layer("fc3", [k for k in range(10) for _ in range(3)]))
     units = torch.tensor(target.units_per_chain)
     trainer = _trainer(digits, max_age=20)
     steps, window = 200, 80

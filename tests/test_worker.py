@@ -1,4 +1,4 @@
-"""The worker: grid order, JPEG frames, live controls, rebuilds and refusals, run in-process
+"""The worker: the grid's target, JPEG frames, live controls, rebuilds and refusals, run in-process
 with a real LeNet checkpoint and the real link pipes."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ldam.models.loading import export_checkpoint
-from ldam.sampling.images import display_grid, grid_order
+from ldam.sampling.images import display_grid
 from ldam.sampling.settings import fitted_window
 from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
@@ -78,11 +78,18 @@ def decode(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg)))
 
 
-def test_grid_order_puts_one_unit_per_column() -> None:
-    # Chains grouped by unit (0,0,1,1,2,2) -> rows of (unit 0, unit 1, unit 2).
-    assert grid_order([0, 0, 1, 1, 2, 2], [0, 1, 2]) == [0, 2, 4, 1, 3, 5]
-    assert grid_order([0, 1, 2, 0, 1, 2], [0, 1, 2]) == [0, 1, 2, 3, 4, 5]
-    assert grid_order([7, 7, 7], [7]) == [0, 1, 2]
+def test_the_target_is_built_from_the_grids_units_in_grid_order() -> None:
+    h = Harness({"layout": "range", "unit": 2, "unit_end": 4, "chains": 6})
+    try:
+        panel = h.worker.panels[0]
+        units, columns = h.worker.params.grid()
+        assert panel.target.units_per_chain == units == [2, 3, 4, 2, 3, 4]
+        assert columns == panel.columns == 3
+        # The sampler's activation term is the target itself: nothing reorders the chains.
+        assert panel.sampler.terms[0].activation_fn is panel.target
+        assert h.worker.info()["panels"][0]["units"] == [2, 3, 4]
+    finally:
+        h.close()
 
 
 def test_encode_jpeg_keeps_size_and_values() -> None:

@@ -24,17 +24,16 @@ def save_png(
     view: str = "symmetric",
     normalization: Any = None,
 ) -> None:
-    """Write images [N,C,H,W] as the paper's grid (one column per unit) to a PNG, in `view`:
+    """Write images [N,C,H,W], chains in grid order (`Target.units_per_chain`), as the paper's
+    grid to a PNG: one column per unit (`grid_columns`, the dashboard's rule), in `view`:
     ``symmetric`` (grey = 0) or ``input`` (de-normalized with `normalization`, clipped)."""
     import torch
 
-    from ldam.sampling.images import display_grid, grid_order, to_pil
+    from ldam.sampling.images import display_grid, to_pil
 
     x = torch.as_tensor(images)
-    units = list(dict.fromkeys(units_per_chain))
-    order = grid_order(list(units_per_chain), units)
-    columns = grid_columns(x.shape[0], len(units))
-    to_pil(display_grid(x[order], columns, view, normalization)).save(path)
+    columns = grid_columns(len(units_per_chain), len(set(units_per_chain)))
+    to_pil(display_grid(x, columns, view, normalization)).save(path)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -198,10 +197,11 @@ def print_summary(
             + " ".join(str(int(r)) for r in resets)
         )
     for d in params["diagnostics"]:
-        if "rhat" in d:
+        if d["note"] is None:
             lines.append(
-                f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of {d['draws']} draws"
+                f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of "
+                f"{len(d['chains'])} x {d['draws']} draws"
             )
-        elif "note" in d:
+        else:
             lines.append(f"unit {d['unit']}: {d['note']}")
     sys.stderr.write("\n".join(lines) + "\n")

@@ -24,7 +24,6 @@ from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.loading import LoadedModel
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
-from ldam.sampling.images import grid_order
 from ldam.sampling.sampler import (
     LIVE_SETTINGS,
     Sampler,
@@ -34,6 +33,7 @@ from ldam.sampling.sampler import (
 )
 from ldam.sampling.targets import LayerInfo, Target, list_layers
 from ldam.wire.params import SamplerParams, check_layer_and_units, grid_rows
+from ldam.wire.targets import ChainTargets
 from ldam.worker.models import ModelCache
 
 Sources = dict[str, str | None]
@@ -44,10 +44,10 @@ class Panel:
     """One checkpoint's chains: its model, target, sampler and grid."""
 
     label: str
-    target_text: str
+    target_text: str  # the target as the page's header writes it (`fc3:0-9`)
     loaded: LoadedModel
     target: Target
-    sampler: Sampler  # its chains are in grid order (row-major cells)
+    sampler: Sampler  # its chains are the target's, in grid order (row-major cells)
     columns: int
     last_activation: torch.Tensor | None = None
 
@@ -194,12 +194,12 @@ class PanelBuilder:
         units, columns = params.grid()
         cells = len(units)
         first, last = min(units), max(units)
-        spec = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
+        # For the page's header only: the target is built from the units themselves.
+        text = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
         try:
             target = Target(
                 loaded.module,
-                spec,
-                cells,
+                ChainTargets.on_layer(layer, units),
                 batch_size=loaded.batch_size,
                 input_shape=loaded.input_shape,
             )
@@ -207,25 +207,20 @@ class PanelBuilder:
             # The compare model is the one at fault when the main model took the target.
             field = "compare" if which == "compare" else err.field or "layer"
             raise UserError(str(err), field) from None
-        order = grid_order(list(target.units_per_chain), sorted(set(units)))
-        if len(order) != cells:
-            raise UserError(
-                f"The target gave {len(order)} grid cells for {cells} chains.", "chains"
-            )
-        # The sampler's chains are put in grid order, so that per-chain sweep settings are
-        # simply row-major; `order` maps cells back to the target's chains.
+        # The target's chains are the grid's cells, row-major, so per-chain sweep settings
+        # are simply one value per row.
         settings = live_settings(params, cells, grid_rows(cells, columns), window, shake)
         # The discriminator term is always there; it is skipped while no D is published for
         # this input shape, so turning D on later needs no rebuild.
         shape = tuple(loaded.input_shape)
         terms: list[Any] = [
-            ActivationTerm(_Reordered(target, order)),
+            ActivationTerm(target),
             L2Term(),
             DiscriminatorTerm(lambda: self.discriminator(shape)),
         ]
         config = SamplerConfig(chains=cells, seed=params.seed, device=self.device, **settings)
         sampler = Sampler(terms, loaded.input_shape, config)
-        return Panel(Path(path).name, spec, loaded, target, sampler, columns)
+        return Panel(Path(path).name, text, loaded, target, sampler, columns)
 
     def swap(self, panel: Panel, path: str, params: SamplerParams) -> tuple[Panel, list[LayerInfo]]:
         """`panel` with the model in `path` under its running chains (a warm start: the
@@ -243,7 +238,6 @@ class PanelBuilder:
                 f"{list(panel.loaded.input_shape)}."
             )
         layers = target_layers(loaded)
-        units, _ = params.grid()
         try:
             check_layer_and_units(
                 {info.name: info.units for info in layers},
@@ -252,37 +246,17 @@ class PanelBuilder:
             )
             target = Target(
                 loaded.module,
-                panel.target_text,
-                len(units),
+                panel.target.spec,
                 batch_size=loaded.batch_size,
                 input_shape=loaded.input_shape,
             )
         except UserError as err:
             raise UserError(f"{Path(path).name}: {err}", "checkpoint") from None
-        order = grid_order(list(target.units_per_chain), sorted(set(units)))
         term = next(t for t in panel.sampler.terms if isinstance(t, ActivationTerm))
-        term.activation_fn = _Reordered(target, order)
+        term.activation_fn = target
         swapped = dataclasses.replace(panel, label=Path(path).name, loaded=loaded, target=target)
         return swapped, layers
 
 
 class SwapImpossible(Exception):
     """A new checkpoint's model takes another input shape than the chains it should take over."""
-
-
-class _Reordered:
-    """A target whose chains are listed in grid order: chain i of the sampler is chain
-    `order[i]` of the target (identity when the target already groups chains by row)."""
-
-    def __init__(self, target: Target, order: list[int]) -> None:
-        self.target = target
-        self.order = torch.tensor(order)
-        self.inverse = torch.argsort(self.order)
-        self.identity = order == sorted(order)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return self.target(x)
-        # x is in grid order; the target expects its own chain order.
-        out = self.target(x[self.inverse.to(x.device)])
-        return out[self.order.to(out.device)]

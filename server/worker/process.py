@@ -210,7 +210,8 @@ class Worker:
                     "format": p.loaded.format,
                     # The training step the file's metadata names (`ldam.save_checkpoint`).
                     "step": _metadata_step(p.loaded.metadata),
-                    "units": sorted(set(self.params.grid()[0])),
+                    # The grid's columns, left to right.
+                    "units": list(dict.fromkeys(p.target.units_per_chain)),
                     "unit_labels": {str(k): v for k, v in labels.items()},
                 }
                 for p, labels in zip(self.panels, self.unit_labels, strict=True)
@@ -358,7 +359,6 @@ class Worker:
             if step == self.step or now - at < DIAGNOSTICS_EVERY_S:
                 return self.diagnostics
         out: list[dict[str, Any]] = []
-        cells = self.params.grid()[0]
         for panel, history, labels in zip(
             self.panels, self.histories, self.unit_labels, strict=True
         ):
@@ -366,7 +366,8 @@ class Worker:
                 out.append({"units": [], "note": SWEEP_NOTE})
                 continue
             burn = panel.sampler.burn_in_step.cpu().tolist()
-            out.append({"units": unit_diagnostics(history, burn, cells, labels), "note": None})
+            units = panel.target.units_per_chain
+            out.append({"units": unit_diagnostics(history, burn, units, labels), "note": None})
         self.diagnostics = out
         self.diagnosed_at = (self.step, now)
         return out
