@@ -118,7 +118,9 @@ def test_sample_diagnostics_are_the_one_per_unit_functions(sampled: tuple[Path, 
     assert params["diagnostics"] == json.loads(json.dumps(expected))
     # Burn-in 20 of 120 steps: samples after step 20 count, reported at steps 22..120.
     assert [d["draws"] for d in params["diagnostics"]] == [99] * 10
-    assert params["diagnostics"][3]["chains"] == [3, 13] and params["diagnostics"][3]["note"] is None
+    assert (
+        params["diagnostics"][3]["chains"] == [3, 13] and params["diagnostics"][3]["note"] is None
+    )
 
 
 def test_sample_raises_the_target_activation(sampled: tuple[Path, Path]) -> None:

@@ -173,7 +173,8 @@ class _ParamsBase(BaseModel):
             rows = max(1, chains // len(units))
         else:
             rows = len(self.sweep_values)
-        return units * rows, len(units)
+        # One unit in a range is the chains layout's square grid, as in `ldam sample`'s PNG.
+        return units * rows, grid_columns(len(units) * rows, len(units))
 
     def sweep_rows(self) -> list[float] | None:
         """The value of `sweep_param` for each row in the sweep layout, else None."""
