@@ -64,6 +64,28 @@ export class Controls {
   configure(described) {
     if (this.settings || !described) return;
     this.settings = Object.fromEntries(described.map((d) => [d.name, d]));
+    // A setting with a control span and no slider of its own on the page gets a plain one, so
+    // a new setting of the model reaches the page with no change here.
+    const more = document.getElementById("more-settings");
+    for (const d of described) {
+      if (!d.slider || document.querySelector(`.slider[data-param="${d.name}"]`)) continue;
+      const box = document.createElement("div");
+      box.className = "slider";
+      box.dataset.param = d.name;
+      const label = document.createElement("label");
+      label.htmlFor = d.name;
+      label.textContent = d.name.replaceAll("_", " ");
+      const output = document.createElement("output");
+      output.htmlFor = d.name;
+      output.id = `${d.name}-value`;
+      const input = document.createElement("input");
+      input.id = d.name;
+      input.type = "range";
+      box.append(label, output, input);
+      more.append(box);
+      more.hidden = false;
+      this.bindSlider(box);
+    }
     for (const box of document.querySelectorAll(".slider")) {
       const d = this.settings[box.dataset.param];
       if (!d?.slider) continue;
@@ -103,7 +125,11 @@ export class Controls {
   }
 
   bindSliders() {
-    for (const box of document.querySelectorAll(".slider")) {
+    for (const box of document.querySelectorAll(".slider")) this.bindSlider(box);
+  }
+
+  bindSlider(box) {
+    {
       const input = box.querySelector("input");
       const output = box.querySelector("output");
       const update = () => {
