@@ -16,7 +16,8 @@ from torch import nn
 
 from ldam.cli.main import main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
-from ldam.models.loading import export_checkpoint, load_checkpoint
+from ldam.models.loading import load_checkpoint
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import display_grid, grid_order, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldam.models.loading import export_checkpoint
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.images import display_grid, grid_order
 from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
