@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ldam.errors import UserError
 
@@ -44,12 +45,18 @@ class MetadataOverride:
         }
 
 
-def parse_values(text: str | Sequence[float] | None, flag: str) -> tuple[float, ...] | None:
-    """``0.5`` or a comma list ``0.485,0.456,0.406`` (or a sequence of numbers) as finite
-    floats; None stays None. `flag` (``--mean``) names the setting in the error sentence."""
+def parse_values(text: str | float | Sequence[float] | None, flag: str) -> tuple[float, ...] | None:
+    """``0.5`` or a comma list ``0.485,0.456,0.406`` (or a number, or a sequence of numbers) as
+    finite floats; None stays None. `flag` (``--mean``) names the setting in the error
+    sentence."""
     if text is None:
         return None
-    parts = [str(p).strip() for p in text] if not isinstance(text, str) else text.split(",")
+    if isinstance(text, str):
+        parts: list[Any] = text.split(",")
+    elif isinstance(text, (int, float)):
+        parts = [text]
+    else:
+        parts = list(text)
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
@@ -94,20 +101,22 @@ def parse_class_names(text: str | Sequence[str] | None, flag: str) -> tuple[str,
 
 
 def parse_metadata(
-    mean: str | Sequence[float] | None,
-    std: str | Sequence[float] | None,
+    mean: str | float | Sequence[float] | None,
+    std: str | float | Sequence[float] | None,
     class_names: str | Sequence[str] | None,
+    flags: tuple[str, str, str] = ("--mean", "--std", "--class-names"),
 ) -> MetadataOverride:
     """The one `MetadataOverride` of ``--mean``, ``--std`` and ``--class-names`` (each None
     when not given); a `UserError` naming the flag for a bad value or a std that is not above 0.
+    `flags` are the names the sentences use (`ldam.notebook.show` passes its keywords).
     """
-    stds = parse_values(std, "--std")
+    stds = parse_values(std, flags[1])
     if stds is not None and min(stds) <= 0:
-        raise UserError(f"--std must be above 0 for every channel, not {std!r}.", "std")
+        raise UserError(f"{flags[1]} must be above 0 for every channel, not {std!r}.", "std")
     return MetadataOverride(
-        mean=parse_values(mean, "--mean"),
+        mean=parse_values(mean, flags[0]),
         std=stds,
-        class_names=parse_class_names(class_names, "--class-names"),
+        class_names=parse_class_names(class_names, flags[2]),
     )
 
 
@@ -132,6 +141,14 @@ def override_normalization(
         list(override.mean) if override.mean is not None else list(mean),
         list(override.std) if override.std is not None else list(std),
     )
+
+
+def normalization_json(normalization: Normalization | None) -> dict[str, list[float]] | None:
+    """(mean, std) as a checkpoint's metadata, an npz's or a manifest's store it:
+    ``{"mean": [...], "std": [...]}``, or None."""
+    if normalization is None:
+        return None
+    return {"mean": list(normalization[0]), "std": list(normalization[1])}
 
 
 def check_class_names(names: Sequence[str], units: int | None) -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import atexit
 import collections
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ldam.errors import UserError
+from ldam.metadata import parse_metadata
 from ldam.web import security
 
 # ``show``'s options and the ``ldam serve`` flag each one becomes (True: a flag without value).
@@ -51,6 +54,9 @@ OPTIONS = {
     "idle_pause": "--idle-pause",
     "watch_settle": "--watch-settle",
     "atlas": "--atlas",
+    "mean": "--mean",
+    "std": "--std",
+    "class_names": "--class-names",
 }
 # Starting imports torch in the worker and loads the model: allow a slow machine its time.
 START_TIMEOUT_S = 180.0
@@ -98,7 +104,22 @@ _lock = threading.Lock()
 def _flag_value(name: str, value: Any) -> str:
     if name == "input_shape" and isinstance(value, (tuple, list)):
         return ",".join(str(int(v)) for v in value)
+    if name in ("mean", "std") and isinstance(value, (tuple, list)):
+        return ",".join(repr(float(v)) for v in value)
+    if name == "class_names" and not isinstance(value, (str, os.PathLike)):
+        return str(_names_file(value))
     return str(value)
+
+
+def _names_file(names: Any) -> Path:
+    """A list of class names as a file of one name per line (names may hold commas), named by
+    its content so that the same names give the same ``ldam serve`` arguments (and reuse)."""
+    text = "".join(f"{name}\n" for name in names)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"ldam-class-names-{digest}.txt"
+    if not path.is_file():
+        path.write_text(text, encoding="utf-8")
+    return path
 
 
 def serve_arguments(path: str | os.PathLike[str], options: dict[str, Any]) -> list[str]:
@@ -109,6 +130,15 @@ def serve_arguments(path: str | os.PathLike[str], options: dict[str, Any]) -> li
         raise NotebookError(
             f"show() has no option {unknown[0]!r}; use one of: {', '.join(sorted(OPTIONS))}."
         )
+    try:  # the server would refuse them too, but only after it started
+        parse_metadata(
+            options.get("mean"),
+            options.get("std"),
+            options.get("class_names"),
+            flags=("mean", "std", "class_names"),
+        )
+    except UserError as err:
+        raise NotebookError(str(err), err.field) from None
     target = Path(path).expanduser()
     if not target.exists():
         raise NotebookError(f"{path} does not exist; give a checkpoint file or a run's folder.")
@@ -227,7 +257,9 @@ def show(
     `options` are ``ldam serve``'s, with underscores: `compare`, `target`, `data`,
     `checkpoints`, `host`, `port` (default: a free one), `device`, `token`, `trust_checkpoint`,
     `arch`, `input_shape` (``(C, H, W)`` or ``"C,H,W"``), `idle_pause` and `watch_settle` (in
-    seconds), `atlas` (an ``ldam atlas`` folder). In a Jupyter kernel the page appears in an
+    seconds), `atlas` (an ``ldam atlas`` folder), `mean` and `std` (one number or one per
+    channel: the input normalization) and `class_names` (a list, a comma list or a file of one
+    name per line), which override the checkpoint's own. In a Jupyter kernel the page appears in an
     IFrame of `width` x `height` pixels (`width` may be a CSS length such as ``"100%"``);
     elsewhere its address is printed. The
     same file and options reuse the running server. Returns the `Dashboard`; raises

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldam.metadata import MetadataOverride
+
 
 def unit_seed(seed: int, unit: int) -> int:
     """The seed of unit `unit`'s chains in a run seeded `seed` (stable across machines)."""
@@ -64,7 +66,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Job:
-    """One checkpoint, one layer, the units to render and the settings."""
+    """One checkpoint, one layer, the units to render and the settings; `arch`, `input_shape`,
+    `trust` and `metadata` (``--mean``, ``--std``, ``--class-names``) say how to load it."""
 
     checkpoint: str
     layer: str
@@ -75,6 +78,7 @@ class Job:
     trust: bool = False
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    metadata: MetadataOverride | None = None
 
     def batches(self) -> list[list[int]]:
         """The units in consecutive runs of at most `batch_units`, each a contiguous range

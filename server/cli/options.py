@@ -6,6 +6,7 @@ import argparse
 import math
 
 from ldam.errors import UserError
+from ldam.metadata import MetadataOverride, parse_metadata
 
 
 class UsageError(UserError):
@@ -88,6 +89,34 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow full pickles (runs code from the file)",
     )
+    add_metadata_options(p)
+
+
+def add_metadata_options(p: argparse.ArgumentParser) -> None:
+    """``--mean``, ``--std`` and ``--class-names``: what a checkpoint without metadata (a state
+    dict, TorchScript, a Lightning .ckpt) cannot say; they override a .pt2's metadata."""
+    p.add_argument(
+        "--mean",
+        help="the input normalization's mean: one value, or one per channel (comma list)",
+    )
+    p.add_argument(
+        "--std",
+        help="the input normalization's standard deviation: one value, or one per channel",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="NAMES|FILE",
+        help="the output units' names: a comma list, or a file with one name per line",
+    )
+
+
+def metadata_option(args: argparse.Namespace) -> MetadataOverride:
+    """The one `MetadataOverride` of ``--mean``, ``--std`` and ``--class-names`` (one sentence
+    naming the flag for a bad value)."""
+    try:
+        return parse_metadata(args.mean, args.std, args.class_names)
+    except UserError as err:
+        raise UsageError(str(err), err.field) from None
 
 
 def add_layout_option(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ldam.cli.options import UsageError, burn_in_value, float_tuple, int_triple, per_chain
+from ldam.cli.options import (
+    UsageError,
+    burn_in_value,
+    float_tuple,
+    int_triple,
+    metadata_option,
+    per_chain,
+)
+from ldam.metadata import normalization_json
 from ldam.wire.params import grid_columns
 
 # Discriminator warm-up steps when --disc-weight > 0 and no --disc-checkpoint is given.
@@ -68,6 +76,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         arch=args.arch,
         input_shape=int_triple(args.input_shape, "input-shape"),
         trust=args.trust_checkpoint,
+        metadata=metadata_option(args),
     )
     module = loaded.module.to(device)
     target = Target(
@@ -158,6 +167,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "format": loaded.format,
         "input_shape": list(loaded.input_shape),
+        "normalization": normalization_json(loaded.normalization),
+        "class_names": loaded.class_names,
         "target": args.target,
         "units_per_chain": list(target.units_per_chain),
         "chains": chains,

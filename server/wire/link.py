@@ -43,6 +43,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ldam.errors import first_line
+from ldam.metadata import MetadataOverride
 from ldam.wire.events import Died, Stop
 
 # The worker's start function, imported in the child only (it imports torch).
@@ -77,6 +78,9 @@ class WorkerConfig:
     # For state-dict files: the network (``--arch``) and C,H,W when the file does not say.
     arch: str | None = None
     input_shape: tuple[int, int, int] | None = None
+    # The operator's normalization and class names (``--mean``, ``--std``, ``--class-names``),
+    # over every file's own.
+    metadata: MetadataOverride | None = None
     # Seconds with no browser connected after which the worker stops stepping (0: never).
     idle_pause_s: float = 60.0
 
