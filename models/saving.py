@@ -170,7 +170,7 @@ def _pt2_path(path: str | Path, caller: str) -> Path:
 
 def _check_module(model: Any) -> None:
     if isinstance(model, torch.export.ExportedProgram):
-        raise CheckpointError("model is an ExportedProgram; pass its module(), program.module().")
+        raise CheckpointError("model is an ExportedProgram; pass program.module() instead.")
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import hashlib
 import os
 import signal
 import socket
@@ -98,6 +97,8 @@ class Dashboard:
 
 
 _current: Dashboard | None = None
+# Class-name lists written for ``--class-names`` (`_names_file`): text -> file.
+_names_files: dict[str, Path] = {}
 _lock = threading.Lock()
 
 
@@ -112,14 +113,24 @@ def _flag_value(name: str, value: Any) -> str:
 
 
 def _names_file(names: Any) -> Path:
-    """A list of class names as a file of one name per line (names may hold commas), named by
-    its content so that the same names give the same ``ldam serve`` arguments (and reuse)."""
+    """A list of class names as a file of one name per line (names may hold commas); the same
+    names give the same file for as long as this interpreter runs, hence the same ``ldam
+    serve`` arguments (and reuse). A private ``mkstemp`` file: never a name in the shared
+    temporary folder that another user could have made first."""
     text = "".join(f"{name}\n" for name in names)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"ldam-class-names-{digest}.txt"
-    if not path.is_file():
-        path.write_text(text, encoding="utf-8")
+    path = _names_files.get(text)
+    if path is None or not path.is_file():
+        fd, name = tempfile.mkstemp(prefix="ldam-class-names-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        path = _names_files[text] = Path(name)
     return path
+
+
+def _remove_names_files() -> None:
+    # The server read its names when it started; the files are not needed after this process.
+    for path in _names_files.values():
+        path.unlink(missing_ok=True)
 
 
 def serve_arguments(path: str | os.PathLike[str], options: dict[str, Any]) -> list[str]:
@@ -302,4 +313,5 @@ def stop() -> bool:
     return was_running
 
 
-atexit.register(stop)
+atexit.register(_remove_names_files)
+atexit.register(stop)  # runs first (last registered): the server is stopped, then files go

@@ -151,7 +151,7 @@ def test_save_checkpoint_refuses_exported_modules_it_cannot_export_again(tmp_pat
         (
             training,
             torch.zeros(2, 1, 6, 6),
-            "model is an ExportedProgram; pass its module(), program.module().",
+            "model is an ExportedProgram; pass program.module() instead.",
         ),
     ]
     for model, example, message in cases:
