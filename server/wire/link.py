@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ldam.errors import first_line
 from ldam.metadata import MetadataOverride
 from ldam.wire.events import Died, Stop
 
@@ -239,11 +238,11 @@ def _child_main(
 
 
 def error_line(err: BaseException) -> str:
-    """An exception as the last line of its traceback (``RuntimeError: text``): its type and
-    the first line of its text (`first_line`), at most about 300 characters."""
-    text = first_line(err, 280)
-    name = type(err).__name__
-    return name if text == name else f"{name}: {text}"
+    """An exception as the last line of its traceback (``RuntimeError: text``), on one line
+    and at most 300 characters."""
+    text = " ".join(str(err).split())
+    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 class Standby:
