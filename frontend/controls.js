@@ -1,7 +1,9 @@
 // Controls: sliders, toggles, pickers and buttons send messages; server state updates them.
 //
-// Log sliders hold log10 of the value (so `temperature` at -2 is T = 0.01); the shown value is
-// the parameter itself. While the user drags, messages go out at most every SEND_MS and the
+// Every sampler control takes its bounds, default, scale and step from the server's settings
+// model (the `settings` list of the state message): nothing about a setting's range is written
+// here or in the HTML. Log sliders hold log10 of the value (so `temperature` at -2 is
+// T = 0.01); the shown value is the parameter itself. While the user drags, messages go out at most every SEND_MS and the
 // page does not overwrite the control being moved.
 
 import { LayerPicker } from "./layers.js";
@@ -28,6 +30,7 @@ export class Controls {
     this.queued = {};
     this.timer = null;
     this.info = null;
+    this.settings = null; // name -> the server's description of a setting
     this.appliedUrl = false;
     this.layers = new LayerPicker(
       document.getElementById("layer"),
@@ -57,6 +60,40 @@ export class Controls {
     if (Object.keys(changes).length) this.send({ type: "set", ...changes });
   }
 
+  /** Once, from the first state: every control's span, scale, step and choices. */
+  configure(described) {
+    if (this.settings || !described) return;
+    this.settings = Object.fromEntries(described.map((d) => [d.name, d]));
+    for (const box of document.querySelectorAll(".slider")) {
+      const d = this.settings[box.dataset.param];
+      if (!d?.slider) continue;
+      const input = box.querySelector("input");
+      const log = d.slider.scale === "log";
+      box.dataset.scale = d.slider.scale;
+      box.dataset.integer = String(d.kind === "int");
+      input.min = String(log ? Math.log10(d.slider.low) : d.slider.low);
+      input.max = String(log ? Math.log10(d.slider.high) : d.slider.high);
+      input.step = String(d.slider.step);
+      box.title = d.help;
+    }
+    for (const el of document.querySelectorAll("[data-setting]")) {
+      const d = this.settings[el.dataset.setting];
+      if (!d) continue;
+      el.title = d.help;
+      if (el.tagName === "SELECT") {
+        el.replaceChildren(...d.choices.map((c) => new Option(c, c)));
+      } else {
+        if (d.low !== null) el.min = String(d.low);
+        if (d.high !== null) el.max = String(d.high);
+      }
+    }
+    // A sweep's rows take values of one per-chain setting the page shows.
+    const label = (name) => document.querySelector(`label[for="${name}"]`)?.textContent ?? name;
+    document.getElementById("sweep_param").replaceChildren(
+      ...described.filter((d) => d.scope === "per_chain").map((d) => new Option(label(d.name), d.name)),
+    );
+  }
+
   sliderValue(input) {
     const box = input.closest(".slider");
     const raw = Number(input.value);
@@ -74,6 +111,10 @@ export class Controls {
         output.textContent = formatValue(value, box.dataset.integer === "true");
         return value;
       };
+      if (box.dataset.param === "window") {
+        // Moving the window slider is choosing a window: automatic goes off.
+        input.addEventListener("input", () => { document.getElementById("window_auto").checked = false; });
+      }
       input.addEventListener("input", () => {
         this.touched.set(input.id, performance.now());
         this.set({ [box.dataset.param]: update() });
@@ -87,8 +128,13 @@ export class Controls {
   }
 
   bindToggles() {
-    const grad = document.getElementById("grad_norm");
-    grad.addEventListener("change", () => this.set({ grad_norm: grad.checked }));
+    const normalize = document.getElementById("normalize");
+    normalize.addEventListener("change", () => this.set({ normalize: normalize.value }));
+    // Automatic window: null, the longest that fits the memory budget (the server fits it).
+    const auto = document.getElementById("window_auto");
+    auto.addEventListener("change", () => {
+      this.set({ window: auto.checked ? null : this.sliderValue(document.getElementById("window")) });
+    });
     const disc = document.getElementById("disc_training");
     disc.addEventListener("change", () => this.set({ disc_training: disc.checked }));
     const avg = document.getElementById("show_average");
@@ -182,6 +228,12 @@ export class Controls {
     const note = document.getElementById("window-note");
     note.textContent = info.window_note || "";
     note.hidden = !info.window_note;
+    if (this.params?.window === null && !this.busy("window")) {
+      const box = document.querySelector('.slider[data-param="window"]');
+      const input = box.querySelector("input");
+      input.value = String(Math.log10(Math.max(info.window ?? 1, 1)));
+      box.querySelector("output").textContent = formatValue(info.window ?? 0, true);
+    }
     const names = info.checkpoints || [];
     const fill = (select, none) => {
       const options = names.map((n) => new Option(n, n));
@@ -212,11 +264,13 @@ export class Controls {
     for (const box of document.querySelectorAll(".slider")) {
       const input = box.querySelector("input");
       if (this.busy(input.id)) continue;
-      const value = params[box.dataset.param];
+      let value = params[box.dataset.param];
+      // An automatic window shows the window in force, which the worker reports.
+      if (value === null) value = this.info?.window ?? this.settings?.[box.dataset.param]?.slider?.low ?? 0;
       input.value = box.dataset.scale === "log" ? Math.log10(Math.max(value, 1e-12)) : value;
       box.querySelector("output").textContent = formatValue(value, box.dataset.integer === "true");
     }
-    document.getElementById("grad_norm").checked = params.grad_norm;
+    document.getElementById("window_auto").checked = params.window === null;
     document.getElementById("disc_training").checked = params.disc_training;
     document.getElementById("show_average").checked = params.show === "average";
     document.getElementById("view_input").checked = params.view === "input";
@@ -231,6 +285,7 @@ export class Controls {
     put("chains", params.chains);
     put("seed", params.seed);
     put("sweep_param", params.sweep_param);
+    put("normalize", params.normalize);
     put("sweep_values", params.sweep_values.join(", "));
     put("checkpoint", params.checkpoint ?? "");
     put("compare", params.compare ?? "");
@@ -252,7 +307,8 @@ export class Controls {
     const query = new URLSearchParams();
     for (const [key, value] of Object.entries(this.params)) {
       if (JSON.stringify(value) === JSON.stringify(this.defaults[key])) continue;
-      query.set(key, Array.isArray(value) ? value.join(",") : value === null ? "" : String(value));
+      const none = this.settings?.[key]?.none ?? "";
+      query.set(key, Array.isArray(value) ? value.join(",") : value === null ? none : String(value));
     }
     const text = query.toString();
     const url = text ? `${location.pathname}?${text}` : location.pathname;
@@ -268,7 +324,10 @@ export class Controls {
     for (const [key, text] of query) {
       if (!(key in this.params) || (text === "" && key !== "compare")) continue;
       const current = this.params[key];
-      if (Array.isArray(current)) changes[key] = text.split(",").filter(Boolean).map(Number);
+      const setting = this.settings?.[key];
+      if (setting?.none && text === setting.none) changes[key] = null;
+      else if (setting && (setting.kind === "int" || setting.kind === "float")) changes[key] = Number(text);
+      else if (Array.isArray(current)) changes[key] = text.split(",").filter(Boolean).map(Number);
       else if (typeof current === "boolean") changes[key] = text === "true";
       else if (typeof current === "number") changes[key] = Number(text);
       else changes[key] = text;

@@ -72,6 +72,7 @@ function handleMessage(msg) {
   switch (msg.type) {
     case "state":
       debug.state = msg;
+      controls.configure(msg.settings);
       controls.setState(msg.params, msg.version, msg.defaults);
       controls.applyUrl();
       if (debug.info) timeline.patchPicker(debug.info, msg.params);

@@ -177,7 +177,7 @@ def test_ctrl_c_leaves_a_valid_manifest_and_resume_finishes_without_rewriting(
             "--units 118-130 is out of range for layer 'fc1', which has units 0-119.",
         ),
         ((), {"units": "7-3"}, "--units must be K or A-B with A <= B, such as 0-63, not '7-3'."),
-        (("--chains", "0"), {}, "--chains must be at least 1."),
+        (("--chains", "0"), {}, "chains must be in [1, 256], got 0."),
         (("--workers", "2"), {}, "--ray-address and --workers need --executor ray."),
     ],
 )

@@ -171,7 +171,12 @@ def test_a_224_rgb_network_streams_and_the_view_switches(tmp_path: Path) -> None
                 "1024 MiB budget for 20 chains of shape (3, 224, 224); fewer chains allow a "
                 "longer one."
             )
-            assert served.state()["params"]["window"] == 89
+            # The parameters keep "auto"; the slider shows the window in force.
+            assert served.state()["params"]["window"] is None
+            assert page.locator("#window_auto").is_checked()
+            page.wait_for_function(
+                "document.getElementById('window-value').textContent === '89'", timeout=30_000
+            )
             # The picker groups the network's stages.
             groups = page.evaluate(
                 "[...document.querySelectorAll('#layer optgroup')].map(g => g.label)"
@@ -249,7 +254,14 @@ def test_every_control_has_a_label(page: Any) -> None:
 
 
 def test_temperature_slider_changes_the_server_and_the_frames(served: Served, page: Any) -> None:
-    page.get_by_label("Temperature T").fill("-0.5")  # log10 scale: T = 10^-0.5
+    # The controls' spans and choices come from the server's settings model.
+    slider = page.get_by_label("Temperature T")
+    assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("-4", "1")
+    assert page.locator("#momentum").get_attribute("max") == "0.99"
+    options = page.evaluate("[...document.querySelectorAll('#normalize option')].map(o => o.value)")
+    assert options == ["none", "regularizers", "all"]
+    assert page.locator("#chains").get_attribute("max") == "256"
+    slider.fill("-0.5")  # log10 scale: T = 10^-0.5
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         state = served.state()

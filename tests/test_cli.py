@@ -18,10 +18,14 @@ from ldam.cli.main import main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.loading import load_checkpoint
 from ldam.models.saving import export_checkpoint
+from ldam.sampling.diagnostics import unit_diagnostics
 from ldam.sampling.energy import ActivationTerm, L2Term
-from ldam.sampling.images import display_grid, grid_order, to_pil
+from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
+from ldam.wire.params import SamplerParams
+from ldam.worker.models import ModelCache
+from ldam.worker.panels import PanelBuilder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,11 +104,24 @@ def test_sample_writes_exactly_the_documented_keys(sampled: tuple[Path, Path]) -
     assert data["resets"].tolist() == [0] * 20
     params = json.loads(str(data["params"]))
     assert params["checkpoint"] == str(DEFAULT_CHECKPOINT.resolve())
-    assert params["units_per_chain"] == [u for u in range(10) for _ in range(2)]
+    # Grid order: one column per unit, the rows in turn.
+    assert params["units_per_chain"] == list(range(10)) * 2
     assert params["steps_per_second"] > 0
     assert params["temperature"] == 0.01 and params["l2_weight"] == 0.1 and params["window"] == 50
     # The final state is the last recorded sample's successor, and the chains moved.
     assert not np.allclose(data["final"], data["samples"][0])
+
+
+def test_sample_diagnostics_are_the_one_per_unit_functions(sampled: tuple[Path, Path]) -> None:
+    data = np.load(sampled[0])
+    params = json.loads(str(data["params"]))
+    expected = unit_diagnostics(data["activation"], data["burn_in_step"], list(range(10)) * 2)
+    assert params["diagnostics"] == json.loads(json.dumps(expected))
+    # Burn-in 20 of 120 steps: samples after step 20 count, reported at steps 22..120.
+    assert [d["draws"] for d in params["diagnostics"]] == [99] * 10
+    assert (
+        params["diagnostics"][3]["chains"] == [3, 13] and params["diagnostics"][3]["note"] is None
+    )
 
 
 def test_sample_raises_the_target_activation(sampled: tuple[Path, Path]) -> None:
@@ -121,10 +138,26 @@ def test_png_is_the_papers_grid(sampled: tuple[Path, Path]) -> None:
     assert pixels.min() < 100 and pixels.max() > 156  # signed scaling uses both sides of grey
 
 
-def test_grid_order_puts_one_unit_per_column() -> None:
-    # 3 units x 2 chains each: row 0 shows chains 0, 2, 4; row 1 chains 1, 3, 5.
-    assert grid_order([0, 0, 1, 1, 2, 2], [0, 1, 2]) == [0, 2, 4, 1, 3, 5]
-    assert grid_order([7, 7, 7, 7], [7]) == [0, 1, 2, 3]
+def test_png_tiling_is_the_dashboards_for_the_same_grid(sampled: tuple[Path, Path]) -> None:
+    # The dashboard's panel for the grid `fc3:0-9` over 20 chains describes: the range layout.
+    params = SamplerParams(layer="fc3", layout="range", unit=0, unit_end=9, chains=20)
+    cpu = torch.device("cpu")
+    builder = PanelBuilder(ModelCache(cpu, False, ()), cpu, lambda shape: None)
+    [panel] = builder.build(params, {"checkpoint": str(DEFAULT_CHECKPOINT), "compare": None}).panels
+    data = np.load(sampled[0])
+    units = json.loads(str(data["params"]))["units_per_chain"]
+    assert units == panel.target.units_per_chain == params.grid()[0]
+    # The publisher's tiling (`display_grid` in `panel.columns`) of the run's window means is
+    # the PNG, pixel for pixel: no reordering on either side.
+    x = torch.from_numpy(data["window_mean"])
+    dashboard = to_pil(display_grid(x, panel.columns, "symmetric", panel.loaded.normalization))
+    png = np.asarray(Image.open(sampled[1]))
+    assert panel.columns == 10 and png.shape == (2 * 30 + 2, 10 * 30 + 2)
+    assert np.array_equal(png, np.asarray(dashboard))
+    # Cell r * 10 + c is chain r * 10 + c: its window mean, scaled on its own, in place.
+    cell = png[2 + 30 : 2 + 30 + 28, 2 + 3 * 30 : 2 + 3 * 30 + 28]
+    own = to_pil(display_grid(x[13:14], 1))
+    assert np.array_equal(cell, np.asarray(own)[2:30, 2:30])
 
 
 def test_inspect_lists_layers() -> None:
@@ -147,11 +180,11 @@ def test_inspect_lists_layers() -> None:
         (["sample", "/nonexistent/model.pt2"], None),
         (
             ["sample", str(DEFAULT_CHECKPOINT), "--temperature", "hot"],
-            "ldam: --temperature must be a number or a comma-separated list of numbers, not 'hot'.\n",
+            "ldam: temperature must be a number or a comma list, one per chain, got 'hot'.\n",
         ),
         (
             ["sample", str(DEFAULT_CHECKPOINT), "--burn-in", "-3"],
-            "ldam: --burn-in must be 'auto' or a whole number of steps, not '-3'.\n",
+            "ldam: burn_in must be in [0, 10000000], got -3.\n",
         ),
         (
             ["sample", str(DEFAULT_CHECKPOINT), "--out", "/nonexistent/dir/run.npz"],
@@ -205,6 +238,12 @@ def test_sample_with_discriminator_trains_saves_and_reloads(tmp_path: Path) -> N
     assert main([*common, "--disc-checkpoint", str(saved), "--out", str(tmp_path / "b.npz")]) == 0
     second = np.load(tmp_path / "b.npz")
     assert json.loads(str(second["params"]))["disc_steps"] == 0
+    # D as saved after the first run, never offered chains so never trained further.
+    d_first, d_second = (
+        json.loads(str(f["params"]))["disc"] for f in (np.load(tmp_path / "a.npz"), second)
+    )
+    assert d_first["steps"] >= 20
+    assert (d_second["steps"], d_second["offers"]) == (d_first["steps"], 0)
     assert np.isfinite(second["final"]).all() and second["resets"].tolist() == [0, 0, 0, 0]
 
 
@@ -300,8 +339,8 @@ def test_view_input_png_is_the_denormalized_grid_for_four_channels(tmp_path: Pat
         assert main(argv) == 0
         data = np.load(out)
         units = json.loads(str(data["params"]))["units_per_chain"]
-        order = grid_order(units, [0, 1, 2])
-        x = torch.from_numpy(data["window_mean"])[order]
+        assert units == [0, 1, 2, 0, 1, 2]  # grid order: the PNG shows the chains as they are
+        x = torch.from_numpy(data["window_mean"])
         expected = to_pil(display_grid(x, 3, view, normalization))
         image = Image.open(png)
         # 3 columns x 2 rows of 4 side-by-side channels (4 * 36 + 3 px) x 20 px, 2 px padding.

@@ -1,4 +1,5 @@
-"""Split R-hat and ESS against analytic cases: iid draws, AR(1) chains, disagreeing chains."""
+"""Split R-hat and ESS against analytic cases: iid draws, AR(1) chains, disagreeing chains;
+and `unit_diagnostics`' one rule for which draws count."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from ldam.sampling.diagnostics import DiagnosticsError, effective_sample_size, split_rhat
+from ldam.sampling.diagnostics import (
+    MIN_DRAWS,
+    NOT_BURNED_IN_NOTE,
+    TOO_FEW_NOTE,
+    DiagnosticsError,
+    effective_sample_size,
+    kept_draws,
+    split_rhat,
+    unit_diagnostics,
+)
 
 
 def ar1(rho: float, chains: int, n: int, seed: int) -> np.ndarray:
@@ -66,3 +76,48 @@ def test_bad_shapes_are_one_sentence() -> None:
         match=r"^Diagnostics need at least 1 chain of at least 4 draws, got shape \(2, 3\)\.$",
     ):
         effective_sample_size(np.zeros((2, 3)))
+
+
+def test_unit_diagnostics_counts_the_draws_after_every_chain_of_the_unit_burned_in() -> None:
+    # Rows are sampler steps 1..200; step t reports the activation of sample t - 1, kept by a
+    # chain with burn-in step b once t - 1 > b: rows of steps b + 2 on.
+    activation = ar1(0.5, 6, 200, seed=3).T  # [steps, chains]
+    burn = [10, 3, 30, 0, 0, 150]
+    units = [4, 1, 4, 1, 9, 9]  # grid order, unsorted and repeated
+    out = unit_diagnostics(activation, burn, units)
+    assert [e["unit"] for e in out] == [4, 1, 9]  # the order of the grid's columns
+    four = activation[31:, [0, 2]].T  # from step 32 = 30 + 2: row 31
+    assert out[0]["chains"] == [0, 2] and out[0]["draws"] == 200 - 31 == four.shape[1]
+    assert out[0]["rhat"] == split_rhat(four) and out[0]["ess"] == effective_sample_size(four)
+    assert out[0]["note"] is None
+    assert out[1]["draws"] == 200 - 4 and out[1]["rhat"] == split_rhat(activation[4:, [1, 3]].T)
+    # Unit 9: chain 5 kept only the rows of steps 152..200, 49 draws; one fewer is too few.
+    assert out[2]["draws"] == 49 >= MIN_DRAWS == 40
+    late = unit_diagnostics(activation, [0, 0, 0, 0, 0, 200 - MIN_DRAWS], units)[2]
+    assert (late["draws"], late["rhat"], late["ess"]) == (MIN_DRAWS - 1, None, None)
+    assert late["note"] == TOO_FEW_NOTE == "fewer than 40 post-burn-in draws per chain"
+    waiting = unit_diagnostics(activation, [0, 0, 0, 0, -1, 0], units)[2]
+    assert waiting == {
+        "unit": 9,
+        "chains": [4, 5],
+        "draws": 0,
+        "rhat": None,
+        "ess": None,
+        "note": NOT_BURNED_IN_NOTE,
+    }
+
+
+def test_a_window_of_later_steps_keeps_the_same_draws() -> None:
+    # The dashboard hands a ring of recent steps: rows from step 101 on give the same draws
+    # as the whole run wherever the kept part lies inside the window.
+    activation = ar1(0.2, 3, 300, seed=4).T
+    whole = unit_diagnostics(activation, [150, 140, 120], [0, 0, 0])
+    window = unit_diagnostics(activation[100:], [150, 140, 120], [0, 0, 0], first_step=101)
+    assert whole == window and whole[0]["draws"] == 300 - 151
+    np.testing.assert_array_equal(kept_draws(activation[100:], 5, 101), activation[100:].T)
+    with pytest.raises(
+        DiagnosticsError,
+        match=r"^The activation \[steps, chains\] \[300, 3\], burn-in steps \[2\] and units "
+        r"\(3\) must agree on the number of chains\.$",
+    ):
+        unit_diagnostics(activation, [0, 0], [0, 0, 0])

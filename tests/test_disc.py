@@ -1,7 +1,10 @@
-"""ldam.sampling.discriminator: the online discriminator trainer (paper Algorithm 2), helpers."""
+"""ldam.sampling.discriminator: the online discriminator trainer (paper Algorithm 2), its
+loop driver (the one `ldam sample` and the worker share), files and real images."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
 import os
 import threading
 import time
@@ -12,25 +15,33 @@ import pytest
 import torch
 from torch import nn
 
+from ldam.cli.main import main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.data import load_mnist, normalize_mnist, split_indices
 from ldam.models.discriminator import make_discriminator
 from ldam.models.loading import load_checkpoint
 from ldam.sampling.discriminator import (
+    DEFAULT_DUTY_CYCLE,
     FORMAT,
     FORMAT_VERSION,
+    OFFER_EVERY,
     DiscriminatorError,
+    DiscriminatorLoop,
     DiscriminatorTrainer,
     build_discriminator_for,
     read_checkpoint,
     real_images_for,
     run_with_discriminator,
 )
-from ldam.sampling.discriminator.thread import pause_after
-from ldam.sampling.discriminator.trainer import DEFAULT_DUTY_CYCLE
+from ldam.sampling.discriminator.trainer import pause_after
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
+from ldam.wire.link import WorkerConfig, WorkerEnd
+from ldam.wire.params import SamplerParams
+from ldam.wire.targets import ChainTargets
+from ldam.worker.process import Worker
+from tests.support import PAIR, lenet_folder
 
 MEAN, STD = 0.1307, 0.3081
 NORM = ([MEAN], [STD])
@@ -130,6 +141,7 @@ def test_process_pools_only_chains_that_fool_d_or_are_old(digits) -> None:
         "step_ms",
         "steps",
         "version",
+        "offers",
         "training",
         "tau",
         "lr",
@@ -294,19 +306,48 @@ def test_checkpoint_names_its_format_and_refuses_other_layers(digits, tmp_path: 
     assert (trainer.version, trainer.steps) == (1, 2)
 
 
-def test_settings_read_back_and_cores_stay_unshared_when_asked(digits) -> None:
-    def record(version: int, module: nn.Module) -> None:
-        pass
+def test_options_show_in_what_d_does(digits) -> None:
+    """Each option of the trainer, seen in D's behaviour: the warm-up on the first offer,
+    max_age, the batch D trains on, every version reaching on_publish, and share_cores=False
+    leaving the caller's threads alone."""
 
-    trainer = _trainer(
-        digits, max_age=7, batch_size=10, warm_up_steps=3, share_cores=False, on_publish=record
+    class Counting(nn.Module):
+        """A real discriminator that notes the batch size of each training-mode forward."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = make_discriminator((1, 28, 28))
+            self.input_shape = (1, 28, 28)
+            self.batches: list[int] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.batches.append(x.shape[0])
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    module = Counting()
+    versions: list[int] = []
+    trainer = DiscriminatorTrainer(
+        module,
+        digits[0],
+        tau=1.0,  # no chain fools D: only age makes a chain eligible
+        max_age=7,
+        batch_size=10,
+        warm_up_steps=3,
+        share_cores=False,
+        on_publish=lambda version, published: versions.append(version),
     )
-    assert (trainer.max_age, trainer.batch_size, trainer.warm_up_steps) == (7, 10, 3)
-    assert (trainer.threads, trainer.share_cores, trainer.on_publish) == (1, False, record)
-    assert trainer.device == torch.device("cpu") and trainer.input_shape == (1, 28, 28)
+    noise = torch.randn(8, 1, 28, 28)
+    assert not trainer.process(noise, torch.full((8,), 6))  # one step too young
+    assert (trainer.steps, trainer.version) == (3, 1)  # but the first offer warmed D up
+    assert trainer.process(noise, torch.full((8,), 7))
+    assert (trainer.steps, versions) == (4, [0, 1, 2])
+    # 3 warm-up batches of 5 generated + 5 real, two offers scored, one online batch.
+    assert module.batches == [10, 10, 10, 8, 8, 10]
     trainer.set(tau=0.25, lr=1e-3)
     m = trainer.metrics()
-    assert (m["tau"], m["lr"], m["training"], m["steps"], m["version"]) == (0.25, 1e-3, False, 0, 0)
+    assert (m["tau"], m["lr"], m["training"], m["steps"], m["version"]) == (0.25, 1e-3, False, 4, 2)
     torch.set_num_threads(2)
     trainer.start()
     try:
@@ -442,7 +483,8 @@ def test_discriminator_pulls_samples_toward_real_digits(digits, lenet) -> None:
     and 0.77-0.88) and 8-10 of 10 classified right at w = 0.8.
     """
     weights = (0.0, 0.5, 0.8)
-    target = Target(lenet, "fc3:0-9", 30)  # chains 3k, 3k+1, 3k+2 target class k
+    # Chains 3k, 3k+1, 3k+2 target class k (one group per class, each weight once per class).
+    target = Target(lenet, ChainTargets.on_layer("fc3", [k for k in range(10) for _ in range(3)]))
     units = torch.tensor(target.units_per_chain)
     trainer = _trainer(digits, max_age=20)
     steps, window = 200, 80
@@ -597,3 +639,63 @@ def test_duty_cycle_changes_live_rests_give_the_cores_back_and_stop_ends_a_rest(
     finally:
         assert trainer.stop()  # the rest ended at once (stop waits 10 s at most)
     assert not trainer.running and torch.get_num_threads() == 2
+
+
+def test_loop_offers_on_the_first_step_and_every_nth_after_while_d_runs(digits) -> None:
+    trainer = _trainer(digits, max_age=0)
+    trainer.warm_up(torch.randn(64, 1, 28, 28), steps=2)
+    x, ages = torch.randn(8, 1, 28, 28), torch.full((8,), 10**6)
+    idle = DiscriminatorLoop(trainer)
+    assert [idle.after_step(x, ages) for _ in range(3)] == [False] * 3  # no thread, no offers
+    assert trainer.offers == 0
+    loop = DiscriminatorLoop(trainer, every=3)
+    trainer.start()
+    try:
+        offered = [loop.after_step(x, ages) for _ in range(7)]
+    finally:
+        assert trainer.stop()
+    assert offered == [True, False, False, True, False, False, True]
+    assert trainer.offers == trainer.metrics()["offers"] == 3
+    # In the calling thread: one D step per due step, whether or not the thread runs.
+    here = DiscriminatorLoop(trainer, every=2, background=False)
+    before = trainer.steps
+    assert [here.after_step(x, ages) for _ in range(5)] == [True, False, True, False, True]
+    assert trainer.steps == before + 3 and trainer.offers == 3
+    with pytest.raises(DiscriminatorError) as info:
+        DiscriminatorLoop(trainer, every=0)
+    assert str(info.value) == "Offers must come every 1 or more steps, got 0."
+
+
+def test_ldam_sample_and_the_worker_offer_d_at_the_same_cadence(tmp_path: Path) -> None:
+    steps = 12
+    expected = len(range(0, steps, OFFER_EVERY))  # the first step, then every OFFER_EVERY-th
+    out = tmp_path / "a.npz"
+    argv = ["sample", str(DEFAULT_CHECKPOINT), "--target", "fc3:3", "--chains", "4"]
+    argv += ["--steps", str(steps), "--device", "cpu", "--disc-weight", "0.5"]
+    assert main([*argv, "--disc-steps", "2", "--out", str(out)]) == 0
+    sampled = json.loads(str(np.load(out)["params"]))["disc"]
+    assert (sampled["offers"], sampled["error"]) == (expected, None)
+
+    folder = lenet_folder()
+    command_read, _ = mp.get_context("spawn").Pipe(duplex=False)
+    _, event_write = mp.get_context("spawn").Pipe(duplex=False)
+    params = SamplerParams.model_validate({"disc_weight": 0.5})
+    config = WorkerConfig(
+        checkpoints_dir=str(folder),
+        checkpoint=str(folder / PAIR[0]),
+        device="cpu",
+        params=params.model_dump(),
+        version=1,
+    )
+    end = WorkerEnd(command_read, event_write)
+    worker = Worker(config, end)
+    try:
+        worker.build(worker.params, worker.sources)
+        worker.apply_live()  # D is used: its thread starts
+        for _ in range(steps):
+            worker.step_all()
+        served = worker.disc.metrics()
+    finally:
+        worker.close()
+        end.outbox.close()
+    assert (served["offers"], served["error"]) == (expected, None)

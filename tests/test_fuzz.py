@@ -91,7 +91,7 @@ valid_set = st.fixed_dictionaries(
         "l2_weight": st.floats(0.0, 10.0),
         "disc_weight": st.floats(0.0, 1.0),
         "window": st.integers(1, 1000),
-        "grad_norm": st.booleans(),
+        "normalize": st.sampled_from(["none", "regularizers", "all"]),
         "show": st.sampled_from(["sample", "average"]),
         "view": st.sampled_from(["symmetric", "input"]),
         "disc_training": st.booleans(),
@@ -280,7 +280,7 @@ def test_fuzz_control_messages(server: LiveServer) -> None:
     v.ack = True
     defaults = SamplerParams().model_dump()
     live_fields = ["temperature", "step_size", "momentum", "l2_weight", "disc_weight", "window"]
-    live_fields += ["grad_norm", "show", "view", "disc_training", "paused", "layout", "chains"]
+    live_fields += ["normalize", "show", "view", "disc_training", "paused", "layout", "chains"]
     v.set(**{name: defaults[name] for name in live_fields}, unit=0, unit_end=9)
     frames = v.frames_for(3.0)
     v.close()

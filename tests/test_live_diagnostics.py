@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ldam.sampling.diagnostics import effective_sample_size, split_rhat
+from ldam.sampling import diagnostics
+from ldam.sampling.diagnostics import MIN_DRAWS, effective_sample_size, split_rhat
 from ldam.wire.events import SetParams
 from ldam.wire.params import SamplerParams
 from ldam.worker.live_diagnostics import (
     ESS_PER_CHAIN_MIXING,
-    MIN_DRAWS,
     MIXING,
     NOT_BURNED_IN,
     RHAT_MIXING,
@@ -109,6 +109,27 @@ def test_units_take_their_own_chains_in_grid_order() -> None:
         "state": NOT_BURNED_IN,
     }
     assert NOT_BURNED_IN == "not burned in yet" and MIXING == "mixing"
+
+
+def test_the_statistics_are_the_one_per_unit_functions() -> None:
+    # The live entries are `ldam.sampling.diagnostics.unit_diagnostics` over the ring's window,
+    # the same draws `ldam sample` and the atlas count, with a verdict and a label added.
+    draws = ar1(4, 300, rho=0.4, seed=7)
+    history = fill(draws, capacity=120)  # the ring holds steps 181..300
+    burn, units = [170, 200, 100, 0], [3, 1, 3, 1]
+    shared = diagnostics.unit_diagnostics(
+        draws.astype(np.float32).astype(np.float64)[:, 180:].T, burn, units, first_step=181
+    )
+    live = unit_diagnostics(history, burn, units)
+    assert [e["unit"] for e in live] == [e["unit"] for e in shared] == [3, 1]
+    for mine, theirs in zip(live, shared, strict=True):
+        assert (mine["draws"], mine["rhat"], mine["ess"]) == (
+            theirs["draws"],
+            theirs["rhat"],
+            theirs["ess"],
+        )
+        assert mine["chains"] == len(theirs["chains"]) == 2
+    assert live[1]["draws"] == 300 - 201  # unit 1 counts from step 202
 
 
 def test_verdict_thresholds() -> None:

@@ -106,7 +106,7 @@ def test_worker_sigkill_restarts_with_last_parameters(server: LiveServer) -> Non
 
 def test_diverging_step_size_resets_chains(server: LiveServer) -> None:
     with server.viewer() as v:
-        v.set(step_size=0.1, temperature=0.1, grad_norm=False)
+        v.set(step_size=0.1, temperature=0.1, normalize="none")
         first = worker_metrics(v, 30, "metrics", lambda m: "resets" in m)
         status = server.state()["status"]
         # 1000 times the step size, on raw gradients: x grows ~9-fold a step until it overflows
@@ -136,7 +136,7 @@ def test_diverging_step_size_resets_chains(server: LiveServer) -> None:
             for panel in v.latest["metrics"]["activation"]
             for a in panel
         ), "metrics stay JSON-safe"
-        v.set(step_size=0.1, grad_norm=True)
+        v.set(step_size=0.1, normalize="all")
 
 
 def _total(resets: Any) -> int:

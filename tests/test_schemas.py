@@ -68,7 +68,7 @@ def test_other_kinds_parse() -> None:
         ('{"type": "set", "temperature": -1}', "temperature"),
         ('{"type": "set", "disc_weight": 1.5}', "disc_weight"),
         ('{"type": "set", "window": 0}', "window"),
-        ('{"type": "set", "window": 1001}', "window"),
+        ('{"type": "set", "window": 100001}', "window"),
         ('{"type": "set", "chains": 100000}', "chains"),
         ('{"type": "set", "layer": "fc3; rm -rf /"}', "layer"),
         ('{"type": "set", "checkpoint": "../../etc/passwd"}', "checkpoint"),
@@ -94,10 +94,11 @@ def test_bad_messages_name_the_field(raw: str | bytes, field: str) -> None:
 
 
 def test_the_error_text_is_one_sentence_naming_the_field() -> None:
+    # A setting's refusal is the settings model's own sentence, as on the command line.
     error = refused('{"type": "set", "temperature": -1}')
-    assert (
-        error.message
-        == "The field 'temperature' is invalid: Input should be greater than or equal to 0."
+    assert (error.field, error.message) == (
+        "temperature",
+        "temperature must be in [0, 100], got -1.",
     )
     unknown = refused('{"type": "fly"}')
     assert (
@@ -154,17 +155,17 @@ def test_frames_round_trip() -> None:
         (
             '{"type": "set", "temperature": "0.5"}',
             "temperature",
-            "The field 'temperature' is invalid: Input should be a valid number.",
+            "temperature must be a number, got '0.5'.",
         ),
         (
             '{"type": "set", "temperature": true}',
             "temperature",
-            "The field 'temperature' is invalid: Input should be a valid number.",
+            "temperature must be a number, got True.",
         ),
         (
-            '{"type": "set", "grad_norm": "yes"}',
-            "grad_norm",
-            "The field 'grad_norm' is invalid: Input should be a valid boolean.",
+            '{"type": "set", "normalize": "yes"}',
+            "normalize",
+            "normalize must be one of none, regularizers, all, got 'yes'.",
         ),
         (
             '{"type": "set", "paused": 1}',
@@ -174,7 +175,7 @@ def test_frames_round_trip() -> None:
         (
             '{"type": "set", "window": 20.0}',
             "window",
-            "The field 'window' is invalid: Input should be a valid integer.",
+            "window must be a whole number, got 20.0.",
         ),
         (
             '{"type": "set", "sweep_values": [0, "1"]}',
@@ -210,7 +211,7 @@ def test_json_integers_are_valid_floats() -> None:
 
 
 def test_the_parameter_model_is_strict_too() -> None:
-    with pytest.raises(ValidationError, match="Input should be a valid number"):
+    with pytest.raises(ValidationError, match="temperature must be a number, got '0.5'."):
         SamplerParams.model_validate({"temperature": "0.5"})
     with pytest.raises(ValidationError, match="Input should be a valid boolean"):
         SamplerParams.model_validate({"paused": "yes"})
@@ -279,7 +280,7 @@ def test_set_message_has_every_parameter_with_the_same_bounds() -> None:
         ("temperature", 0.0, 100.0),
         ("momentum", 0.0, 0.999),
         ("disc_weight", 0.0, 1.0),
-        ("window", 1, 1000),
+        ("window", 1, 100_000),
         ("chains", 1, 256),
     ]:
         SetMessage.model_validate({"type": "set", name: high})

@@ -20,6 +20,7 @@ from ldam.sampling.targets import (
     list_layers,
     parse_target,
 )
+from ldam.wire.targets import ChainTargets, chain_targets
 
 LENET_LAYERS = (
     "conv1, relu1, pool1, conv2, relu2, pool2, flatten, fc1, relu3, fc2, relu4, fc3, output"
@@ -137,18 +138,70 @@ def test_analytic_values_and_gradients() -> None:
     torch.testing.assert_close(Target(model, "head:2", 2)(x), conv @ w[2] + 3.0)
 
 
-def test_range_splits_chains_into_groups(lenet: nn.Module) -> None:
+def test_range_lays_the_chains_out_in_grid_order(lenet: nn.Module) -> None:
     target = Target(lenet, "fc3:0-9", 20)
-    assert target.units_per_chain == [k // 2 for k in range(20)]
+    # One column per unit, the rows in turn: chain r * 10 + c targets unit c.
+    assert target.units_per_chain == [k % 10 for k in range(20)]
     x = torch.randn(20, 1, 28, 28)
     logits = lenet(x)
-    torch.testing.assert_close(target(x), logits[torch.arange(20), torch.arange(20) // 2])
+    torch.testing.assert_close(target(x), logits[torch.arange(20), torch.arange(20) % 10])
     assert Target(lenet, "conv2:4-6", 3).units_per_chain == [4, 5, 6]
     with pytest.raises(TargetError) as info:
         Target(lenet, "fc3:0-9", 15)
     assert str(info.value) == (
         "15 chains cannot be split evenly over the 10 units 0-9; use a multiple of 10 chains."
     )
+    assert info.value.field == "chains"
+    with pytest.raises(TargetError) as info:
+        Target(lenet, "fc3:1", 0)
+    assert str(info.value) == "The number of chains must be at least 1, got 0."
+
+
+def test_a_unit_list_gives_the_string_forms_activations(lenet: nn.Module) -> None:
+    x = torch.randn(6, 1, 28, 28)
+    for text, layer in (("fc3:2-4", "fc3"), ("conv2:1-3@2,1", "conv2"), ("output:0-2", "output")):
+        spec = parse_target(text)
+        units = spec.units * 2  # the grid the string lays out: 2 rows of its units
+        listed = Target(lenet, ChainTargets.on_layer(layer, units, spec.position))
+        parsed = Target(lenet, text, 6)
+        assert listed.units_per_chain == parsed.units_per_chain == units
+        torch.testing.assert_close(listed(x), parsed(x), rtol=0, atol=0)
+    assert chain_targets(parse_target("attn[1]:3-4@0"), 4) == ChainTargets(
+        "attn", (3, 4, 3, 4), (0,), (1,)
+    )
+
+
+def test_a_grid_of_repeated_and_unsorted_units(lenet: nn.Module) -> None:
+    units = [7, 2, 7, 9, 2, 2]
+    target = Target(lenet, ChainTargets.on_layer("fc3", units), 6)
+    x = torch.randn(6, 1, 28, 28, requires_grad=True)
+    value = target(x)
+    logits = lenet(x)
+    torch.testing.assert_close(value, logits[torch.arange(6), torch.tensor(units)])
+    # Each chain's gradient is its own unit's, whatever the order: no permutation anywhere.
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    for chain, unit in enumerate(units):
+        xi = x[chain : chain + 1].detach().requires_grad_(True)
+        (own,) = torch.autograd.grad(lenet(xi)[0, unit], xi)
+        torch.testing.assert_close(grad[chain : chain + 1], own)
+    on_conv = Target(lenet, ChainTargets.on_layer("conv2", [5, 0, 5], (3, 1)))
+    out = lenet.conv2(lenet.pool1(lenet.relu1(lenet.conv1(x[:3]))))
+    torch.testing.assert_close(on_conv(x[:3]), out[torch.arange(3), torch.tensor([5, 0, 5]), 3, 1])
+    with pytest.raises(TargetError) as info:
+        Target(lenet, ChainTargets.on_layer("fc3", [3, 10, 1]), input_shape=(1, 28, 28))
+    assert str(info.value) == "Unit 10 is out of range for fc3 (units 0-9)."
+    with pytest.raises(TargetError) as info:
+        Target(lenet, ChainTargets.on_layer("fc3", units), 4)
+    assert str(info.value) == "The target names the units of 6 chains, not 4."
+    with pytest.raises(TargetError) as info:
+        ChainTargets.on_layer("fc3", [])
+    assert str(info.value) == "The number of chains must be at least 1, got 0."
+    with pytest.raises(TargetError) as info:
+        ChainTargets.on_layer("fc3", [1, -2])
+    assert str(info.value) == "A unit is a whole number >= 0, got -2."
+    with pytest.raises(TargetError) as info:
+        Target(lenet, "fc3:1")
+    assert str(info.value) == "A target string needs the number of chains."
 
 
 def test_chains_must_match_batch(lenet: nn.Module) -> None:
@@ -507,12 +560,12 @@ def test_token_channels_are_the_mean_over_tokens_or_one_token(path: str, tmp_pat
     expected = torch.zeros(3, 1, 4, 4)
     expected[:, 0, 3] = w[0]
     torch.testing.assert_close(grad, expected)
-    # A range over token channels: chains 0-1 on channel 0, chains 2-3 on channel 1.
+    # A range over token channels, in grid order: chains 0 and 2 on channel 0, 1 and 3 on 1.
     x4 = torch.randn(4, 1, 4, 4)
     ranged = Target(model, "mix:0-1@1", 4)(x4)
     rows4 = x4.reshape(4, 4, 4)
     torch.testing.assert_close(
-        ranged, torch.stack([rows4[i, 1] @ w[i // 2] + b[i // 2] for i in range(4)])
+        ranged, torch.stack([rows4[i, 1] @ w[i % 2] + b[i % 2] for i in range(4)])
     )
     assert list_layers(model, (1, 4, 4))[0] == LayerInfo("mix", (4, 3), 3, "tokens")
 

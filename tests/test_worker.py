@@ -1,4 +1,4 @@
-"""The worker: grid order, JPEG frames, live controls, rebuilds and refusals, run in-process
+"""The worker: the grid's target, JPEG frames, live controls, rebuilds and refusals, run in-process
 with a real LeNet checkpoint and the real link pipes."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from ldam.cli.main import build_parser
 from ldam.cli.options import metadata_option
 from ldam.metadata import MetadataOverride
 from ldam.models.saving import export_checkpoint
-from ldam.sampling.images import display_grid, grid_order
+from ldam.sampling.images import display_grid
+from ldam.sampling.settings import fitted_window
 from ldam.web.config import ServeConfig, worker_setup
 from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
 from ldam.worker.models import ModelCache
-from ldam.worker.panels import fitted_window
 from ldam.worker.process import Worker
 from ldam.worker.publisher import encode_jpeg
 from tests.support import PAIR, lenet_folder, rgb224_checkpoint
@@ -87,11 +87,18 @@ def decode(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg)))
 
 
-def test_grid_order_puts_one_unit_per_column() -> None:
-    # Chains grouped by unit (0,0,1,1,2,2) -> rows of (unit 0, unit 1, unit 2).
-    assert grid_order([0, 0, 1, 1, 2, 2], [0, 1, 2]) == [0, 2, 4, 1, 3, 5]
-    assert grid_order([0, 1, 2, 0, 1, 2], [0, 1, 2]) == [0, 1, 2, 3, 4, 5]
-    assert grid_order([7, 7, 7], [7]) == [0, 1, 2]
+def test_the_target_is_built_from_the_grids_units_in_grid_order() -> None:
+    h = Harness({"layout": "range", "unit": 2, "unit_end": 4, "chains": 6})
+    try:
+        panel = h.worker.panels[0]
+        units, columns = h.worker.params.grid()
+        assert panel.target.units_per_chain == units == [2, 3, 4, 2, 3, 4]
+        assert columns == panel.columns == 3
+        # The sampler's activation term is the target itself: nothing reorders the chains.
+        assert panel.sampler.terms[0].activation_fn is panel.target
+        assert h.worker.info()["panels"][0]["units"] == [2, 3, 4]
+    finally:
+        h.close()
 
 
 def test_encode_jpeg_keeps_size_and_values() -> None:
@@ -200,7 +207,7 @@ def test_live_change_applies_at_next_step_with_new_version() -> None:
     h = Harness({"layout": "chains", "chains": 4})
     try:
         sampler = h.worker.panels[0].sampler
-        h.set(temperature=0.5, momentum=0.3, grad_norm=True)
+        h.set(temperature=0.5, momentum=0.3, normalize="all")
         assert h.worker.version == 4
         assert h.worker.panels[0].sampler is sampler  # no rebuild for a live setting
         h.worker.step_all()
@@ -319,21 +326,26 @@ def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
     h = Harness({}, checkpoint=rgb224_checkpoint())
     try:
         sampler = h.worker.panels[0].sampler
-        assert h.worker.params.window == 89 and sampler.config.window == 89
+        # window=None (auto, the default) is fitted; the parameters keep "auto".
+        assert h.worker.params.window is None and sampler.config.window == 89
         notices = [m for m in h.events() if isinstance(m, Notice)]
         assert [(n.field, n.message) for n in notices] == [("window", FITTED)]
-        assert h.worker.info()["window_note"] == FITTED
+        assert h.worker.info()["window_note"] == FITTED and h.worker.info()["window"] == 89
         header, images = h.frame()
         # fc:0-9, one column per unit, 2 rows of 224 px RGB with 2 px padding.
         assert decode(images[0]).shape == (2 * 226 + 2, 10 * 226 + 2, 3)
-        # The default from a server that missed the fit (a change sent before its "ready")
-        # is no choice: the window stays, and "ready" tells the server so.
-        h.set(window=200, temperature=0.02)
-        ready = [m for m in h.events() if isinstance(m, (Ready, Rejected))]
-        assert [type(m) for m in ready] == [Ready] and ready[0].params["window"] == 89
+        # A live change leaves the fitted window as it is.
+        h.set(temperature=0.02)
         h.worker.step_all()  # live settings apply at the next step
         assert h.worker.panels[0].sampler is sampler and sampler.config.temperature == 0.02
         assert sampler.config.window == 89
+        # A user who picks exactly 200 gets 200, or here a refusal: a choice is never fitted.
+        h.set(window=200)
+        rejected = [m for m in h.events() if isinstance(m, Rejected)]
+        assert [r.message for r in rejected] == [
+            "A window of 200 samples for 20 chains of shape (3, 224, 224) needs 2297 MiB, more "
+            "than the 1024 MiB limit; use a smaller window or fewer chains."
+        ]
         # A window the user asks for is refused when it does not fit, kept when it does.
         h.set(window=300)
         h.set(window=40)
@@ -344,7 +356,7 @@ def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
             "than the 1024 MiB limit; use a smaller window or fewer chains."
         )
         assert isinstance(events[1], Ready) and events[1].params["window"] == 40
-        assert events[1].info["window_note"] is None
+        assert events[1].info["window_note"] is None and events[1].info["window"] == 40
         h.worker.step_all()
         assert sampler.config.window == 40 and h.worker.panels[0].sampler is sampler
         # Chosen, it is no longer fitted: more chains that it does not fit are refused.
@@ -355,6 +367,13 @@ def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
             "than the 1024 MiB limit; use a smaller window or fewer chains."
         ]
         assert h.worker.panels[0].sampler is sampler
+        # Back to auto: fitted again, and told.
+        h.set(window=None)
+        events = [m for m in h.events() if isinstance(m, (Ready, Notice))]
+        assert [type(m) for m in events] == [Notice, Ready]
+        assert events[1].params["window"] is None and events[1].info["window"] == 89
+        h.worker.step_all()
+        assert sampler.config.window == 89
     finally:
         h.close()
 

@@ -10,11 +10,12 @@ runs.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from ldam.metadata import MetadataOverride
+from ldam.wire.settings import on
 
 
 def unit_seed(seed: int, unit: int) -> int:
@@ -34,34 +35,49 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The sampler settings of an atlas run, as `ldam sample` names them; every unit gets
-    `chains` chains. `threads` is torch's thread count in every worker (pinned: results must
-    not depend on where a batch ran). `batch_units` units share one sampler batch."""
+def _settings_class() -> type:
+    """`Settings`: one field per setting of the one settings model that `ldam atlas` takes
+    (`ldam.wire.settings`, surface ``atlas``, with the atlas's defaults), then the run's own
+    options."""
+    fields: list[tuple[str, Any, Any]] = [
+        (name, Any, field(default=s.default_on("atlas"))) for name, s in on("atlas").items()
+    ]
+    fields += [
+        # Where the channels of 3-D and 4-D layer outputs are (`--layout`).
+        ("layout", str, field(default="auto")),
+        # Torch's thread count in every worker (pinned: results must not depend on where a
+        # batch ran).
+        ("threads", int, field(default=1)),
+        # Units that share one sampler batch.
+        ("batch_units", int, field(default=16)),
+    ]
 
-    chains: int = 8
-    steps: int = 500
-    temperature: float = 0.01
-    step_size: float = 0.05
-    momentum: float = 0.0
-    l2_weight: float = 0.1
-    normalize: str = "none"
-    window: int = 100
-    init_std: float = 1.0
-    clamp: tuple[float, float] | None = None
-    burn_in: int | None = None
-    record_every: int = 10
-    seed: int = 0
-    layout: str = "auto"
-    threads: int = 1
-    batch_units: int = 16
-
-    def as_json(self) -> dict[str, Any]:
-        """The settings as the manifest stores them."""
+    def as_json(self: Any) -> dict[str, Any]:
+        """The settings as the manifest stores them (pairs as lists)."""
         out = asdict(self)
-        out["clamp"] = list(self.clamp) if self.clamp is not None else None
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def sampler_settings(self: Any) -> dict[str, Any]:
+        """The settings `SamplerConfig` takes, by the model's names."""
+        return {
+            name: getattr(self, name) for name, s in on("atlas").items() if "config" in s.surfaces
+        }
+
+    return make_dataclass(
+        "Settings",
+        fields,
+        frozen=True,
+        namespace={
+            "as_json": as_json,
+            "sampler_settings": sampler_settings,
+            "__module__": __name__,
+        },
+    )
+
+
+# The sampler settings of an atlas run, as `ldam sample` names them; every unit gets `chains`
+# chains.
+Settings = _settings_class()
 
 
 @dataclass(frozen=True)

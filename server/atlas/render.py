@@ -26,6 +26,7 @@ from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
+from ldam.wire.targets import ChainTargets
 
 
 @dataclass(frozen=True)
@@ -82,23 +83,19 @@ class Renderer:
         entry and file contents, in unit order (the caller writes them, so a worker on
         another machine needs no shared folder)."""
         job, s = self.job, self.job.settings
-        k, first, last = s.chains, units[0], units[-1]
-        spec = f"{job.layer}:{first}" if first == last else f"{job.layer}:{first}-{last}"
+        k = s.chains
         chains = k * len(units)
+        # Unit by unit, k chains each: the contiguous groups `group_seeds` seeds.
+        per_chain = [unit for unit in units for _ in range(k)]
         target = Target(
-            self.module, spec, chains, batch_size=self.loaded.batch_size, layout=s.layout
+            self.module,
+            ChainTargets.on_layer(job.layer, per_chain),
+            batch_size=self.loaded.batch_size,
+            layout=s.layout,
         )
         config = SamplerConfig(
             chains=chains,
-            temperature=s.temperature,
-            step_size=s.step_size,
-            momentum=s.momentum,
-            l2_weight=s.l2_weight,
-            normalize=s.normalize,  # type: ignore[arg-type]
-            window=s.window,
-            init_std=s.init_std,
-            clamp=s.clamp,
-            burn_in=s.burn_in,
+            **s.sampler_settings(),
             group_seeds=[unit_seed(s.seed, u) for u in units],
             device=job.device,
         )

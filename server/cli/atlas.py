@@ -12,31 +12,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ldam.cli.options import UsageError, burn_in_value, float_tuple, int_triple, metadata_option
+from ldam.cli.options import (
+    UsageError,
+    add_checkpoint_options,
+    add_layout_option,
+    add_setting_flags,
+    int_triple,
+    metadata_option,
+    settings_from_args,
+)
 
 # The most units one sampler batch holds with --batch-units auto (8 chains each: 512 chains).
 MAX_BATCH_UNITS = 64
 
 
-def add_atlas_parser(sub: Any, add_checkpoint_options: Any, add_layout_option: Any) -> None:
+def add_atlas_parser(sub: Any) -> None:
     """The `atlas` subcommand's options."""
     a = sub.add_parser("atlas", help="render every unit of a layer into a browsable folder")
     a.add_argument("checkpoint")
     a.add_argument("--layer", required=True, help="the layer, as ldam inspect lists it")
     a.add_argument("--units", help="A-B or K (default: every unit of the layer)")
-    a.add_argument("--chains", type=int, default=8, help="chains per unit")
-    a.add_argument("--steps", type=int, default=500)
-    a.add_argument("--burn-in", default="auto", help="'auto' or a number of steps")
-    a.add_argument("--temperature", type=float, default=0.01)
-    a.add_argument("--step-size", type=float, default=0.05)
-    a.add_argument("--momentum", type=float, default=0.0)
-    a.add_argument("--l2", type=float, default=0.1, help="L2 weight lambda")
-    a.add_argument("--normalize", default="none", choices=["none", "regularizers", "all"])
-    a.add_argument("--window", type=int, default=100)
-    a.add_argument("--init-std", type=float, default=1.0)
-    a.add_argument("--clamp", help="lo,hi: clamp the input to this range after each step")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--record-every", type=int, default=10)
     a.add_argument(
         "--batch-units",
         default="auto",
@@ -53,6 +48,7 @@ def add_atlas_parser(sub: Any, add_checkpoint_options: Any, add_layout_option: A
     a.add_argument("--resume", action="store_true", help="skip the units already finished")
     add_checkpoint_options(a)
     add_layout_option(a)
+    add_setting_flags(a, "atlas")
     a.set_defaults(func=cmd_atlas)
 
 
@@ -91,15 +87,16 @@ def batch_units(text: str, settings: Any, input_shape: tuple[int, ...]) -> int:
     import math
 
     from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
+    from ldam.wire.settings import AUTO_WINDOW_STEPS
 
-    per_unit = settings.chains * settings.window * math.prod(input_shape) * 4
+    window = settings.window if settings.window is not None else AUTO_WINDOW_STEPS
+    per_unit = settings.chains * window * math.prod(input_shape) * 4
     return max(1, min(MAX_BATCH_UNITS, WINDOW_MEMORY_LIMIT_BYTES // per_unit))
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for name in ("chains", "steps", "window", "record_every", "threads"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.threads < 1:
+        raise UsageError("--threads must be at least 1.")
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1.")
     if args.gpus_per_worker < 0:
@@ -129,19 +126,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder.")
     settings = Settings(
-        chains=args.chains,
-        steps=args.steps,
-        temperature=args.temperature,
-        step_size=args.step_size,
-        momentum=args.momentum,
-        l2_weight=args.l2,
-        normalize=args.normalize,
-        window=args.window,
-        init_std=args.init_std,
-        clamp=float_tuple(args.clamp, "clamp", 2),  # type: ignore[arg-type]
-        burn_in=burn_in_value(args.burn_in),
-        record_every=args.record_every,
-        seed=args.seed,
+        **settings_from_args(args, "atlas"),
         layout=args.layout,
         threads=args.threads,
         batch_units=1,

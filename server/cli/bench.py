@@ -240,8 +240,8 @@ def export_for_ldam(model: nn.Module, input_shape: tuple[int, int, int], path: P
 
 
 def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
-    """The sampler `ldam sample PATH --target TARGET --chains N` runs, at its defaults
-    (temperature 0.01, step size 0.05, L2 0.1, window 200, burn-in auto, seed 0)."""
+    """The sampler `ldam sample PATH --target TARGET --chains N` runs, at the settings
+    model's defaults (`ldam.wire.settings`)."""
     from ldam.models.loading import load_checkpoint
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.sampler import Sampler, SamplerConfig
@@ -250,16 +250,7 @@ def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
     loaded = load_checkpoint(path)
     module = loaded.module.to(device)
     unit = Target(module, target, chains, batch_size=loaded.batch_size)
-    config = SamplerConfig(
-        chains=chains,
-        temperature=0.01,
-        step_size=0.05,
-        l2_weight=0.1,
-        window=200,
-        burn_in=None,
-        seed=0,
-        device=device,
-    )
+    config = SamplerConfig(chains=chains, device=device)
     return Sampler([ActivationTerm(unit), L2Term()], loaded.input_shape, config)
 
 

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from ldam.cli import atlas, inspect, sample, serve, train
-from ldam.cli.options import add_checkpoint_options, add_layout_option, add_metadata_options
+from ldam.cli.options import (
+    add_checkpoint_options,
+    add_layout_option,
+    add_metadata_options,
+    add_setting_flags,
+)
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.wire.params import View
@@ -41,20 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="LAYER:UNIT, LAYER:A-B, LAYER:C@Y,X (a position), LAYER:D@T (a token) or "
         "LAYER[ELEMENT]:UNIT (one element of a tuple or dict output)",
     )
-    s.add_argument("--chains", type=int, default=16)
-    s.add_argument("--steps", type=int, default=2000)
-    s.add_argument("--burn-in", default="auto", help="'auto' or a number of steps")
-    s.add_argument("--temperature", default="0.01", help="one value or one per chain (comma list)")
-    s.add_argument("--step-size", default="0.05")
-    s.add_argument("--step-decay", help="a,b,mu: step size a*(b+t)^-mu instead of a constant")
-    s.add_argument("--momentum", default="0.0")
-    s.add_argument("--l2", default="0.1", help="L2 weight lambda")
-    s.add_argument("--normalize", default="none", choices=["none", "regularizers", "all"])
-    s.add_argument("--window", type=int, default=200)
-    s.add_argument("--init-std", type=float, default=1.0)
-    s.add_argument("--clamp", help="lo,hi: clamp the input to this range after each step")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--record-every", type=int, default=10)
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="run.npz")
     s.add_argument("--png")
@@ -64,9 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(View),
         help="the PNG's view: 'symmetric' (the paper's per-image scaling, grey = 0) or 'input' "
         "(de-normalized and clipped to [0, 1])",
-    )
-    s.add_argument(
-        "--disc-weight", default="0", help="discriminator weight w in [0, 1], or one per chain"
     )
     s.add_argument("--disc-data", help="real images for the discriminator: a folder or an .npz")
     s.add_argument(
@@ -80,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-disc", help="write the discriminator after the run")
     add_checkpoint_options(s)
     add_layout_option(s)
+    add_setting_flags(s, "sample")
     s.set_defaults(func=sample.cmd_sample)
 
     i = sub.add_parser("inspect", help="list a checkpoint's layers, output shapes and unit counts")
@@ -88,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_layout_option(i)
     i.set_defaults(func=inspect.cmd_inspect)
 
-    atlas.add_atlas_parser(sub, add_checkpoint_options, add_layout_option)
+    atlas.add_atlas_parser(sub)
 
     t = sub.add_parser("train", help="train the bundled LeNet (plain and parameter-averaged)")
     t.add_argument("dataset", choices=["mnist"])
@@ -163,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--atlas", help="an ldam atlas folder: its gallery at /atlas, each unit a click from live"
     )
+    add_setting_flags(v, "serve")
     v.set_defaults(func=serve.cmd_serve)
     return parser
 

@@ -9,16 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ldam.cli.options import (
-    UsageError,
-    burn_in_value,
-    float_tuple,
-    int_triple,
-    metadata_option,
-    per_chain,
-)
+from ldam.cli.options import UsageError, int_triple, metadata_option, settings_from_args
 from ldam.metadata import normalization_json
 from ldam.wire.params import grid_columns
+from ldam.wire.settings import on
 
 # Discriminator warm-up steps when --disc-weight > 0 and no --disc-checkpoint is given.
 DEFAULT_DISC_STEPS = 100
@@ -31,17 +25,16 @@ def save_png(
     view: str = "symmetric",
     normalization: Any = None,
 ) -> None:
-    """Write images [N,C,H,W] as the paper's grid (one column per unit) to a PNG, in `view`:
+    """Write images [N,C,H,W], chains in grid order (`Target.units_per_chain`), as the paper's
+    grid to a PNG: one column per unit (`grid_columns`, the dashboard's rule), in `view`:
     ``symmetric`` (grey = 0) or ``input`` (de-normalized with `normalization`, clipped)."""
     import torch
 
-    from ldam.sampling.images import display_grid, grid_order, to_pil
+    from ldam.sampling.images import display_grid, to_pil
 
     x = torch.as_tensor(images)
-    units = list(dict.fromkeys(units_per_chain))
-    order = grid_order(list(units_per_chain), units)
-    columns = grid_columns(x.shape[0], len(units))
-    to_pil(display_grid(x[order], columns, view, normalization)).save(path)
+    columns = grid_columns(len(units_per_chain), len(set(units_per_chain)))
+    to_pil(display_grid(x, columns, view, normalization)).save(path)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -56,14 +49,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
 
-    if args.chains < 1:
-        raise UsageError("--chains must be at least 1.")
-    if args.steps < 1:
-        raise UsageError("--steps must be at least 1.")
-    if args.record_every < 1:
-        raise UsageError("--record-every must be at least 1.")
-    if args.window < 1:
-        raise UsageError("--window must be at least 1.")
+    settings = settings_from_args(args, "sample")
+    # How long and how often to record are the run's; the rest is the sampler's config.
+    chains = settings.pop("chains")
+    steps = settings.pop("steps")
+    record_every = settings.pop("record_every")
     out = Path(args.out)
     if not out.parent.exists():
         raise UsageError(f"The folder for --out does not exist: {out.parent}.")
@@ -79,13 +69,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         metadata=metadata_option(args),
     )
     module = loaded.module.to(device)
-    target = Target(
-        module, args.target, args.chains, batch_size=loaded.batch_size, layout=args.layout
-    )
+    target = Target(module, args.target, chains, batch_size=loaded.batch_size, layout=args.layout)
     terms: list[Any] = [ActivationTerm(target), L2Term()]
 
-    disc_weight = per_chain(args.disc_weight, "disc-weight")
-    trainer = None
+    disc_weight = settings["disc_weight"]
+    trainer = loop = None
     uses_disc = any(
         w > 0 for w in (disc_weight if isinstance(disc_weight, list) else [disc_weight])
     )
@@ -100,7 +88,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "--disc-weight above 0 needs a trained discriminator: give --disc-steps N or --disc-checkpoint FILE."
         )
     if uses_disc or args.disc_checkpoint or args.save_disc:
-        from ldam.sampling.discriminator import build_discriminator_for
+        from ldam.sampling.discriminator import DiscriminatorLoop, build_discriminator_for
         from ldam.sampling.energy import DiscriminatorTerm
 
         trainer = build_discriminator_for(
@@ -110,46 +98,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
             device=device,
             checkpoint=args.disc_checkpoint,
         )
-        terms.append(DiscriminatorTerm(trainer.current))
+        loop = DiscriminatorLoop(trainer)  # the worker's driver and cadence
+        terms.append(DiscriminatorTerm(loop.current))
 
-    config = SamplerConfig(
-        chains=args.chains,
-        temperature=per_chain(args.temperature, "temperature"),
-        step_size=per_chain(args.step_size, "step-size"),
-        step_decay=float_tuple(args.step_decay, "step-decay", 3),
-        momentum=per_chain(args.momentum, "momentum"),
-        l2_weight=per_chain(args.l2, "l2"),
-        disc_weight=disc_weight,
-        normalize=args.normalize,
-        window=args.window,
-        init_std=args.init_std,
-        clamp=float_tuple(args.clamp, "clamp", 2),
-        burn_in=burn_in_value(args.burn_in),
-        seed=args.seed,
-        device=device,
-    )
+    config = SamplerConfig(chains=chains, device=device, **settings)
     sampler = Sampler(terms, loaded.input_shape, config)
 
     if trainer is not None and disc_steps:
         trainer.warm_up(sampler.x.detach().clone(), steps=disc_steps)
         trainer.start()
 
-    chains = args.chains
     # The loop only enqueues device work: the recorder keeps each step's activation and
     # burn-in flags, and the samples from the first step after which every chain is burned
     # in, on the device, and copies them to the host in blocks; the progress bar counts steps
     # on the host.
     recorder = Recorder(
-        chains, sampler.device, sample_shape=loaded.input_shape, sample_every=args.record_every
+        chains, sampler.device, sample_shape=loaded.input_shape, sample_every=record_every
     )
-    progress = Progress(args.steps, "sampling")
+    progress = Progress(steps, "sampling")
     started = time.perf_counter()
     try:
-        for t in range(args.steps):
+        for t in range(steps):
             info = sampler.step()
             recorder.add(info, sampler.x)
-            if trainer is not None and disc_steps:
-                trainer.offer(sampler.x, sampler.age)
+            if loop is not None:  # offers only while D's thread runs (trained, not loaded)
+                loop.after_step(sampler.x, sampler.age)
             progress.update(t + 1)
         recording = recorder.finish()  # waits for the device: part of the run's time
     finally:
@@ -172,27 +145,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "target": args.target,
         "units_per_chain": list(target.units_per_chain),
         "chains": chains,
-        "steps": args.steps,
-        "burn_in": args.burn_in,
-        "temperature": config.temperature,
-        "step_size": config.step_size,
-        "step_decay": config.step_decay,
-        "momentum": config.momentum,
-        "l2_weight": config.l2_weight,
-        "disc_weight": config.disc_weight,
+        "steps": steps,
+        # Every setting of the one model by its name, as the sampler ran it (an auto window
+        # resolved; burn_in null = auto).
+        **{name: getattr(sampler.config, name) for name in on("sample") if name in settings},
         "disc_steps": disc_steps,
-        "normalize": config.normalize,
-        "window": config.window,
-        "init_std": config.init_std,
-        "clamp": config.clamp,
-        "seed": config.seed,
-        "record_every": args.record_every,
+        "record_every": record_every,
         "record_from_step": record_from,
         "device": device,
-        "steps_per_second": args.steps / elapsed if elapsed > 0 else None,
+        "steps_per_second": steps / elapsed if elapsed > 0 else None,
         "seconds": elapsed,
         "diagnostics": diagnostics,
     }
+    if trainer is not None:
+        params["disc"] = trainer.metrics()  # D's figures at the end: steps, offers, accuracy
     np.savez(
         out,
         samples=samples.astype(np.float32),
@@ -235,10 +201,11 @@ def print_summary(
             + " ".join(str(int(r)) for r in resets)
         )
     for d in params["diagnostics"]:
-        if "rhat" in d:
+        if d["note"] is None:
             lines.append(
-                f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of {d['draws']} draws"
+                f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of "
+                f"{len(d['chains'])} x {d['draws']} draws"
             )
-        elif "note" in d:
+        else:
             lines.append(f"unit {d['unit']}: {d['note']}")
     sys.stderr.write("\n".join(lines) + "\n")

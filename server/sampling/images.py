@@ -156,19 +156,6 @@ def tile(images: Tensor, columns: int, pad: int = 2, pad_value: int = 0) -> Tens
     return grid
 
 
-def grid_order(units_per_chain: list[int], units: list[int]) -> list[int]:
-    """Chain index per grid cell (row-major, one column per entry of `units`).
-
-    Row r, column c shows the r-th chain whose unit is `units[c]`, whichever way the target
-    groups chains by unit (`fc3:0-2` with 6 chains: rows [0, 2, 4] and [1, 3, 5]).
-    """
-    by_unit: dict[int, list[int]] = {}
-    for chain, unit in enumerate(units_per_chain):
-        by_unit.setdefault(unit, []).append(chain)
-    rows = min(len(by_unit.get(u, [])) for u in units)
-    return [by_unit[u][r] for r in range(rows) for u in units]
-
-
 def to_pil(grid: Tensor) -> Image.Image:
     """uint8 grid `[C, H, W]` (C = 1 or 3) -> a Pillow image ("L" or "RGB"), copied to the host.
 

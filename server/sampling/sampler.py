@@ -61,6 +61,7 @@ from ldam.sampling.settings import (
     SamplerConfig,
     SamplerError,
     check_window_memory,
+    fitted_window,
     live_replace,
 )
 from ldam.sampling.streams import ChainStreams
@@ -78,6 +79,7 @@ __all__ = [
     "Scalar",
     "StepInfo",
     "check_window_memory",
+    "fitted_window",
     "langevin_step",
     "live_replace",
     "update_direction",
@@ -373,6 +375,9 @@ class Sampler:
             config = dataclasses.replace(config, device=device)
         self.terms: list[Term] = _check_terms(terms)
         self.input_shape = _check_input_shape(input_shape)
+        # window=None (auto) becomes the longest window that fits the memory budget, once;
+        # `window_note` says so when that is shorter than the auto window.
+        config, self.window_note = _resolve_window(config, self.input_shape)
         self.device = dev = torch.device(config.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SamplerError(f"Device {str(dev)!r} is not available on this machine.")
@@ -443,7 +448,8 @@ class Sampler:
             for value in [getattr(config, name)]
         }
 
-    def _check_window_memory(self, window: int) -> None:
+    def _check_window_memory(self, window: int | None) -> None:
+        assert window is not None  # resolved by `_resolve_window`
         check_window_memory(window, self.config.chains, self.input_shape, self.x.element_size())
 
     # ------------------------------------------------------------------------ controls
@@ -457,6 +463,7 @@ class Sampler:
         with self._pending_lock:
             base = self._pending if self._pending is not None else self.config
             pending = live_replace(base, params)
+            pending, _ = _resolve_window(pending, self.input_shape)
             self._check_window_memory(pending.window)
             self._pending = pending
 
@@ -611,3 +618,14 @@ class Sampler:
             reset=bad,
             step_size=beta,
         )
+
+
+def _resolve_window(
+    config: SamplerConfig, input_shape: Sequence[int]
+) -> tuple[SamplerConfig, str | None]:
+    """`config` with ``window=None`` (auto) replaced by the fitted window, and the sentence
+    that says when it is shorter than the auto window (`fitted_window`)."""
+    if config.window is not None:
+        return config, None
+    window, note = fitted_window(config.chains, input_shape)
+    return dataclasses.replace(config, window=window), note

@@ -17,71 +17,37 @@ from typing import Any, Literal
 
 import torch
 
-from ldam.errors import UserError
 from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
+from ldam.wire.settings import (
+    AUTO_WINDOW_STEPS,
+    LIVE_SETTINGS,
+    PER_CHAIN_SETTINGS,
+    SETTINGS,
+    SettingError,
+    check_clamp,
+    check_step_decay,
+)
+
+# Re-exported: the sampler reads them here, beside `SamplerConfig`.
+__all__ = [
+    "LIVE_SETTINGS",
+    "NORMALIZE_MODES",
+    "PER_CHAIN_SETTINGS",
+    "PerChain",
+    "SamplerConfig",
+    "SamplerError",
+    "check_window_memory",
+    "fitted_window",
+    "live_replace",
+]
 
 PerChain = float | Sequence[float]
 
-NORMALIZE_MODES = ("none", "regularizers", "all")
-# Settings that take one value or one value per chain.
-PER_CHAIN_SETTINGS = ("temperature", "step_size", "momentum", "l2_weight", "disc_weight")
-# Settings `Sampler.set` may change between steps.
-LIVE_SETTINGS = (
-    "temperature",
-    "step_size",
-    "step_decay",
-    "momentum",
-    "l2_weight",
-    "disc_weight",
-    "normalize",
-    "window",
-    "clamp",
-)
+NORMALIZE_MODES = SETTINGS["normalize"].choices
 
 
-class SamplerError(UserError):
+class SamplerError(SettingError):
     """A bad sampler setting or input; the message is one sentence."""
-
-
-def _number(name: str, value: Any) -> float:
-    """`value` as a finite float; a bool or a non-number is refused (field `name`)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SamplerError(f"{name} must be a number or a list of numbers, got {value!r}.", name)
-    value = float(value)
-    if not math.isfinite(value):
-        raise SamplerError(f"{name} must be a finite number, got {value}.", name)
-    return value
-
-
-_RULES = {
-    "temperature": (">= 0", lambda v: v >= 0),
-    "step_size": ("> 0", lambda v: v > 0),
-    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "l2_weight": (">= 0", lambda v: v >= 0),
-    "disc_weight": ("in [0, 1]", lambda v: 0 <= v <= 1),
-    "burn_in_threshold": ("a finite number", lambda v: True),
-}
-
-
-def _per_chain_setting(name: str, value: Any, chains: int) -> float | list[float]:
-    """Validate one value or one per chain; a list of equal values collapses to one float."""
-    rule, ok = _RULES[name]
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        values = [_number(name, v) for v in value]
-        if len(values) != chains:
-            raise SamplerError(
-                f"{name} has {len(values)} values but there are {chains} chains; "
-                "give one value or one per chain.",
-                name,
-            )
-    else:
-        values = [_number(name, value)]
-    for v in values:
-        if not ok(v):
-            raise SamplerError(f"{name} must be {rule}, got {v}.", name)
-    if all(v == values[0] for v in values):
-        return values[0]
-    return values
 
 
 def _int(name: str, value: Any, low: int) -> int:
@@ -109,9 +75,13 @@ def check_window_memory(
         )
 
 
+_DEFAULT = {name: s.default_on("config") for name, s in SETTINGS.items()}
+
+
 @dataclass
 class SamplerConfig:
-    """Every setting of a sampler run, in the paper's words.
+    """Every setting of a sampler run, in the paper's words. Defaults, bounds and the
+    sentences that refuse a value come from the one settings model, `ldam.wire.settings`.
 
     Numeric settings marked per-chain take one value or a list with one value per chain, so
     one batch can hold a sweep (rows of the paper's Figure 1).
@@ -128,7 +98,9 @@ class SamplerConfig:
         normalize: gradient normalization (Algorithm 1 line 6), per term and per chain by the
             gradient's RMS over the chain's pixels: `none` (the only mode that keeps the exact
             stationary distribution), `regularizers` (regularizer terms only) or `all`.
-        window: K, the moving window of the last K post-burn-in samples per chain.
+        window: K, the moving window of the last K post-burn-in samples per chain; None
+            (auto) = the longest that fits the memory budget, up to `AUTO_WINDOW_STEPS`
+            (`fitted_window`); `Sampler` resolves it when it starts.
         init_std: x0 ~ N(0, init_std^2).
         clamp: `(low, high)` value range x is clamped to after each step, or None.
         burn_in: steps discarded per chain; None = auto (see `burn_in_threshold`).
@@ -155,53 +127,40 @@ class SamplerConfig:
     """
 
     chains: int = 16
-    temperature: PerChain = 0.01
-    step_size: PerChain = 0.05
-    step_decay: tuple[float, float, float] | None = None
-    momentum: PerChain = 0.0
-    l2_weight: PerChain = 0.1
-    disc_weight: PerChain = 0.0
-    normalize: Literal["none", "regularizers", "all"] = "none"
-    window: int = 200
-    init_std: float = 1.0
-    clamp: tuple[float, float] | None = None
-    burn_in: int | None = None
+    temperature: PerChain = _DEFAULT["temperature"]
+    step_size: PerChain = _DEFAULT["step_size"]
+    step_decay: tuple[float, float, float] | None = _DEFAULT["step_decay"]
+    momentum: PerChain = _DEFAULT["momentum"]
+    l2_weight: PerChain = _DEFAULT["l2_weight"]
+    disc_weight: PerChain = _DEFAULT["disc_weight"]
+    normalize: Literal["none", "regularizers", "all"] = _DEFAULT["normalize"]
+    window: int | None = _DEFAULT["window"]
+    init_std: float = _DEFAULT["init_std"]
+    clamp: tuple[float, float] | None = _DEFAULT["clamp"]
+    burn_in: int | None = _DEFAULT["burn_in"]
     burn_in_threshold: PerChain | None = None
-    burn_in_epsilon: float = 0.02
-    burn_in_window: int = 50
-    divergence_limit: float = 1e6
-    seed: int = 0
+    burn_in_epsilon: float = _DEFAULT["burn_in_epsilon"]
+    burn_in_window: int = _DEFAULT["burn_in_window"]
+    divergence_limit: float = _DEFAULT["divergence_limit"]
+    seed: int = _DEFAULT["seed"]
     group_seeds: list[int] | None = None
     device: str | torch.device = field(default="cpu")
     sync_free: bool | None = None
 
     def __post_init__(self) -> None:
+        # `chains` is the batch (an atlas batch holds many units' chains), so it is checked
+        # here as a count only; the user's `chains` setting is bounded where it is given.
         self.chains = _int("chains", self.chains, 1)
-        for name in PER_CHAIN_SETTINGS:
-            setattr(self, name, _per_chain_setting(name, getattr(self, name), self.chains))
+        try:
+            for name in _CHECKED:
+                value = getattr(self, name)
+                setattr(self, name, SETTINGS[name].check(value, self.chains))
+            self.step_decay = check_step_decay(self.step_decay)
+            self.clamp = check_clamp(self.clamp)
+        except SettingError as err:
+            raise SamplerError(str(err), err.field) from None
         if self.burn_in_threshold is not None:
-            self.burn_in_threshold = _per_chain_setting(
-                "burn_in_threshold", self.burn_in_threshold, self.chains
-            )
-        if self.step_decay is not None:
-            if not isinstance(self.step_decay, Sequence) or len(self.step_decay) != 3:
-                raise SamplerError(
-                    f"step_decay must be (a, b, mu) or None, got {self.step_decay!r}.", "step_decay"
-                )
-            a, b, mu = (_number("step_decay", v) for v in self.step_decay)
-            if a <= 0:
-                raise SamplerError(f"step_decay a must be > 0, got {a}.", "step_decay")
-            if b < 0:
-                raise SamplerError(f"step_decay b must be >= 0, got {b}.", "step_decay")
-            if not 0.5 < mu <= 1:
-                raise SamplerError(f"step_decay mu must be in (0.5, 1], got {mu}.", "step_decay")
-            self.step_decay = (a, b, mu)
-        if self.normalize not in NORMALIZE_MODES:
-            raise SamplerError(
-                f"normalize must be one of none, regularizers, all, got {self.normalize!r}.",
-                "normalize",
-            )
-        self.window = _int("window", self.window, 1)
+            self.burn_in_threshold = _threshold(self.burn_in_threshold, self.chains)
         if self.group_seeds is not None:
             seeds = list(self.group_seeds)
             if not seeds or self.chains % len(seeds):
@@ -211,38 +170,6 @@ class SamplerConfig:
                     "group_seeds",
                 )
             self.group_seeds = [_int("group_seeds", v, 0) for v in seeds]
-        self.divergence_limit = _number("divergence_limit", self.divergence_limit)
-        if not self.divergence_limit > 0:
-            raise SamplerError(
-                f"divergence_limit must be > 0, got {self.divergence_limit}.", "divergence_limit"
-            )
-        self.init_std = _number("init_std", self.init_std)
-        if self.init_std < 0:
-            raise SamplerError(f"init_std must be >= 0, got {self.init_std}.", "init_std")
-        if self.clamp is not None:
-            if not isinstance(self.clamp, Sequence) or len(self.clamp) != 2:
-                raise SamplerError(
-                    f"clamp must be (low, high) or None, got {self.clamp!r}.", "clamp"
-                )
-            low, high = (_number("clamp", v) for v in self.clamp)
-            if not low < high:
-                raise SamplerError(
-                    f"clamp must be (low, high) with low < high, got ({low}, {high}).", "clamp"
-                )
-            self.clamp = (low, high)
-        if self.burn_in is not None and (
-            isinstance(self.burn_in, bool) or not isinstance(self.burn_in, int) or self.burn_in < 0
-        ):
-            raise SamplerError(
-                f"burn_in must be None (auto) or an integer >= 0, got {self.burn_in!r}.", "burn_in"
-            )
-        self.burn_in_epsilon = _number("burn_in_epsilon", self.burn_in_epsilon)
-        if self.burn_in_epsilon < 0:
-            raise SamplerError(
-                f"burn_in_epsilon must be >= 0, got {self.burn_in_epsilon}.", "burn_in_epsilon"
-            )
-        self.burn_in_window = _int("burn_in_window", self.burn_in_window, 2)
-        self.seed = _int("seed", self.seed, 0)
         if self.sync_free is not None and not isinstance(self.sync_free, bool):
             raise SamplerError(
                 f"sync_free must be True, False or None, got {self.sync_free!r}.", "sync_free"
@@ -253,6 +180,53 @@ class SamplerConfig:
             raise SamplerError(
                 f"device must name a torch device, got {self.device!r}.", "device"
             ) from exc
+
+
+# The settings of the one model that `SamplerConfig` holds and checks with the model's rules.
+_CHECKED = tuple(
+    name
+    for name, s in SETTINGS.items()
+    if "config" in s.surfaces and name not in ("step_decay", "clamp")
+)
+
+
+def _threshold(value: Any, chains: int) -> float | list[float]:
+    """`burn_in_threshold`: one finite number or one per chain (any sign: activation scales
+    differ between networks)."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise SamplerError(
+                f"burn_in_threshold must be a finite number or one per chain, got {v!r}.",
+                "burn_in_threshold",
+            )
+    if len(values) not in (1, chains):
+        raise SamplerError(
+            f"burn_in_threshold has {len(values)} values but there are {chains} chains; "
+            "give one value or one per chain.",
+            "burn_in_threshold",
+        )
+    values = [float(v) for v in values]
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def fitted_window(
+    chains: int, input_shape: Sequence[int], wanted: int = AUTO_WINDOW_STEPS
+) -> tuple[int, str | None]:
+    """The longest window, at most `wanted` steps, whose samples of `chains` chains of
+    `input_shape` (float32) fit in `WINDOW_MEMORY_LIMIT_BYTES`, and the sentence that says so
+    when it is shorter than `wanted` (None otherwise). At least 1: a single sample that does
+    not fit is refused by `check_window_memory`. This is what ``window=None`` (auto) means:
+    20 chains of a 3x224x224 network fit 89 steps, not 200."""
+    per_step = chains * math.prod(input_shape) * 4
+    window = max(1, min(wanted, WINDOW_MEMORY_LIMIT_BYTES // per_step))
+    if window >= wanted:
+        return wanted, None
+    return window, (
+        f"The averaging window is {window} steps instead of {wanted}, the most that fits the "
+        f"{WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB budget for {chains} chains of shape "
+        f"{tuple(input_shape)}; fewer chains allow a longer one."
+    )
 
 
 def live_replace(config: SamplerConfig, params: Mapping[str, Any]) -> SamplerConfig:

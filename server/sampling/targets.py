@@ -48,7 +48,15 @@ from torch.utils import _pytree as pytree
 
 from ldam.errors import first_line
 from ldam.sampling import graph
-from ldam.wire.targets import Element, TargetError, TargetSpec, element_text, parse_target
+from ldam.wire.targets import (
+    ChainTargets,
+    Element,
+    TargetError,
+    TargetSpec,
+    chain_targets,
+    element_text,
+    parse_target,
+)
 
 LAYOUTS = ("auto", "channels-first", "channels-last")
 KINDS = ("vector", "channels", "channels_last", "tokens")
@@ -269,39 +277,44 @@ def _is_torchscript(module: nn.Module) -> bool:
 class Target:
     """The activation of each chain's target unit: `x [N, C, H, W] -> [N]`, differentiable in x.
 
-    `spec` is a target string or `TargetSpec`; `chains` is N. With a unit range the chains are
-    split into equal contiguous groups, one per unit (`units_per_chain`). `batch_size` is a
-    fixed export batch: the chains then run in chunks of it (the last chunk padded with zeros).
-    `input_shape` (C, H, W), when given, checks the layer and units now with one forward of
-    one image instead of at the first call. `layout` (one of `LAYOUTS`) says which axis holds
-    the channels when the model cannot tell (see the module docstring).
+    `spec` is a target string or `TargetSpec` laid out over `chains` = N chains in grid order
+    (`chain_targets`: a range `fc3:0-2` over 6 chains is units 0, 1, 2, 0, 1, 2), or a
+    `ChainTargets` that names the unit of every chain itself (then `chains` is left out). Either
+    way `units_per_chain` lists chain i's unit, and chain i of the batch is grid cell i: no
+    caller reorders. `batch_size` is a fixed export batch: the chains then run in chunks of it
+    (the last chunk padded with zeros). `input_shape` (C, H, W), when given, checks the layer
+    and units now with one forward of one image instead of at the first call. `layout` (one of
+    `LAYOUTS`) says which axis holds the channels when the model cannot tell (see the module
+    docstring).
     """
 
     def __init__(
         self,
         module: nn.Module,
-        spec: str | TargetSpec,
-        chains: int,
+        spec: str | TargetSpec | ChainTargets,
+        chains: int | None = None,
         batch_size: int | None = None,
         input_shape: Sequence[int] | None = None,
         layout: str = "auto",
     ) -> None:
         self.module = module
-        self.spec = spec if isinstance(spec, TargetSpec) else parse_target(spec)
+        if isinstance(spec, str):
+            spec = parse_target(spec)
         self.batch_size = batch_size
         self.layout = check_layout(layout)
-        if chains < 1:
-            raise TargetError(f"The number of chains must be at least 1, got {chains}.", "chains")
-        units = self.spec.units
-        if chains % len(units):
+        if isinstance(spec, TargetSpec):
+            if chains is None:
+                raise TargetError("A target string needs the number of chains.", "chains")
+            spec = chain_targets(spec, chains)
+        elif chains is not None and chains != len(spec.units):
             raise TargetError(
-                f"{chains} chains cannot be split evenly over the {len(units)} units "
-                f"{self.spec.first}-{self.spec.last}; use a multiple of {len(units)} chains.",
-                "chains",
+                f"The target names the units of {len(spec.units)} chains, not {chains}.", "chains"
             )
-        per_unit = chains // len(units)
-        self.units_per_chain: list[int] = [units[i // per_unit] for i in range(chains)]
+        self.spec: ChainTargets = spec
+        self.units_per_chain: list[int] = list(self.spec.units)
         self._units = torch.tensor(self.units_per_chain)
+        # The unit of every chain when they all share one (the common case), else None.
+        self._one_unit = self.spec.first if self.spec.first == self.spec.last else None
         self.layer: nn.Module | None = None
         # A flat export graph, cut at the target's node (None: run `module`, with a hook).
         self.cut: nn.Module | None = None
@@ -505,10 +518,10 @@ class Target:
     def _select(self, out: Tensor) -> Tensor:
         if self._axis != 1:
             out = out.movedim(self._axis, 1)  # [N, C, *positions]: a view, no copy
-        if self.spec.first == self.spec.last:
+        if self._one_unit is not None:
             # One unit for every chain (the common case): a plain slice, whose backward is a
             # cheap strided copy, instead of advanced indexing, whose backward is a scatter.
-            picked = out[:, self.spec.first]
+            picked = out[:, self._one_unit]
         else:
             if self._units.device != out.device:
                 self._units = self._units.to(out.device)  # once, not every step

@@ -25,6 +25,7 @@ from ldam.atlas.manifest import AtlasError, read_manifest
 from ldam.atlas.plan import file_sha256, unit_seed
 from ldam.errors import UserError
 from ldam.wire.limits import MAX_CHAINS
+from ldam.wire.settings import on
 
 _UNIT_FILE = re.compile(r"^unit_\d{5}\.png$")
 
@@ -54,12 +55,13 @@ class AtlasView:
             "unit_end": unit,
             "layout": "chains",
             "chains": min(int(s["chains"]), MAX_CHAINS),
-            "temperature": s["temperature"],
-            "step_size": s["step_size"],
-            "momentum": s["momentum"],
-            "l2_weight": s["l2_weight"],
-            "window": s["window"],
-            "grad_norm": "true" if s["normalize"] == "all" else "false",
+            # Every setting the atlas and the page share, by the one model's names (None as
+            # the setting's word: "auto").
+            **{
+                name: setting.none if s[name] is None else s[name]
+                for name, setting in on("dashboard").items()
+                if name in s and name not in ("chains", "seed")
+            },
             "seed": unit_seed(int(s["seed"]), unit),
         }
 

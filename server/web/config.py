@@ -18,7 +18,7 @@ from ldam.metadata import MetadataOverride
 from ldam.models.bundled import CHECKPOINT_DIR, DEFAULT_PAIR
 from ldam.web.store import name_in_folder
 from ldam.wire.link import WORKER_ENTRY, WorkerConfig
-from ldam.wire.params import SamplerParams
+from ldam.wire.params import SamplerParams, invalid
 from ldam.wire.targets import TargetError, parse_target
 
 
@@ -174,9 +174,7 @@ def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
         if config.params:
             initial = SamplerParams.model_validate({**initial.model_dump(), **config.params})
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ServeError(f"The setting {field} is invalid: {first['msg']}.") from None
+        raise ServeError(invalid(err)[0]) from None
     worker = WorkerConfig(
         checkpoints_dir=str(folder.resolve()),
         checkpoint=checkpoint,

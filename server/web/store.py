@@ -22,10 +22,12 @@ from ldam.web import security
 from ldam.wire.events import Ready, Rejected, SetParams
 from ldam.wire.link import WorkerConfig
 from ldam.wire.messages import MessageError
-from ldam.wire.params import SamplerParams, SetMessage, check_layer_and_units
+from ldam.wire.params import SamplerParams, SetMessage, check_layer_and_units, invalid
+from ldam.wire.settings import describe
 
 # The page keeps only settings that differ from these in its URL.
 _DEFAULTS = SamplerParams().model_dump()
+SETTINGS_DESCRIBED = describe()
 
 
 def name_in_folder(folder: Path, path: str | None) -> str | None:
@@ -104,9 +106,7 @@ class ParamStore:
         try:
             params = SamplerParams.model_validate({**self.params.model_dump(), **changes})
         except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "message"
-            raise MessageError(f"The field '{field}' is invalid: {first['msg']}.", field) from None
+            raise MessageError(*invalid(err)) from None
         if params == self.params and sources == self.sources:
             return None
         self.params = params
@@ -171,6 +171,9 @@ class ParamStore:
             "version": self.version,
             "params": self.params.model_dump(),
             "defaults": _DEFAULTS,
+            # Each sampler setting's bounds, default, help and control span, from the one
+            # settings model: the page builds its controls from these.
+            "settings": SETTINGS_DESCRIBED,
         }
 
     def info_message(self) -> dict[str, Any]:

@@ -13,7 +13,6 @@ This module imports no torch: the web server uses it, and so does the worker pro
 from __future__ import annotations
 
 import json
-import re
 import struct
 from typing import Annotated, Any, Literal
 
@@ -21,7 +20,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ldam.errors import UserError
 from ldam.wire.limits import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
-from ldam.wire.params import STRICT, SetMessage
+from ldam.wire.params import STRICT, SetMessage, invalid
 
 
 class AckMessage(BaseModel):
@@ -85,8 +84,6 @@ def error_payload(err: UserError) -> dict[str, str]:
     and its sentence."""
     return {"type": "error", "field": err.field or "message", "message": err.message}
 
-
-_FIELD_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+)$")
 
 NESTED_TOO_DEEPLY = (
     f"The message is nested too deeply; the limit is {MAX_JSON_DEPTH} levels of brackets."
@@ -155,19 +152,12 @@ def parse_client_message(raw: str | bytes) -> BaseModel:
     try:
         return _CLIENT_ADAPTER.validate_python(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = [str(part) for part in first["loc"]]
-        # For a tagged union pydantic puts the tag first ("set", "temperature"); drop it, and
-        # the names of union members ("function-after[...]", "constrained-str") it adds.
-        if len(loc) > 1 and loc[0] == data.get("type"):
-            loc = loc[1:]
-        loc = [part for part in loc if _FIELD_PART.match(part)]
-        field = ".".join(loc) or "type"
-        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # For a tagged union pydantic puts the tag first ("set", "temperature"): dropped.
+        if err.errors()[0]["type"] in ("union_tag_invalid", "union_tag_not_found"):
             field = "type"
             text = "The field 'type' must be one of: set, ack, reset, shake, disc_restart."
         else:
-            text = f"The field '{field}' is invalid: {first['msg']}."
+            text, field = invalid(err, drop=data.get("type"))
         raise MessageError(text, field) from None
 
 

@@ -10,13 +10,26 @@ No torch here: the web server validates with these models, the worker rebuilds f
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ldam.errors import UserError
-from ldam.wire.limits import MAX_CHAINS, MAX_RANGE_UNITS, MAX_SWEEP_VALUES
+from ldam.wire.limits import MAX_RANGE_UNITS, MAX_SWEEP_VALUES
+from ldam.wire.settings import PER_CHAIN_SETTINGS, SETTINGS, Setting, SettingError, on
 
 
 def grid_columns(chains: int, units: int) -> int:
@@ -60,7 +73,8 @@ Show = Literal["sample", "average"]
 # How frames show the chains (`ldam.sampling.images.VIEWS`): the paper's per-image symmetric
 # scaling, or the input space (de-normalized and clipped to [0, 1]).
 View = Literal["symmetric", "input"]
-SweepParam = Literal["disc_weight", "temperature", "l2_weight", "step_size"]
+# A sweep's rows take values of one per-chain setting the page shows.
+SweepParam = Literal[tuple(n for n in PER_CHAIN_SETTINGS if "dashboard" in SETTINGS[n].surfaces)]  # type: ignore[valid-type]
 
 # A layer name as `named_modules()` prints it (dotted identifiers and indices), with an
 # optional element of a tuple or dict output in brackets (`attn[0]`, `output[logits]`).
@@ -80,8 +94,30 @@ def _no_parent(name: str) -> str:
 CheckpointName = Annotated[str, Field(pattern=_CHECKPOINT_PATTERN), AfterValidator(_no_parent)]
 
 
-class SamplerParams(BaseModel):
-    """The full state the browser controls, with the paper's names and the UI's defaults.
+def _setting_field(setting: Setting) -> tuple[Any, Any]:
+    """A pydantic field for a setting of the one model: its value is checked by
+    `Setting.check` (one value: the dashboard runs no per-chain lists), so a refusal reads
+    word for word as on the command line and in `SamplerConfig`."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return setting.check(value, single=True)
+        except SettingError as err:
+            raise PydanticCustomError("setting", str(err)) from None
+
+    python_type: Any = {"float": float, "int": int, "choice": str}[setting.kind]
+    if setting.none is not None:
+        python_type = python_type | None
+    return (Annotated[python_type, PlainValidator(validate)], setting.default_on("dashboard"))
+
+
+# The sampler settings the page controls, in the model's order (`ldam.wire.settings`).
+_DASHBOARD_SETTINGS = {name: _setting_field(s) for name, s in on("dashboard").items()}
+
+
+class _ParamsBase(BaseModel):
+    """The full state the browser controls: the sampler settings of the one settings model
+    (`ldam.wire.settings`, surface ``dashboard``) and the page's own choices.
 
     The server keeps one of these per worker and a version number that grows with each
     change; every frame says which version it was made with.
@@ -89,18 +125,6 @@ class SamplerParams(BaseModel):
 
     model_config = STRICT
 
-    # Langevin dynamics (paper Algorithm 1): T, beta_t, gamma. The defaults are those of
-    # `ldam sample` (`ldam.sampling.sampler.SamplerConfig`), so both show the same chains.
-    temperature: float = Field(default=0.01, ge=0.0, le=100.0)
-    step_size: float = Field(default=0.05, ge=1e-6, le=100.0)
-    momentum: float = Field(default=0.0, ge=0.0, le=0.999)
-    # Regularization weights lambda_i (paper section 4).
-    l2_weight: float = Field(default=0.1, ge=0.0, le=100.0)
-    disc_weight: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Moving window of the sample average, in steps.
-    window: int = Field(default=200, ge=1, le=1000)
-    # Normalized gradients (Algorithm 1 line 6) are a display aid: off samples exactly.
-    grad_norm: bool = False
     show: Show = "average"
     # A display choice only: switching it redraws the same chains.
     view: View = "symmetric"
@@ -111,15 +135,27 @@ class SamplerParams(BaseModel):
     unit: int = Field(default=0, ge=0, le=1_000_000)
     unit_end: int = Field(default=9, ge=0, le=1_000_000)
     layout: Layout = "range"
-    # All chains of a panel; in the "range" layout rows = chains // units.
-    chains: int = Field(default=20, ge=1, le=MAX_CHAINS)
     sweep_param: SweepParam = "disc_weight"
-    sweep_values: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
+    # One row per value; each value is checked against the swept setting's own bounds.
+    sweep_values: list[float] = Field(
         default_factory=lambda: [0.0, 0.2, 0.5, 0.8, 1.0], min_length=1, max_length=MAX_SWEEP_VALUES
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     checkpoint: CheckpointName | None = None
     compare: CheckpointName | None = None
+
+    @field_validator("sweep_values")
+    @classmethod
+    def _sweep_in_bounds(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        name = info.data.get("sweep_param")
+        if name is None:  # sweep_param itself was refused; that error is reported
+            return values
+        for value in values:
+            try:
+                SETTINGS[name].check(value, single=True)
+            except SettingError as err:
+                text = str(err).replace(f"{name} must", f"Sweep values of {name} must", 1)
+                raise PydanticCustomError("setting", text) from None
+        return values
 
     def grid(self) -> tuple[list[int], int]:
         """The unit of every chain (row-major over the grid) and the number of columns.
@@ -128,19 +164,34 @@ class SamplerParams(BaseModel):
         `unit`..`unit_end`, one column each, `chains` // columns rows; "sweep": the same
         columns, one row per value of `sweep_param`.
         """
+        chains: int = self.chains
         if self.layout == "chains":
-            return [self.unit] * self.chains, grid_columns(self.chains, 1)
+            return [self.unit] * chains, grid_columns(chains, 1)
         first, last = sorted((self.unit, self.unit_end))
         units = list(range(first, min(last, first + MAX_RANGE_UNITS - 1) + 1))
         if self.layout == "range":
-            rows = max(1, self.chains // len(units))
+            rows = max(1, chains // len(units))
         else:
             rows = len(self.sweep_values)
-        return units * rows, len(units)
+        # One unit in a range is the chains layout's square grid, as in `ldam sample`'s PNG.
+        return units * rows, grid_columns(len(units) * rows, len(units))
 
     def sweep_rows(self) -> list[float] | None:
         """The value of `sweep_param` for each row in the sweep layout, else None."""
         return list(self.sweep_values) if self.layout == "sweep" else None
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """The sampler settings of these parameters, by the model's names."""
+        return {name: getattr(self, name) for name in _DASHBOARD_SETTINGS}
+
+
+SamplerParams = create_model(
+    "SamplerParams",
+    __base__=_ParamsBase,
+    __module__=__name__,
+    __doc__=_ParamsBase.__doc__,
+    **_DASHBOARD_SETTINGS,
+)
 
 
 # Fields that change what is sampled: changing one rebuilds the chains in the worker.
@@ -164,9 +215,10 @@ class _SetBase(BaseModel):
     model_config = STRICT
 
     def changes(self) -> dict[str, Any]:
-        """The fields the message actually sets; "" becomes None: for `checkpoint` the
-        operator's checkpoint, for `compare` no compare view."""
-        out = self.model_dump(exclude_none=True, exclude={"type"})
+        """The fields the message actually sets (null is a value: ``window: null`` is auto);
+        "" becomes None: for `checkpoint` the operator's checkpoint, for `compare` no compare
+        view."""
+        out = self.model_dump(exclude_unset=True, exclude={"type"})
         for name in ("checkpoint", "compare"):
             if out.get(name) == "":
                 out[name] = None
@@ -202,3 +254,24 @@ SetMessage = create_model(
     type=(Literal["set"], ...),
     **{name: _optional(name) for name in SamplerParams.model_fields},
 )
+
+
+def invalid(err: ValidationError, drop: str | None = None) -> tuple[str, str]:
+    """The sentence and the field of the first error in `err`: a setting's own sentence
+    (`Setting.check`, the same on every surface) as it is, anything else as "The field 'X' is
+    invalid: ...". `drop` is a leading location part to leave out (a tagged union's tag)."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    if drop is not None and len(loc) > 1 and loc[0] == drop:
+        loc = loc[1:]
+    loc = [part for part in loc if _FIELD_PART.match(part)]
+    field = ".".join(loc)
+    if first["type"] == "setting":
+        text = first["msg"]
+        return text, field or text.split(" ", 1)[0].rstrip(":")
+    field = field or "message"
+    return f"The field '{field}' is invalid: {first['msg']}.", field
+
+
+# A location part that names a field (not a union member pydantic adds, "function-after[...]").
+_FIELD_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")

@@ -14,9 +14,6 @@ from ldam.errors import UserError
 from ldam.models.loading import LoadedModel
 from ldam.wire.params import SamplerParams
 
-# Offer the chains to the discriminator every this many steps (it trains on the newest offer).
-DISC_OFFER_EVERY = 2
-
 
 def uses_discriminator(params: SamplerParams) -> bool:
     """Whether `params` sample with D: a weight above 0, or a sweep over the weight."""
@@ -26,7 +23,8 @@ def uses_discriminator(params: SamplerParams) -> bool:
 
 
 class DiscriminatorSlot:
-    """Holds the trainer for one input shape, or the sentence that says why there is none.
+    """Holds the trainer for one input shape and the `DiscriminatorLoop` that drives it (the
+    one `ldam sample` uses), or the sentence that says why there is none.
 
     `data` is the operator's real images (a folder or an .npz), None for the bundled digits.
     """
@@ -35,6 +33,7 @@ class DiscriminatorSlot:
         self.data = data
         self.device = device
         self.trainer: Any = None
+        self.loop: Any = None
         self.shape: tuple[int, ...] | None = None
         # Why D cannot be made (no real images of the model's shape): shown on the page once.
         self.note: str | None = None
@@ -45,10 +44,10 @@ class DiscriminatorSlot:
         shape = tuple(model.input_shape)
         if self.trainer is not None and self.shape != shape:
             self.trainer.stop()
-            self.trainer = None
+            self.trainer = self.loop = None
         if self.trainer is not None or self.note is not None or not uses_discriminator(params):
             return
-        from ldam.sampling.discriminator import build_discriminator_for
+        from ldam.sampling.discriminator import DiscriminatorLoop, build_discriminator_for
 
         try:
             self.trainer = build_discriminator_for(
@@ -58,15 +57,16 @@ class DiscriminatorSlot:
                 device=self.device,
                 seed=params.seed,
             )
+            self.loop = DiscriminatorLoop(self.trainer)
             self.shape = shape
         except UserError as err:
             self.note = str(err)
 
     def published(self, shape: tuple[int, ...]) -> Any:
         """The newest published D for images of `shape`, or None (no trainer, other shape)."""
-        if self.trainer is None or self.shape != shape:
+        if self.loop is None or self.shape != shape:
             return None
-        return self.trainer.current()
+        return self.loop.current()
 
     def apply(self, params: SamplerParams) -> None:
         """Follow `params` live: the training toggle, and the thread runs only while D is used."""
@@ -91,10 +91,11 @@ class DiscriminatorSlot:
         if self.trainer is not None:
             self.trainer.restart()
 
-    def offer(self, step: int, x: torch.Tensor, age: torch.Tensor) -> None:
-        """Hand the main panel's chains to D every `DISC_OFFER_EVERY` steps while it trains."""
-        if self.trainer is not None and self.trainer.running and step % DISC_OFFER_EVERY == 0:
-            self.trainer.offer(x, age)
+    def after_step(self, x: torch.Tensor, age: torch.Tensor) -> None:
+        """The main panel took a step to chains `x` of `age`: the loop offers them to D at its
+        cadence (`OFFER_EVERY`) while D's thread runs."""
+        if self.loop is not None:
+            self.loop.after_step(x, age)
 
     def metrics(self) -> dict[str, Any] | None:
         """D's loss, accuracy and mean D(x) (None without a trainer)."""

@@ -4,12 +4,15 @@ plain words.
 
 `ActivationHistory` keeps the last `HISTORY_STEPS` activations of every chain on the device
 (one copy per step, nothing read back); `unit_diagnostics` copies them to the host when the
-metrics are due and hands each unit's post-burn-in draws to `ldam.sampling.diagnostics`.
+metrics are due and hands them to `ldam.sampling.diagnostics.unit_diagnostics`, the one
+per-unit function, with its one rule for which draws count (after every chain of the unit
+burned in, at least `diagnostics.MIN_DRAWS` per chain); this module only adds the verdict and the labels.
+The ring and a `restart` (after a checkpoint swap, whose earlier draws came from another
+energy) choose which steps it is given.
 
-The verdict of a unit, from its chains' draws after every one of them burned in (and after the
-last rebuild or checkpoint swap, whose draws came from another energy):
+The verdict of a unit:
 
-- ``not burned in yet``: a chain of the unit is still in burn-in, or fewer than `MIN_DRAWS`
+- ``not burned in yet``: a chain of the unit is still in burn-in, or fewer than 40
   post-burn-in draws per chain are kept (too few to judge);
 - ``mixing``: split R-hat below `RHAT_MIXING` (1.1, the usual limit of Gelman et al.) and an
   ESS of at least `ESS_PER_CHAIN_MIXING` (10) per chain: the chains agree and each has moved;
@@ -28,12 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldam.sampling.diagnostics import effective_sample_size, split_rhat
+from ldam.sampling import diagnostics
 
 # Steps of activations kept per chain (the sliding window the diagnostics see).
 HISTORY_STEPS = 1000
-# Post-burn-in draws per chain before a verdict other than "not burned in yet".
-MIN_DRAWS = 40
 RHAT_MIXING = 1.1
 ESS_PER_CHAIN_MIXING = 10.0
 
@@ -77,16 +78,16 @@ class ActivationHistory:
         """Count only draws after `step` from now on."""
         self.oldest = step + 1
 
-    def draws(self, first_step: int) -> np.ndarray:
-        """The kept draws of every chain from `first_step` on, oldest first: `[chains, n]`."""
-        lo = max(first_step, self.oldest, self.newest - self.capacity + 1, 1)
+    def window(self) -> tuple[np.ndarray, int]:
+        """The kept activations `[n, chains]`, oldest first, and the sampler step of the first
+        row (the steps since the last `restart` that the ring still holds)."""
+        lo = max(self.oldest, self.newest - self.capacity + 1, 1)
         if lo > self.newest:
-            return np.zeros((self.ring.shape[1], 0))
-        if self._host_at != self.newest:  # one host copy per step, however many units read it
+            return np.zeros((0, self.ring.shape[1])), lo
+        if self._host_at != self.newest:  # one host copy per step, however often it is read
             self._host = self.ring.cpu().numpy().astype(np.float64)
             self._host_at = self.newest
-        slots = np.arange(lo, self.newest + 1) % self.capacity
-        return self._host[slots].T
+        return self._host[np.arange(lo, self.newest + 1) % self.capacity], lo
 
 
 def unit_diagnostics(
@@ -95,39 +96,28 @@ def unit_diagnostics(
     units: Sequence[int],
     labels: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per unit, in column order: ``unit``, ``label``, ``chains``, ``draws`` (per
-    chain), ``rhat``, ``ess`` (None while not judged) and ``state`` (see the module docstring).
+    """One entry per unit, in column order: ``unit``, ``label``, ``chains`` (how many),
+    ``draws`` (per chain), ``rhat``, ``ess`` (None while not judged or undefined) and
+    ``state`` (see the module docstring), from `ldam.sampling.diagnostics.unit_diagnostics`
+    over the draws `history` holds.
 
-    `burn_in_step [chains]` is the sampler's (-1: still in burn-in; b: samples after step b are
-    kept, so the activation reported at step t counts from t = b + 2 on); `units [chains]` is
-    the unit of each chain in the sampler's order; `labels` names units (class names).
+    `burn_in_step [chains]` is the sampler's (-1: still in burn-in); `units [chains]` is the
+    unit of each chain in the sampler's (grid) order; `labels` names units (class names).
     """
-    burn = np.asarray(burn_in_step, dtype=np.int64)
-    chains_of: dict[int, list[int]] = {}
-    for chain, unit in enumerate(units):
-        chains_of.setdefault(int(unit), []).append(chain)
+    activation, first_step = history.window()
     out = []
-    for unit in sorted(chains_of):
-        idx = chains_of[unit]
-        entry: dict[str, Any] = {
-            "unit": unit,
-            "label": (labels or {}).get(unit, str(unit)),
-            "chains": len(idx),
-            "draws": 0,
-            "rhat": None,
-            "ess": None,
-            "state": NOT_BURNED_IN,
-        }
-        out.append(entry)
-        if (burn[idx] < 0).any():
-            continue
-        draws = history.draws(int(burn[idx].max()) + 2)[idx]
-        entry["draws"] = int(draws.shape[1])
-        if draws.shape[1] < MIN_DRAWS:
-            continue
-        rhat = split_rhat(draws)
-        ess = effective_sample_size(draws)
-        entry["rhat"] = rhat if math.isfinite(rhat) else None
-        entry["ess"] = ess if math.isfinite(ess) else None
-        entry["state"] = verdict(rhat, ess, len(idx))
+    for entry in diagnostics.unit_diagnostics(activation, burn_in_step, units, first_step):
+        rhat, ess, chains = entry["rhat"], entry["ess"], len(entry["chains"])
+        judged = entry["note"] is None
+        out.append(
+            {
+                "unit": entry["unit"],
+                "label": (labels or {}).get(entry["unit"], str(entry["unit"])),
+                "chains": chains,
+                "draws": entry["draws"],
+                "rhat": rhat if judged and math.isfinite(rhat) else None,
+                "ess": ess if judged and math.isfinite(ess) else None,
+                "state": verdict(rhat, ess, chains) if judged else NOT_BURNED_IN,
+            }
+        )
     return out

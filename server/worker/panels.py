@@ -5,15 +5,14 @@ compare view: the second checkpoint with the same seed and parameters) or raises
 `UserError` naming the field at fault; the worker swaps them in only on success.
 
 The averaging window of all panels shares one memory budget (`WINDOW_MEMORY_LIMIT_BYTES`).
-A window the user chose is refused when it does not fit; one the user left alone (the
-default, `DEFAULT_WINDOW`) is fitted to the budget, with a sentence saying so
-(`fitted_window`): 20 chains of a 3x224x224 network fit 89 steps, not 200.
+A window the user chose is refused when it does not fit; ``window=None`` (auto, the default)
+is fitted to the budget, with a sentence saying so (`fitted_window`): 20 chains of a
+3x224x224 network fit 89 steps, not 200.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +24,19 @@ from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.loading import LoadedModel
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
-from ldam.sampling.images import grid_order
-from ldam.sampling.sampler import Sampler, SamplerConfig, check_window_memory
+from ldam.sampling.sampler import (
+    LIVE_SETTINGS,
+    Sampler,
+    SamplerConfig,
+    check_window_memory,
+    fitted_window,
+)
 from ldam.sampling.targets import LayerInfo, Target, list_layers
-from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
 from ldam.wire.params import SamplerParams, check_layer_and_units, grid_rows
+from ldam.wire.targets import ChainTargets
 from ldam.worker.models import ModelCache
 
 Sources = dict[str, str | None]
-
-# The window (in steps) a dashboard starts with, before the user sets one.
-DEFAULT_WINDOW: int = SamplerParams.model_fields["window"].default
 
 
 @dataclass
@@ -43,10 +44,10 @@ class Panel:
     """One checkpoint's chains: its model, target, sampler and grid."""
 
     label: str
-    target_text: str
+    target_text: str  # the target as the page's header writes it (`fc3:0-9`)
     loaded: LoadedModel
     target: Target
-    sampler: Sampler  # its chains are in grid order (row-major cells)
+    sampler: Sampler  # its chains are the target's, in grid order (row-major cells)
     columns: int
     last_activation: torch.Tensor | None = None
 
@@ -64,34 +65,33 @@ class Built:
     panels: list[Panel]
     params: SamplerParams
     layers: list[LayerInfo]
-    # Set when the window was fitted below `DEFAULT_WINDOW`: the sentence that says so.
+    # The window in force (auto resolved), and when auto fitted it below
+    # `AUTO_WINDOW_STEPS`, the sentence that says so.
+    window: int
     window_note: str | None = None
 
 
 def live_settings(
-    params: SamplerParams, chains: int, rows: int, shake: float = 1.0
+    params: SamplerParams, chains: int, rows: int, window: int, shake: float = 1.0
 ) -> dict[str, Any]:
-    """The sampler's live settings for `params`; a sweep makes one value per chain (chains in
-    grid order: cell r * columns + c is in row r); `shake` multiplies the temperature."""
-    settings: dict[str, Any] = {
-        "temperature": params.temperature * shake,
-        "step_size": params.step_size,
-        "momentum": params.momentum,
-        "l2_weight": params.l2_weight,
-        "disc_weight": params.disc_weight,
-        "normalize": "all" if params.grad_norm else "none",
-        "window": params.window,
+    """The sampler's live settings for `params`, by the one model's names, with `window` the
+    window in force (the user's, or the fitted one for auto); a sweep makes one value per
+    chain (chains in grid order: cell r * columns + c is in row r), each already checked
+    against the swept setting's bounds by `SamplerParams`; `shake` multiplies the
+    temperature."""
+    settings = {
+        name: value for name, value in params.sampler_settings().items() if name in LIVE_SETTINGS
     }
+    settings["window"] = window
     sweep = params.sweep_rows()
     if sweep is not None:
-        per_row = [min(v, 1.0) if params.sweep_param == "disc_weight" else v for v in sweep]
-        if params.sweep_param == "step_size":
-            per_row = [max(v, 1e-6) for v in per_row]
         columns = chains // rows
-        values = [per_row[i // columns] for i in range(chains)]
-        if params.sweep_param == "temperature":
-            values = [v * shake for v in values]
-        settings[params.sweep_param] = values
+        settings[params.sweep_param] = [sweep[i // columns] for i in range(chains)]
+    temperature = settings["temperature"]
+    if isinstance(temperature, list):
+        settings["temperature"] = [v * shake for v in temperature]
+    else:
+        settings["temperature"] = temperature * shake
     return settings
 
 
@@ -109,22 +109,16 @@ def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
     return named
 
 
-def fitted_window(
-    chains: int, input_shape: tuple[int, ...], wanted: int = DEFAULT_WINDOW
+def panel_window(
+    window: int | None, chains: int, input_shape: tuple[int, ...]
 ) -> tuple[int, str | None]:
-    """The longest window, at most `wanted` steps, whose samples of `chains` chains of
-    `input_shape` (float32) fit in `WINDOW_MEMORY_LIMIT_BYTES`, and the sentence that says so
-    when it is shorter than `wanted` (None otherwise). At least 1: a single sample that does
-    not fit is refused by `check_window_memory`."""
-    per_step = chains * math.prod(input_shape) * 4
-    window = max(1, min(wanted, WINDOW_MEMORY_LIMIT_BYTES // per_step))
-    if window >= wanted:
-        return wanted, None
-    return window, (
-        f"The averaging window is {window} steps instead of {wanted}, the most that fits the "
-        f"{WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB budget for {chains} chains of shape "
-        f"{tuple(input_shape)}; fewer chains allow a longer one."
-    )
+    """The window in force for `chains` chains (every panel together: one budget) of
+    `input_shape`: the user's `window`, refused with a sentence when it does not fit, or for
+    None (auto) the fitted one and the sentence that says when it is short (`fitted_window`)."""
+    if window is None:
+        return fitted_window(chains, input_shape)
+    check_window_memory(window, chains, input_shape)
+    return window, None
 
 
 def source_path(sources: Sources, which: str) -> str | None:
@@ -159,13 +153,11 @@ class PanelBuilder:
         params: SamplerParams,
         sources: Sources,
         shake: float = 1.0,
-        fit_window: bool = False,
     ) -> Built:
         """New panels for `params` and `sources`, or a `UserError` naming the field at fault.
 
-        With `fit_window` (the user has not chosen a window) the window is `DEFAULT_WINDOW`
-        or as much of it as fits the memory budget (`fitted_window`); otherwise
-        `params.window` must fit.
+        The window is `params.window`, which must fit the memory budget, or for None (auto)
+        as much of `AUTO_WINDOW_STEPS` as fits (`panel_window`).
         """
         main = self.main_model(sources)
         layers = target_layers(main)
@@ -183,16 +175,18 @@ class PanelBuilder:
         )
         which = ["checkpoint"] + (["compare"] if sources["compare"] is not None else [])
         chains = len(params.grid()[0]) * len(which)
-        note = None
-        if fit_window:
-            window, note = fitted_window(chains, main.input_shape)
-            params = params.model_copy(update={"window": window})
-        check_window_memory(params.window, chains, main.input_shape)
-        panels = [self._panel(params, sources, w, layer, shake) for w in which]
-        return Built(panels, params, layers, note)
+        window, note = panel_window(params.window, chains, tuple(main.input_shape))
+        panels = [self._panel(params, sources, w, layer, window, shake) for w in which]
+        return Built(panels, params, layers, window, note)
 
     def _panel(
-        self, params: SamplerParams, sources: Sources, which: str, layer: str, shake: float
+        self,
+        params: SamplerParams,
+        sources: Sources,
+        which: str,
+        layer: str,
+        window: int,
+        shake: float,
     ) -> Panel:
         path = source_path(sources, which)
         assert path is not None
@@ -200,12 +194,12 @@ class PanelBuilder:
         units, columns = params.grid()
         cells = len(units)
         first, last = min(units), max(units)
-        spec = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
+        # For the page's header only: the target is built from the units themselves.
+        text = f"{layer}:{first}" if first == last else f"{layer}:{first}-{last}"
         try:
             target = Target(
                 loaded.module,
-                spec,
-                cells,
+                ChainTargets.on_layer(layer, units),
                 batch_size=loaded.batch_size,
                 input_shape=loaded.input_shape,
             )
@@ -213,25 +207,20 @@ class PanelBuilder:
             # The compare model is the one at fault when the main model took the target.
             field = "compare" if which == "compare" else err.field or "layer"
             raise UserError(str(err), field) from None
-        order = grid_order(list(target.units_per_chain), sorted(set(units)))
-        if len(order) != cells:
-            raise UserError(
-                f"The target gave {len(order)} grid cells for {cells} chains.", "chains"
-            )
-        # The sampler's chains are put in grid order, so that per-chain sweep settings are
-        # simply row-major; `order` maps cells back to the target's chains.
-        settings = live_settings(params, cells, grid_rows(cells, columns), shake)
+        # The target's chains are the grid's cells, row-major, so per-chain sweep settings
+        # are simply one value per row.
+        settings = live_settings(params, cells, grid_rows(cells, columns), window, shake)
         # The discriminator term is always there; it is skipped while no D is published for
         # this input shape, so turning D on later needs no rebuild.
         shape = tuple(loaded.input_shape)
         terms: list[Any] = [
-            ActivationTerm(_Reordered(target, order)),
+            ActivationTerm(target),
             L2Term(),
             DiscriminatorTerm(lambda: self.discriminator(shape)),
         ]
         config = SamplerConfig(chains=cells, seed=params.seed, device=self.device, **settings)
         sampler = Sampler(terms, loaded.input_shape, config)
-        return Panel(Path(path).name, spec, loaded, target, sampler, columns)
+        return Panel(Path(path).name, text, loaded, target, sampler, columns)
 
     def swap(self, panel: Panel, path: str, params: SamplerParams) -> tuple[Panel, list[LayerInfo]]:
         """`panel` with the model in `path` under its running chains (a warm start: the
@@ -249,7 +238,6 @@ class PanelBuilder:
                 f"{list(panel.loaded.input_shape)}."
             )
         layers = target_layers(loaded)
-        units, _ = params.grid()
         try:
             check_layer_and_units(
                 {info.name: info.units for info in layers},
@@ -258,37 +246,17 @@ class PanelBuilder:
             )
             target = Target(
                 loaded.module,
-                panel.target_text,
-                len(units),
+                panel.target.spec,
                 batch_size=loaded.batch_size,
                 input_shape=loaded.input_shape,
             )
         except UserError as err:
             raise UserError(f"{Path(path).name}: {err}", "checkpoint") from None
-        order = grid_order(list(target.units_per_chain), sorted(set(units)))
         term = next(t for t in panel.sampler.terms if isinstance(t, ActivationTerm))
-        term.activation_fn = _Reordered(target, order)
+        term.activation_fn = target
         swapped = dataclasses.replace(panel, label=Path(path).name, loaded=loaded, target=target)
         return swapped, layers
 
 
 class SwapImpossible(Exception):
     """A new checkpoint's model takes another input shape than the chains it should take over."""
-
-
-class _Reordered:
-    """A target whose chains are listed in grid order: chain i of the sampler is chain
-    `order[i]` of the target (identity when the target already groups chains by row)."""
-
-    def __init__(self, target: Target, order: list[int]) -> None:
-        self.target = target
-        self.order = torch.tensor(order)
-        self.inverse = torch.argsort(self.order)
-        self.identity = order == sorted(order)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return self.target(x)
-        # x is in grid order; the target expects its own chain order.
-        out = self.target(x[self.inverse.to(x.device)])
-        return out[self.order.to(out.device)]

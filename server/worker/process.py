@@ -38,7 +38,6 @@ import torch
 
 from ldam.errors import UserError
 from ldam.sampling.device import pick_device
-from ldam.sampling.sampler import check_window_memory
 from ldam.wire.events import (
     Command,
     Reset,
@@ -54,11 +53,11 @@ from ldam.worker.disc_slot import DiscriminatorSlot
 from ldam.worker.live_diagnostics import ActivationHistory, unit_diagnostics
 from ldam.worker.models import ModelCache
 from ldam.worker.panels import (
-    DEFAULT_WINDOW,
     Panel,
     PanelBuilder,
     SwapImpossible,
     live_settings,
+    panel_window,
     source_path,
 )
 from ldam.worker.publisher import Publisher, Rate
@@ -109,9 +108,9 @@ class Worker:
         self.builder = PanelBuilder(models, self.device, self.disc.published)
         self.panels: list[Panel] = []
         self.layers: list[Any] = []
-        # A window other than the default is the user's choice: kept, or refused if it does
-        # not fit. Until then each rebuild fits the default to the memory budget.
-        self.window_chosen = self.params.window != DEFAULT_WINDOW
+        # The window in force: `params.window`, or for None (auto) the one fitted to the
+        # memory budget at each rebuild, with the sentence that says when it is short.
+        self.window = 0
         self.window_note: str | None = None
         self.shake_until = 0.0
         self.shake_factor = 1.0
@@ -136,20 +135,12 @@ class Worker:
 
     # --- building ---------------------------------------------------------------------
 
-    def build(
-        self,
-        params: SamplerParams,
-        sources: dict[str, str | None],
-        window_chosen: bool | None = None,
-    ) -> SamplerParams:
+    def build(self, params: SamplerParams, sources: dict[str, str | None]) -> SamplerParams:
         """Swap in new panels for `params`; on a `UserError` the old panels stay.
 
-        Returns `params` with the layer filled in when it was left empty, and the window
-        fitted to the memory budget unless the user chose it (`window_chosen`, default: the
-        worker's own record).
+        Returns `params` with the layer filled in when it was left empty.
         """
-        chosen = self.window_chosen if window_chosen is None else window_chosen
-        built = self.builder.build(params, sources, self._shake(), fit_window=not chosen)
+        built = self.builder.build(params, sources, self._shake())
         self.disc.ensure(built.panels[0].loaded, built.params)
         # Divergence resets are counted per sampler; keep the total across rebuilds.
         self.resets_before += sum(int(p.sampler.resets.sum()) for p in self.panels)
@@ -163,10 +154,15 @@ class Worker:
         self.unit_labels = [self._unit_labels(p) for p in self.panels]
         self.diagnosed_at = None
         self.dirty = True
-        if built.window_note is not None and built.window_note != self.window_note:
-            self.publisher.notice("window", built.window_note)
-        self.window_note = built.window_note
+        self._window_in_force(built.window, built.window_note)
         return built.params
+
+    def _window_in_force(self, window: int, note: str | None) -> None:
+        """Record the window the panels run with; a new note (auto fitted short) is told."""
+        if note is not None and note != self.window_note:
+            self.publisher.notice("window", note)
+        self.window = window
+        self.window_note = note
 
     def swap(self, params: SamplerParams, sources: dict[str, str | None]) -> SamplerParams:
         """Put the main file of `sources` under the main panel's running chains (a warm
@@ -215,12 +211,15 @@ class Worker:
                     "format": p.loaded.format,
                     # The training step the file's metadata names (`ldam.save_checkpoint`).
                     "step": _metadata_step(p.loaded.metadata),
-                    "units": sorted(set(self.params.grid()[0])),
+                    # The grid's columns, left to right.
+                    "units": list(dict.fromkeys(p.target.units_per_chain)),
                     "unit_labels": {str(k): v for k, v in labels.items()},
                 }
                 for p, labels in zip(self.panels, self.unit_labels, strict=True)
             ],
             "disc_note": self.disc.note,
+            # The window the chains run with: the user's, or auto's fitted one.
+            "window": self.window,
             "window_note": self.window_note,
         }
 
@@ -260,13 +259,6 @@ class Worker:
         warm: bool = False,
     ) -> None:
         changed = {k for k, v in params.model_dump().items() if getattr(self.params, k) != v}
-        sent_window = params.window
-        if "window" in changed and self.window_note is not None and sent_window == DEFAULT_WINDOW:
-            # The default back from a server that had not yet heard of the fitted window: no
-            # choice of the user's. The fitted window stays.
-            changed.discard("window")
-            params = params.model_copy(update={"window": self.params.window})
-        chosen = self.window_chosen or "window" in changed
         structural = bool(changed & STRUCTURAL_FIELDS)
         rebuild = structural or sources != self.sources
         # A newer checkpoint of the run alone (or the shown file written again, as a training
@@ -276,21 +268,17 @@ class Worker:
             if swap:
                 params = self.swap(params, sources)
             elif rebuild:
-                params = self.build(params, sources, chosen)
+                params = self.build(params, sources)
             elif "window" in changed:
-                main = self.panels[0]
                 chains = sum(p.sampler.config.chains for p in self.panels)
-                check_window_memory(params.window, chains, main.loaded.input_shape)
+                shape = tuple(self.panels[0].loaded.input_shape)
+                self._window_in_force(*panel_window(params.window, chains, shape))
         except UserError as err:
             self.publisher.rejected(version, err, self.params.model_dump(), dict(self.sources))
             return
-        self.window_chosen = chosen
-        # "ready" also tells the server what the worker changed: the window, or its note.
-        announce = rebuild or swap or params.window != sent_window
-        if "window" in changed and not rebuild and self.window_note is not None:
-            self.window_note = None  # the user's window replaces the fitted one
-            announce = True
-        if announce:
+        # "ready" also tells the server what the worker changed: the layer, the window in
+        # force, or its note.
+        if rebuild or swap or "window" in changed:
             self.publisher.ready(version, params.model_dump(), self.info())
         self.params = params
         self.version = version
@@ -309,7 +297,8 @@ class Worker:
         let the discriminator follow the parameters."""
         for panel in self.panels:
             cells = panel.sampler.config.chains
-            panel.sampler.set(**live_settings(self.params, cells, panel.rows, self._shake()))
+            settings = live_settings(self.params, cells, panel.rows, self.window, self._shake())
+            panel.sampler.set(**settings)
         self.disc.apply(self.params)
 
     # --- the loop ---------------------------------------------------------------------
@@ -322,7 +311,7 @@ class Worker:
             history.add(info.step, info.activation)
         self.step += 1
         main = self.panels[0].sampler
-        self.disc.offer(self.step, main.x, main.age)
+        self.disc.after_step(main.x, main.age)
         self.steps.tick()
 
     def publish_frame(self) -> None:
@@ -371,7 +360,6 @@ class Worker:
             if step == self.step or now - at < DIAGNOSTICS_EVERY_S:
                 return self.diagnostics
         out: list[dict[str, Any]] = []
-        cells = self.params.grid()[0]
         for panel, history, labels in zip(
             self.panels, self.histories, self.unit_labels, strict=True
         ):
@@ -379,7 +367,8 @@ class Worker:
                 out.append({"units": [], "note": SWEEP_NOTE})
                 continue
             burn = panel.sampler.burn_in_step.cpu().tolist()
-            out.append({"units": unit_diagnostics(history, burn, cells, labels), "note": None})
+            units = panel.target.units_per_chain
+            out.append({"units": unit_diagnostics(history, burn, units, labels), "note": None})
         self.diagnostics = out
         self.diagnosed_at = (self.step, now)
         return out

@@ -1,6 +1,6 @@
-"""D's checkpoint file: its published weights with the metadata needed to trust and reuse them.
+"""D's files: its checkpoint, and the real images it learns to tell the chains from.
 
-A file is a `torch.save`d dict of plain values and tensors, so it is read back with
+A checkpoint is a `torch.save`d dict of plain values and tensors, so it is read back with
 `weights_only=True` (no code runs from it): `format` (`FORMAT`), `format_version`, `arch` (the
 module's class name), `input_shape`, `steps`, `tau`, `lr` and the `state_dict`.
 """
@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ldam.sampling.discriminator.errors import DiscriminatorError
+from ldam.sampling.discriminator.learner import DiscriminatorError
 
 FORMAT = "ldam-discriminator"
 FORMAT_VERSION = 1
@@ -22,24 +21,25 @@ FORMAT_VERSION = 1
 
 def write_checkpoint(
     path: str | Path,
-    module: nn.Module,
+    state_dict: dict[str, torch.Tensor],
     *,
+    arch: str,
     input_shape: tuple[int, int, int],
     steps: int,
     tau: float,
     lr: float,
 ) -> None:
-    """Write `module`'s weights and the metadata to `path`, whole or not at all."""
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    """Write D's weights `state_dict` (on the CPU) and the metadata to `path`, whole or not
+    at all."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "arch": type(module).__name__,
+        "arch": arch,
         "input_shape": list(input_shape),
         "steps": steps,
         "tau": tau,
         "lr": lr,
-        "state_dict": state,
+        "state_dict": state_dict,
     }
     path = Path(path)
     if not path.parent.is_dir():
@@ -88,12 +88,30 @@ def read_checkpoint_for(path: str | Path, input_shape: tuple[int, int, int]) -> 
     return payload
 
 
-def load_weights(model: nn.Module, payload: dict[str, Any], path: str | Path) -> int:
-    """Load a checkpoint's weights into `model`; returns the steps they were trained for."""
+def real_images_for(
+    input_shape: tuple[int, int, int],
+    normalization: tuple[list[float], list[float]] | None,
+    data: str | Path | None,
+) -> torch.Tensor:
+    """D's real images `[M, C, H, W]`, normalized like the classifier's input.
+
+    `data` (a folder or `.npz`, read by `ldam.models.data.load_images`) when given; else the bundled
+    MNIST training split (8,000 digits; the 2,000 held out stay unseen) for 1x28x28 inputs.
+    """
+    from ldam.models import data as datasets
+
+    input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError:
-        raise DiscriminatorError(
-            f"The weights in {path} do not fit this discriminator's layers."
-        ) from None
-    return int(payload.get("steps", 0))
+        if data is not None:
+            return datasets.load_images(data, input_shape, normalization)
+        if input_shape == (1, 28, 28):
+            mean, std = (normalization[0][0], normalization[1][0]) if normalization else (0.0, 1.0)
+            images, _ = datasets.load_mnist()
+            train, _ = datasets.split_indices()
+            return datasets.normalize_mnist(images[train], mean, std)
+    except datasets.DataError as exc:
+        raise DiscriminatorError(str(exc)) from None
+    raise DiscriminatorError(
+        f"The discriminator needs real images shaped like the model's input {input_shape}: "
+        "pass --disc-data with a folder of images or an .npz."
+    )
