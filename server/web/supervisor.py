@@ -179,7 +179,7 @@ class Supervisor:
         self.deaths_before_ready = 0
         self.state = WorkerState.RUNNING
         self.last_error = None
-        _settle(self.started, None)
+        settle(self.started, None)
 
     def note_refused_start(self, message: str) -> None:
         """The current worker could not start (bad checkpoint, target or device): FAILED.
@@ -194,7 +194,7 @@ class Supervisor:
         self._last_words = message
         self.state = WorkerState.FAILED
         if not self.ever_ready:
-            _settle(self.started, message)
+            settle(self.started, message)
 
     def note_last_words(self, message: str) -> None:
         """The worker's last error line before it exits (the reason its exit reports)."""
@@ -262,7 +262,7 @@ class Supervisor:
                 f"The worker stopped {self.deaths_before_ready} times before it was ready "
                 f"(last error: {why})."
             )
-            _settle(self.started, self.last_error)
+            settle(self.started, self.last_error)
             self._on_change()
             return
         self.restarts += 1
@@ -303,7 +303,9 @@ class Supervisor:
         }
 
 
-def _settle(future: Future[str | None], outcome: str | None) -> None:
-    # The first outcome stands; a future given up on (cancelled) takes none.
+def settle(future: Future[str | None], outcome: str | None) -> None:
+    """Give a start's `future` its `outcome` (None: it succeeded; else the sentence that ended
+    it) unless it has one: the first outcome stands, and one given up on (cancelled) takes none.
+    Call from the event loop."""
     if not future.done():
         future.set_result(outcome)

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from ldam.web import security
 from ldam.web.store import ParamStore
-from ldam.web.supervisor import Supervisor
+from ldam.web.supervisor import Supervisor, settle
 from ldam.wire.events import Ready, Rejected
 
 # The step in a name: "step" and an optional separator before digits (step_0004.pt2,
@@ -326,7 +326,7 @@ class Follower:
                 self._watch_start()
                 self.host.broadcast_status()
             else:
-                _settle(self.started, None)  # nothing to start yet: the page says it waits
+                settle(self.started, None)  # nothing to start yet: the page says it waits
                 supervisor.prepare_standby()  # so the first checkpoint shows sooner
             return
         if self.phase is FollowPhase.REFUSED:
@@ -370,7 +370,7 @@ class Follower:
         self.phase = FollowPhase.STOPPED
         self.starting = None
         self.stopped_with = sentence
-        _settle(self.started, sentence)
+        settle(self.started, sentence)
 
     # --- what the worker said ------------------------------------------------------------
 
@@ -381,7 +381,7 @@ class Follower:
             self.watcher.loaded(self.starting[1])
             self.starting = None
             self.phase = FollowPhase.RUNNING
-            _settle(self.started, None)
+            settle(self.started, None)
         done = sorted(v for v in self.requests if v <= message.version)
         for version in done:
             entry = self.requests.pop(version)
@@ -417,7 +417,7 @@ class Follower:
             self.watcher.failed(entry, message.message)
             if self.phase is FollowPhase.STARTING:
                 self.phase = FollowPhase.REFUSED  # the next complete file starts a worker
-            _settle(self.started, None)  # the page names the file
+            settle(self.started, None)  # the page names the file
         else:
             self._stop(message.message)  # not the file's fault: no other file would start
 
@@ -445,12 +445,6 @@ class Follower:
         if text != self._last_text:
             self._last_text = text
             self.host.post_timeline(text)
-
-
-def _settle(future: Future[str | None], outcome: str | None) -> None:
-    # The first outcome stands; a future given up on (cancelled) takes none.
-    if not future.done():
-        future.set_result(outcome)
 
 
 def watch_folder_error(folder: str) -> str | None:
