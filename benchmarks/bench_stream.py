@@ -54,7 +54,7 @@ def build_model(name: str, folder: Path) -> Path:
     """Export network `name` of `MODELS` (random weights, seed 0) at 3x224x224 into `folder`."""
     import torch
 
-    from ldam.models.loading import export_checkpoint
+    from ldam.models.saving import export_checkpoint
 
     torch.manual_seed(0)
     if name == "resnet18":

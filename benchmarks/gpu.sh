@@ -67,7 +67,7 @@ import sys
 import torch
 import torchvision
 
-from ldam.models.loading import export_checkpoint
+from ldam.models.saving import export_checkpoint
 
 torch.manual_seed(0)
 model = getattr(torchvision.models, sys.argv[2])(weights=None).eval()
@@ -90,7 +90,7 @@ import sys
 import torch
 import torchvision
 
-from ldam.models.loading import export_checkpoint
+from ldam.models.saving import export_checkpoint
 
 torch.manual_seed(0)
 export_checkpoint(torchvision.models.resnet18(weights=None).eval(), sys.argv[1], (3, 224, 224))

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldam.errors import UserError
+from ldam.errors import UserError, first_line
+from ldam.metadata import MetadataOverride, check_class_names, override_normalization
 from ldam.models.bundled import AVERAGED_CHECKPOINT, DEFAULT_CHECKPOINT
 from ldam.models.lenet import INPUT_SHAPE as LENET_INPUT_SHAPE
 from ldam.models.lenet import MNIST_MEAN, MNIST_STD, LeNet
@@ -72,34 +73,6 @@ class LoadedModel:
     format: str = "export"
     batch_size: int | None = None
     path: str = ""
-
-
-# ----------------------------------------------------------------------------- saving
-
-
-def export_checkpoint(
-    module: nn.Module,
-    path: str | Path,
-    input_shape: tuple[int, int, int],
-    metadata: dict[str, Any] | None = None,
-    dynamic_batch: bool = True,
-) -> Path:
-    """Save `module` as a `torch.export` program `.pt2` with ldam's metadata inside.
-
-    `input_shape` is (C, H, W). With `dynamic_batch` the program accepts any batch (all chains
-    in one forward); otherwise only batch 1. `metadata` (JSON-able; e.g. `normalization`
-    as {"mean": [...], "std": [...]}, `class_names`) is stored as the extra file `ldam.json`
-    together with `input_shape`.
-    """
-    module = module.eval()
-    batch = 2 if dynamic_batch else 1  # batch 1 would be specialized even when marked dynamic
-    example = (torch.zeros(batch, *input_shape),)
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
-    data = {**(metadata or {}), "input_shape": [int(s) for s in input_shape]}
-    path = Path(path)
-    torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(data)})
-    return path
 
 
 # ----------------------------------------------------------------------------- format detection
@@ -239,7 +212,7 @@ def _read_export(
     value = node.meta.get("val")
     # Static sizes are ints, dynamic ones SymInts; -1 marks a dynamic dimension.
     shape = tuple(s if isinstance(s, int) else -1 for s in value.shape) if value is not None else ()
-    active = _training_ops(program)
+    active = training_ops(program)
     if active:
         raise CheckpointError(
             f"{path} was exported in training mode ({' and '.join(active)} active); "
@@ -259,7 +232,9 @@ _BATCH_NORMS = (
 )
 
 
-def _training_ops(program: torch.export.ExportedProgram) -> list[str]:
+def training_ops(program: torch.export.ExportedProgram) -> list[str]:
+    """What runs in training mode in `program`: ``batch norm``, ``dropout`` (sorted; empty in
+    eval mode)."""
     # An export bakes in the train/eval mode and module.eval() cannot change it afterwards:
     # training batch norm would couple the chains through batch statistics (and update its
     # running stats every step), training dropout would add random noise to the energy.
@@ -283,7 +258,7 @@ def _read_torchscript(path: Path) -> tuple[nn.Module, dict[str, Any]]:
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:
         raise CheckpointError(
-            f"{path} looks like TorchScript but could not be read ({_first_line(error)})."
+            f"{path} looks like TorchScript but could not be read ({first_line(error)})."
         ) from error
     return module, _parse_metadata(extra[METADATA_FILE], path)
 
@@ -294,7 +269,7 @@ def _read_torch_save(path: Path, trust: bool) -> Any:
     except pickle.UnpicklingError as error:
         if "weights only load failed" not in str(error).lower():
             raise CheckpointError(
-                f"{path} could not be read as a PyTorch checkpoint ({_first_line(error)})."
+                f"{path} could not be read as a PyTorch checkpoint ({first_line(error)})."
             ) from error
         if not trust:
             raise CheckpointError(
@@ -303,12 +278,12 @@ def _read_torch_save(path: Path, trust: bool) -> Any:
             ) from None
     except Exception as error:
         raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({_first_line(error)})."
+            f"{path} could not be read as a PyTorch checkpoint ({first_line(error)})."
         ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise CheckpointError(f"{path} could not be unpickled ({_first_line(error)}).") from error
+        raise CheckpointError(f"{path} could not be unpickled ({first_line(error)}).") from error
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -326,7 +301,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
                 tensors[key] = file.get_tensor(key)
     except Exception as error:
         raise CheckpointError(
-            f"{path} could not be read as safetensors ({_first_line(error)})."
+            f"{path} could not be read as safetensors ({first_line(error)})."
         ) from error
     return tensors, _parse_metadata(header.get(METADATA_FILE, ""), path)
 
@@ -343,12 +318,6 @@ def _parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"The metadata {METADATA_FILE} inside {path} must be a JSON object.")
     return data
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
-    return line[:200].rstrip(". ")
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -399,7 +368,7 @@ def _build_factory(arch: str) -> nn.Module:
         python_module = importlib.import_module(module_name)
     except Exception as error:
         raise CheckpointError(
-            f"Could not import {module_name!r} for the architecture {arch!r} ({_first_line(error)})."
+            f"Could not import {module_name!r} for the architecture {arch!r} ({first_line(error)})."
         ) from None
     factory = getattr(python_module, factory_name, None)
     if not callable(factory):
@@ -407,7 +376,7 @@ def _build_factory(arch: str) -> nn.Module:
     try:
         module = factory()
     except Exception as error:
-        raise CheckpointError(f"Calling {arch} failed ({_first_line(error)}).") from None
+        raise CheckpointError(f"Calling {arch} failed ({first_line(error)}).") from None
     if not isinstance(module, nn.Module):
         raise CheckpointError(f"{arch} returned a {type(module).__name__}, not a torch.nn.Module.")
     return module
@@ -486,14 +455,18 @@ def load_checkpoint(
     arch: str | None = None,
     input_shape: tuple[int, int, int] | None = None,
     trust: bool = False,
+    metadata: MetadataOverride | None = None,
 ) -> LoadedModel:
     """Load a checkpoint of any supported format into a `LoadedModel` (eval mode, frozen).
 
     `arch` names the network for a state dict (ignored for exports and TorchScript);
     `input_shape` (C, H, W) overrides or supplies what the metadata lacks; `trust` allows a
-    full pickle. Runs one forward pass on zeros to check the shape fits. Raises
-    `CheckpointError` (one sentence) on every failure; warns `FixedBatchWarning` once for an
-    export that accepts only one batch size.
+    full pickle; `metadata` (``--mean``, ``--std``, ``--class-names``) overrides or supplies
+    the normalization and class names. Runs one forward pass on zeros to check the shape fits.
+    Raises `CheckpointError` (one sentence) on every failure, a `UserError` naming the flag
+    for a mean or std count that is neither 1 nor the channel count, or a class-name count
+    other than the output's units; warns `FixedBatchWarning` once for an export that accepts
+    only one batch size.
     """
     path = Path(path)
     shape_arg = _shape_argument(input_shape)
@@ -564,7 +537,14 @@ def load_checkpoint(
         module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    _check_forward(module, shape, batch_size or 1, path)
+    out = _check_forward(module, shape, batch_size or 1, path)
+    if metadata is not None:
+        normalization = override_normalization(metadata, normalization, shape[0])
+        if metadata.class_names is not None:
+            # Only an output of one vector per image has units to count.
+            single = isinstance(out, torch.Tensor) and out.dim() == 2
+            check_class_names(metadata.class_names, int(out.shape[1]) if single else None)
+            class_names = list(metadata.class_names)
     if batch_size is not None:
         warnings.warn(
             FixedBatchWarning(
@@ -590,18 +570,20 @@ def _fmt(shape: tuple[int, ...]) -> str:
     return ",".join(str(s) for s in shape)
 
 
-def _check_forward(module: nn.Module, shape: tuple[int, int, int], batch: int, path: Path) -> None:
+def _check_forward(module: nn.Module, shape: tuple[int, int, int], batch: int, path: Path) -> Any:
+    """The model's output on zeros [batch, *shape], or one sentence why there is none."""
     try:
         with torch.no_grad():
             out = module(torch.zeros(batch, *shape))
     except Exception as error:
         raise CheckpointError(
-            f"The model in {path} does not accept input of shape {_fmt(shape)} ({_first_line(error)})."
+            f"The model in {path} does not accept input of shape {_fmt(shape)} ({first_line(error)})."
         ) from None
     leaves = torch.utils._pytree.tree_leaves(out)
     if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
         # A tuple, list or dict of tensors is fine: a target names one element of it.
         raise CheckpointError(f"The model in {path} returns a {type(out).__name__}, not tensors.")
+    return out
 
 
 def load_default_pair() -> tuple[LoadedModel, LoadedModel]:

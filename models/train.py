@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ldam.models.data import DataError, load_mnist, normalize_mnist, split_indices
 from ldam.models.lenet import INPUT_SHAPE, MNIST_MEAN, MNIST_STD, LeNet
-from ldam.models.loading import export_checkpoint
+from ldam.models.saving import export_checkpoint
 
 PLAIN_FILE = "lenet_mnist.pt2"
 AVERAGED_FILE = "lenet_mnist_avg.pt2"

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ldam.errors import UserError
+from ldam.metadata import parse_metadata
 from ldam.web import security
 
 # ``show``'s options and the ``ldam serve`` flag each one becomes (True: a flag without value).
@@ -51,6 +53,9 @@ OPTIONS = {
     "idle_pause": "--idle-pause",
     "watch_settle": "--watch-settle",
     "atlas": "--atlas",
+    "mean": "--mean",
+    "std": "--std",
+    "class_names": "--class-names",
 }
 # Starting imports torch in the worker and loads the model: allow a slow machine its time.
 START_TIMEOUT_S = 180.0
@@ -92,13 +97,40 @@ class Dashboard:
 
 
 _current: Dashboard | None = None
+# Class-name lists written for ``--class-names`` (`_names_file`): text -> file.
+_names_files: dict[str, Path] = {}
 _lock = threading.Lock()
 
 
 def _flag_value(name: str, value: Any) -> str:
     if name == "input_shape" and isinstance(value, (tuple, list)):
         return ",".join(str(int(v)) for v in value)
+    if name in ("mean", "std") and isinstance(value, (tuple, list)):
+        return ",".join(repr(float(v)) for v in value)
+    if name == "class_names" and not isinstance(value, (str, os.PathLike)):
+        return str(_names_file(value))
     return str(value)
+
+
+def _names_file(names: Any) -> Path:
+    """A list of class names as a file of one name per line (names may hold commas); the same
+    names give the same file for as long as this interpreter runs, hence the same ``ldam
+    serve`` arguments (and reuse). A private ``mkstemp`` file: never a name in the shared
+    temporary folder that another user could have made first."""
+    text = "".join(f"{name}\n" for name in names)
+    path = _names_files.get(text)
+    if path is None or not path.is_file():
+        fd, name = tempfile.mkstemp(prefix="ldam-class-names-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        path = _names_files[text] = Path(name)
+    return path
+
+
+def _remove_names_files() -> None:
+    # The server read its names when it started; the files are not needed after this process.
+    for path in _names_files.values():
+        path.unlink(missing_ok=True)
 
 
 def serve_arguments(path: str | os.PathLike[str], options: dict[str, Any]) -> list[str]:
@@ -109,6 +141,15 @@ def serve_arguments(path: str | os.PathLike[str], options: dict[str, Any]) -> li
         raise NotebookError(
             f"show() has no option {unknown[0]!r}; use one of: {', '.join(sorted(OPTIONS))}."
         )
+    try:  # the server would refuse them too, but only after it started
+        parse_metadata(
+            options.get("mean"),
+            options.get("std"),
+            options.get("class_names"),
+            flags=("mean", "std", "class_names"),
+        )
+    except UserError as err:
+        raise NotebookError(str(err), err.field) from None
     target = Path(path).expanduser()
     if not target.exists():
         raise NotebookError(f"{path} does not exist; give a checkpoint file or a run's folder.")
@@ -227,7 +268,9 @@ def show(
     `options` are ``ldam serve``'s, with underscores: `compare`, `target`, `data`,
     `checkpoints`, `host`, `port` (default: a free one), `device`, `token`, `trust_checkpoint`,
     `arch`, `input_shape` (``(C, H, W)`` or ``"C,H,W"``), `idle_pause` and `watch_settle` (in
-    seconds), `atlas` (an ``ldam atlas`` folder). In a Jupyter kernel the page appears in an
+    seconds), `atlas` (an ``ldam atlas`` folder), `mean` and `std` (one number or one per
+    channel: the input normalization) and `class_names` (a list, a comma list or a file of one
+    name per line), which override the checkpoint's own. In a Jupyter kernel the page appears in an
     IFrame of `width` x `height` pixels (`width` may be a CSS length such as ``"100%"``);
     elsewhere its address is printed. The
     same file and options reuse the running server. Returns the `Dashboard`; raises
@@ -270,4 +313,5 @@ def stop() -> bool:
     return was_running
 
 
-atexit.register(stop)
+atexit.register(_remove_names_files)
+atexit.register(stop)  # runs first (last registered): the server is stopped, then files go

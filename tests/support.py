@@ -49,7 +49,7 @@ def lenet_folder() -> Path:
     import torch
 
     from ldam.models.lenet import LeNet
-    from ldam.models.loading import export_checkpoint
+    from ldam.models.saving import export_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="ldam-test-ckpt-"))
     for seed, name in enumerate(PAIR):
@@ -77,7 +77,7 @@ def rgb224_checkpoint() -> Path:
     import torch
     from torch import nn
 
-    from ldam.models.loading import export_checkpoint
+    from ldam.models.saving import export_checkpoint
 
     torch.manual_seed(0)
     net = nn.Sequential(

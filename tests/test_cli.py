@@ -16,7 +16,8 @@ from torch import nn
 
 from ldam.cli.main import main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
-from ldam.models.loading import export_checkpoint, load_checkpoint
+from ldam.models.loading import load_checkpoint
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.diagnostics import unit_diagnostics
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import display_grid, to_pil
@@ -163,7 +164,12 @@ def test_inspect_lists_layers() -> None:
     result = run_cli("inspect", str(DEFAULT_CHECKPOINT))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[1].split() == ["layer", "output", "shape", "units", "kind"]
+    # The metadata the .pt2 carries, then the layers.
+    assert lines[1:3] == [
+        "normalization: mean 0.1307, std 0.3081",
+        "class names: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9",
+    ]
+    assert lines[3].split() == ["layer", "output", "shape", "units", "kind"]
     assert any(line.split() == ["fc3", "10", "10", "vector"] for line in lines)
     assert any(line.split() == ["conv1", "6x24x24", "6", "channels"] for line in lines)
 

@@ -305,7 +305,7 @@ def test_deeply_nested_json_is_answered(server: LiveServer) -> None:
         assert answer(v, '{"type":"set","temperature":NaN}') == {
             "type": "error",
             "field": "temperature",
-            "message": "The field 'temperature' is invalid: Input should be a finite number.",
+            "message": "temperature must be a finite number, got nan.",
         }
 
 

@@ -19,10 +19,10 @@ from ldam.models.loading import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     FixedBatchWarning,
-    export_checkpoint,
     load_checkpoint,
     load_default_pair,
 )
+from ldam.models.saving import export_checkpoint
 from ldam.models.train import accuracy
 from ldam.sampling.targets import Target, TargetError, list_layers
 

@@ -34,9 +34,9 @@ def test_bad_options_and_paths_get_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(notebook.NotebookError) as err:
         notebook.show(checkpoint, temprature=0.1)
     assert str(err.value) == (
-        "show() has no option 'temprature'; use one of: arch, atlas, checkpoints, compare, data, "
-        "device, host, idle_pause, input_shape, port, target, token, trust_checkpoint, "
-        "watch_settle."
+        "show() has no option 'temprature'; use one of: arch, atlas, checkpoints, class_names, "
+        "compare, data, device, host, idle_pause, input_shape, mean, port, std, target, token, "
+        "trust_checkpoint, watch_settle."
     )
     with pytest.raises(notebook.NotebookError) as err:
         notebook.show(tmp_path / "nothing.pt2")
@@ -52,6 +52,30 @@ def test_bad_options_and_paths_get_one_sentence(tmp_path: Path) -> None:
         "1,28,28",
     ]
     assert notebook.current() is None
+
+
+def test_normalization_and_class_names_become_the_servers_flags(tmp_path: Path) -> None:
+    from ldam.cli.main import build_parser
+    from ldam.cli.options import metadata_option
+    from ldam.metadata import MetadataOverride
+
+    checkpoint = lenet_folder() / PAIR[0]
+    names = ["zero, the digit", *(str(k) for k in range(1, 10))]  # a name may hold a comma
+    options = {"mean": [0.5], "std": 0.25, "class_names": names}
+    args = notebook.serve_arguments(checkpoint, options)
+    assert args[:2] == [str(checkpoint.resolve()), "--class-names"]
+    assert args[3:] == ["--mean", "0.5", "--std", "0.25"]
+    assert notebook.serve_arguments(checkpoint, options) == args  # same names, same file: reuse
+    # What the server parses from them: the very values given.
+    parsed = metadata_option(build_parser().parse_args(["serve", *args]))
+    assert parsed == MetadataOverride((0.5,), (0.25,), tuple(names))
+    for bad, message in [
+        ({"std": [0.3, 0]}, "std must be above 0 for every channel, not [0.3, 0]."),
+        ({"mean": "x"}, "mean must be one number or one per channel, comma-separated, not 'x'."),
+    ]:
+        with pytest.raises(notebook.NotebookError) as err:
+            notebook.serve_arguments(checkpoint, bad)
+        assert str(err.value) == message
 
 
 def test_show_outside_a_kernel_prints_the_address_and_reuses_the_server(

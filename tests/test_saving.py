@@ -110,3 +110,52 @@ def test_a_lightning_checkpoint_loads_with_arch() -> None:
     assert weights.keys() == {k.removeprefix("model.") for k in raw["state_dict"]}
     for key, value in raw["state_dict"].items():
         assert torch.equal(weights[key.removeprefix("model.")], value)
+
+
+def test_save_checkpoint_exports_an_exported_lenet_again(tmp_path: Path) -> None:
+    # `torch.export.load(...).module()` refuses eval(); its mode is in the graph, so it is
+    # exported again as it is, batch still dynamic, and computes what the original computes.
+    from ldam.models.bundled import DEFAULT_CHECKPOINT
+
+    exported = torch.export.load(str(DEFAULT_CHECKPOINT)).module()
+    images = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    path = ldam.save_checkpoint(exported, images, tmp_path / "again.pt2", step=3)
+    loaded = load_checkpoint(path)
+    assert loaded.batch_size is None and loaded.metadata["step"] == 3
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(images), exported(images), atol=1e-6)
+
+
+def test_save_checkpoint_refuses_exported_modules_it_cannot_export_again(tmp_path: Path) -> None:
+    from torch import nn
+
+    fixed = torch.export.export(LeNet().eval(), (torch.zeros(3, 1, 28, 28),)).module()
+    training = torch.export.export(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train(),
+        (torch.zeros(2, 1, 6, 6),),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    cases = [
+        (
+            fixed,
+            torch.zeros(2, 1, 28, 28),
+            "model was made by torch.export for a fixed batch of 3, so it cannot be exported "
+            "with a dynamic batch; pass the original torch.nn.Module instead.",
+        ),
+        (
+            training.module(),
+            torch.zeros(2, 1, 6, 6),
+            "model was made by torch.export in training mode (batch norm active); export the "
+            "original torch.nn.Module, which is exported in eval mode.",
+        ),
+        (
+            training,
+            torch.zeros(2, 1, 6, 6),
+            "model is an ExportedProgram; pass program.module() instead.",
+        ),
+    ]
+    for model, example, message in cases:
+        with pytest.raises(CheckpointError) as err:
+            ldam.save_checkpoint(model, example, tmp_path / "m.pt2")
+        assert str(err.value) == message
+    assert os.listdir(tmp_path) == []

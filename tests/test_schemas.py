@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from ldam.errors import UserError
 from ldam.web import security
-from ldam.wire import limits, params
-from ldam.wire import messages as schemas
+from ldam.wire import limits
 from ldam.wire.limits import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from ldam.wire.messages import (
     NESTED_TOO_DEEPLY,
@@ -264,13 +262,37 @@ def test_depth_5000_is_refused_whatever_the_stack_depth() -> None:
     assert answers == [{"type": "error", "field": "message", "message": NESTED_TOO_DEEPLY}] * 2
 
 
-def test_message_limits_have_one_definition() -> None:
-    assert schemas.MAX_MESSAGE_BYTES is security.MAX_MESSAGE_BYTES is limits.MAX_MESSAGE_BYTES
-    assert limits.MAX_MESSAGE_BYTES == 4096
-    assert schemas.MAX_JSON_DEPTH is security.MAX_JSON_DEPTH is limits.MAX_JSON_DEPTH
-    for module in (schemas, security, params):
-        source = Path(module.__file__).read_text()
-        assert "MAX_MESSAGE_BYTES =" not in source and "MAX_JSON_DEPTH =" not in source
+def test_the_parser_enforces_the_limits_of_ldam_wire_limits_to_the_byte() -> None:
+    # The limits SECURITY.md promises are those of `ldam.wire.limits`: a message of exactly
+    # MAX_MESSAGE_BYTES bytes is read (its answer is about a field), one byte more is refused
+    # with a sentence naming that limit, counted in UTF-8 bytes for text and for bytes alike.
+    def with_size(size: int, filler: str) -> str:
+        head = '{"type": "set", "layer": "'
+        room = size - len(head.encode()) - len(b'"}')
+        return head + filler * (room // len(filler.encode())) + '"}'
+
+    limit = limits.MAX_MESSAGE_BYTES
+    for filler in ("a", "\u00e9"):  # 1 and 2 bytes a character
+        fits = with_size(limit, filler)
+        assert len(fits.encode()) == limit
+        assert refused(fits).field == "layer"
+        assert refused(fits.encode()).field == "layer"
+        over = fits[:-2] + filler + '"}'
+        size = len(over.encode())
+        assert size in (limit + 1, limit + 2)
+        for raw in (over, over.encode()):
+            error = refused(raw)
+            assert (error.field, error.message) == (
+                "message",
+                f"The message is {size} bytes; the limit is {limit} bytes.",
+            )
+    # Nesting: exactly MAX_JSON_DEPTH levels are read, one more is refused.
+    assert refused(_nested(limits.MAX_JSON_DEPTH)).field == "layer"
+    assert refused(_nested(limits.MAX_JSON_DEPTH + 1)).message == NESTED_TOO_DEEPLY
+    assert str(limits.MAX_JSON_DEPTH) in NESTED_TOO_DEEPLY
+    # Every message the parser answers reaches it: the websocket's own cap, which closes the
+    # connection instead of answering, lies well above the message limit.
+    assert security.WS_MAX_SIZE > limits.MAX_MESSAGE_BYTES
 
 
 def test_set_message_has_every_parameter_with_the_same_bounds() -> None:

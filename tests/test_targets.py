@@ -341,7 +341,8 @@ def _activation_and_gradient(target: Target, x: torch.Tensor) -> tuple[torch.Ten
 def test_the_flat_graph_path_gives_the_hook_paths_values_and_gradients(
     tmp_path: Path, arch: str, shape: tuple[int, int, int], specs: list[str]
 ) -> None:
-    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.models.loading import load_checkpoint
+    from ldam.models.saving import export_checkpoint
     from ldam.sampling import graph
 
     torch.manual_seed(0)
@@ -374,7 +375,8 @@ def test_the_flat_graph_path_gives_the_hook_paths_values_and_gradients(
 
 
 def test_the_cut_graph_runs_nothing_above_the_target(tmp_path: Path) -> None:
-    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.models.loading import load_checkpoint
+    from ldam.models.saving import export_checkpoint
     from ldam.sampling import graph
 
     torch.manual_seed(0)
@@ -389,7 +391,8 @@ def test_the_cut_graph_runs_nothing_above_the_target(tmp_path: Path) -> None:
 
 
 def test_unknown_layer_of_an_export_lists_the_layers(tmp_path: Path) -> None:
-    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.models.loading import load_checkpoint
+    from ldam.models.saving import export_checkpoint
 
     loaded = load_checkpoint(export_checkpoint(LeNet().eval(), tmp_path / "l.pt2", (1, 28, 28)))
     with pytest.raises(TargetError) as info:
@@ -401,7 +404,8 @@ def test_unknown_layer_of_an_export_lists_the_layers(tmp_path: Path) -> None:
 def test_the_flat_graph_path_gives_the_same_samples_as_the_hook_path(tmp_path: Path) -> None:
     # The whole sampler on the two paths of one checkpoint: same seed, same chains after 30
     # steps of Langevin dynamics at T > 0.
-    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.models.loading import load_checkpoint
+    from ldam.models.saving import export_checkpoint
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.sampler import Sampler, SamplerConfig
 
@@ -499,7 +503,8 @@ def frozen_eval(module: nn.Module) -> nn.Module:
 def exported(
     module: nn.Module, tmp_path: Path, shape: tuple[int, int, int], name: str
 ) -> nn.Module:
-    from ldam.models.loading import export_checkpoint, load_checkpoint
+    from ldam.models.loading import load_checkpoint
+    from ldam.models.saving import export_checkpoint
 
     return load_checkpoint(export_checkpoint(module, tmp_path / f"{name}.pt2", shape)).module
 

@@ -1,10 +1,11 @@
 """``ldam serve --watch DIR``: following a training run's checkpoints.
 
 The file rules (`ldam.web.watch.Watcher`) on real files with a hand-driven clock; the warm swap
-in an in-process worker (the chains carry on, the next step reads the new model); and a real
-server following a separate writer process (`tests.checkpoint_writer`) that writes as training
-does: files by ``ldam.save_checkpoint``, a slow write, a broken file that is later mended, a
-PyTorch Lightning ``.ckpt``; then the timeline's picks, and the idle pause and resume.
+in an in-process worker (the chains carry on, the next step reads the new model); and real
+servers following a run written as training writes it (``ldam.save_checkpoint``, a separate
+writer process for a slow write, atomic copies): each behaviour (the first file, a slow write,
+a broken file later mended, a refused first file, a PyTorch Lightning ``.ckpt``, a pin and
+following again, the idle pause) with its own run folder and server.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ldam.web.serve import run_server
 from ldam.web.watch import Watcher, step_in_name
 from ldam.wire.events import SetParams
 from ldam.wire.params import SamplerParams
+from tests.checkpoint_writer import save
 from tests.support import (
     PAIR,
     REPO,
@@ -223,7 +225,10 @@ def test_a_warm_swap_keeps_the_chains_and_reads_the_new_model(tmp_path: Path) ->
         assert torch.allclose(worker.panels[0].last_activation, expected, atol=1e-5)
 
 
-# --- a real server following a writer process ------------------------------------------------
+# --- a real server following a run ------------------------------------------------------------
+# Each test has its own run folder and server. Files are written as training writes them:
+# by ``ldam.save_checkpoint`` (atomically), by a separate writer process for a slow write, by
+# an atomic copy of the bundled LeNets or of a PyTorch Lightning ``.ckpt``.
 
 
 class Writer:
@@ -250,38 +255,59 @@ class Writer:
         answer = self.proc.stdout.readline()
         assert answer.startswith("ok"), answer
 
-    def do(self, line: str) -> None:
-        self.start(line)
-        self.finish()
-
     def close(self) -> None:
         if self.proc.poll() is None:
             self.start("quit")
             self.proc.wait(30)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Writer]]:
-    folder = tmp_path_factory.mktemp("run")
-    live = LiveServer(
-        tmp_path_factory.mktemp("serve"),
-        "--watch",
-        str(folder),
-        "--watch-settle",
-        "1",
-        "--idle-pause",
-        "2",
-        "--arch",
-        "lenet",
-        "--device",
-        "cpu",
-    )
-    writer = Writer(folder)
+class Run:
+    """A training run's folder, and the ``ldam serve --watch`` that follows it (`serve`)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.folder = (tmp / "run").resolve()
+        self.folder.mkdir()
+        self.live: LiveServer | None = None
+
+    def save(self, name: str, seed: int, step: int) -> None:
+        """A LeNet with seed `seed`, saved by ``ldam.save_checkpoint`` with the class names."""
+        save(self.folder, name, seed, step)
+
+    def copy(self, source: Path, name: str, age_s: float = 0.0) -> None:
+        """`source` copied in atomically as `name`, last written `age_s` seconds ago."""
+        scratch = self.tmp / name
+        shutil.copyfile(source, scratch)
+        written = time.time() - age_s
+        os.utime(scratch, (written, written))
+        os.replace(scratch, self.folder / name)
+
+    def serve(self) -> LiveServer:
+        """Start the server (settle time 1 s, idle pause 2 s) on the folder as it is now."""
+        self.live = LiveServer(
+            self.tmp / "serve",
+            "--watch",
+            str(self.folder),
+            "--watch-settle",
+            "1",
+            "--idle-pause",
+            "2",
+            "--arch",
+            "lenet",
+            "--device",
+            "cpu",
+        )
+        return self.live
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    the_run = Run(tmp_path)
     try:
-        yield live, writer
+        yield the_run
     finally:
-        writer.close()
-        live.stop()
+        if the_run.live is not None:
+            the_run.live.stop()
 
 
 def poll(live: LiveServer, predicate: Any, what: str, timeout: float = START_TIMEOUT_S) -> dict:
@@ -311,21 +337,34 @@ def entry(state: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((c for c in timeline.get("checkpoints", []) if c["name"] == name), None)
 
 
-def test_the_server_follows_a_training_run(run: tuple[LiveServer, Writer]) -> None:
-    live, writer = run
-    folder = writer.folder.resolve()
+def shows(live: LiveServer, name: str) -> dict[str, Any]:
+    """``/api/state`` once the main panel runs `name` and the worker is ready."""
+    return poll(
+        live,
+        lambda s: main_label(s) == name and s["status"]["worker"] == "running",
+        f"{name} in the main panel",
+    )
+
+
+def test_the_first_complete_checkpoint_starts_the_worker(run: Run) -> None:
+    live = run.serve()
     state = poll(live, lambda s: s["timeline"] is not None, "timeline")
     assert state["status"]["worker"] == "waiting"
-    assert state["timeline"]["note"] == f"Waiting for the first complete checkpoint in {folder}."
+    assert state["timeline"]["note"] == (
+        f"Waiting for the first complete checkpoint in {run.folder}."
+    )
     assert state["timeline"]["checkpoints"] == [] and state["info"] is None
+    # The start was settled at once: nothing to start yet, and the operator is told so.
+    waiting = f"ldam: following {run.folder} (waiting for its first complete checkpoint)"
+    poll(live, lambda s: waiting in live.output(), "the waiting line", 30)
     with Viewer(live) as viewer:
-        # 1. The first checkpoint, written by ldam.save_checkpoint: the worker starts on it.
-        writer.do("save step_0001.pt2 1 1")
-        state = poll(live, lambda s: s["status"]["worker"] == "running", "running worker")
+        run.save("step_0001.pt2", 1, 1)
+        state = shows(live, "step_0001.pt2")
         panel = state["info"]["panels"][0]
-        assert panel["label"] == "step_0001.pt2" and panel["step"] == 1
-        assert list(panel["unit_labels"].values()) == CLASS_NAMES
+        assert panel["step"] == 1 and list(panel["unit_labels"].values()) == CLASS_NAMES
         assert state["timeline"]["following"] is True and state["params"]["checkpoint"] is None
+        assert state["timeline"]["note"] is None
+        assert (state["timeline"]["main"], state["timeline"]["newest"]) == ("step_0001.pt2",) * 2
         metrics = viewer.wait_for(
             lambda m: m["type"] == "metrics" and m["diagnostics"][0]["units"], 60, "diagnostics"
         )
@@ -336,8 +375,17 @@ def test_the_server_follows_a_training_run(run: tuple[LiveServer, Writer]) -> No
             "stuck in separate modes",
             "not burned in yet",
         }
+        # The file the worker started with is not swapped in again once it runs.
+        assert metrics["swaps"] == 0
 
-        # 2. A slow write (10 pieces, 0.1 s apart; the settle time is 1 s): never loaded early.
+
+def test_a_file_still_being_written_is_never_loaded(run: Run) -> None:
+    run.copy(lenet_folder() / PAIR[0], "step_0001.pt2", age_s=60)
+    live = run.serve()
+    writer = Writer(run.folder)
+    try:
+        shows(live, "step_0001.pt2")
+        # 10 pieces, 0.1 s apart, straight into the file (the settle time is 1 s).
         writer.start("slow step_0002.pt2 2 2 10 0.1")
         seen = set()
         while True:
@@ -348,90 +396,147 @@ def test_the_server_follows_a_training_run(run: tuple[LiveServer, Writer]) -> No
                 break  # the writer said "ok": the last piece is written
             time.sleep(0.05)
         writer.finish()
-        assert "writing" in seen and "failed" not in seen
-        state = poll(live, lambda s: main_label(s) == "step_0002.pt2", "step_0002.pt2 shown")
-        assert entry(state, "step_0002.pt2")["state"] == "ready"
-        # The chains carried on under the new model (a swap, not a rebuild).
-        state = poll(live, lambda s: s["metrics"]["swaps"] == 1, "a warm swap", 30)
-        step = state["metrics"]["step"]
+    finally:
+        writer.close()
+    assert "writing" in seen and "failed" not in seen and "ready" not in seen
+    state = shows(live, "step_0002.pt2")
+    assert entry(state, "step_0002.pt2")["state"] == "ready"
+    assert state["info"]["panels"][0]["step"] == 2
+    # The chains carried on under the new model: one swap, not a rebuild.
+    state = poll(live, lambda s: s["metrics"]["version"] == s["version"], "metrics", 30)
+    assert state["metrics"]["swaps"] == 1
 
-        # 3. A broken file: one sentence on the page, skipped; the old model keeps sampling.
-        writer.do("broken step_0003.pt2")
-        sentence = NOT_READABLE.format(folder / "step_0003.pt2")
-        error = viewer.wait_for(lambda m: m["type"] == "error", 60, "error for the broken file")
+
+def test_a_broken_file_is_skipped_until_it_is_written_again(run: Run) -> None:
+    run.copy(lenet_folder() / PAIR[0], "step_0001.pt2", age_s=60)
+    live = run.serve()
+    shows(live, "step_0001.pt2")
+    with Viewer(live) as viewer:
+        (run.folder / "step_0002.pt2").write_bytes(b"not a checkpoint, only a mess\n" * 50)
+        sentence = NOT_READABLE.format(run.folder / "step_0002.pt2")
+        error = viewer.wait_for(lambda m: m["type"] == "error", 60, "the broken file's error")
         assert (error["field"], error["message"]) == ("checkpoint", sentence)
-        state = poll(live, lambda s: entry(s, "step_0003.pt2")["state"] == "failed", "failed")
-        assert entry(state, "step_0003.pt2")["error"] == sentence
-        assert (
-            main_label(state) == "step_0002.pt2" and state["timeline"]["newest"] == "step_0002.pt2"
-        )
-        poll(live, lambda s: s["metrics"]["step"] > step + 20, "steps after the broken file")
+    state = poll(live, lambda s: entry(s, "step_0002.pt2")["state"] == "failed", "failed")
+    assert entry(state, "step_0002.pt2")["error"] == sentence
+    assert (main_label(state), state["timeline"]["newest"]) == ("step_0001.pt2",) * 2
+    step = state["metrics"]["step"]
+    poll(live, lambda s: s["metrics"]["step"] > step + 20, "steps after the broken file")
+    # Written again (by ldam.save_checkpoint): tried again, and shown.
+    run.save("step_0002.pt2", 2, 2)
+    state = shows(live, "step_0002.pt2")
+    assert entry(state, "step_0002.pt2") | {"time": 0} == {
+        "name": "step_0002.pt2",
+        "step": 2,
+        "time": 0,
+        "state": "ready",
+        "error": None,
+    }
+    poll(live, lambda s: s["metrics"]["swaps"] == 1, "the swap", 30)
 
-        # 4. The broken file written again, by ldam.save_checkpoint: tried again, and shown.
-        writer.do("save step_0003.pt2 3 3")
-        state = poll(live, lambda s: main_label(s) == "step_0003.pt2", "step_0003.pt2 shown")
-        assert entry(state, "step_0003.pt2") | {"time": 0} == {
-            "name": "step_0003.pt2",
-            "step": 3,
-            "time": 0,
-            "state": "ready",
-            "error": None,
-        }
-        poll(live, lambda s: s["metrics"]["swaps"] == 2, "the second swap", 30)
 
-        # 5. A PyTorch Lightning checkpoint (state dict under "state_dict", keys "model.*").
-        writer.do(f"copy {LIGHTNING} epoch=0-step=4.ckpt")
-        state = poll(live, lambda s: main_label(s) == "epoch=0-step=4.ckpt", "Lightning shown")
-        assert state["info"]["panels"][0]["format"] == "state_dict"
-        assert [c["step"] for c in state["timeline"]["checkpoints"]] == [1, 2, 3, 4]
+def test_a_refused_first_file_waits_for_the_next_one(run: Run) -> None:
+    (run.folder / "step_0001.pt2").write_bytes(b"not a checkpoint\n" * 50)
+    live = run.serve()
+    sentence = NOT_READABLE.format(run.folder / "step_0001.pt2")
+    # The refusal does not end the start: the server goes on and names the file.
+    state = poll(live, lambda s: (entry(s, "step_0001.pt2") or {}).get("error"), "refusal")
+    assert entry(state, "step_0001.pt2")["error"] == sentence
+    assert state["status"]["worker"] == "failed" and state["status"]["error"] == sentence
+    poll(live, lambda s: "ldam: following" in live.output(), "the following line", 30)
+    run.save("step_0002.pt2", 2, 2)
+    state = shows(live, "step_0002.pt2")
+    assert state["status"]["error"] is None and state["timeline"]["note"] is None
+    assert [c["state"] for c in state["timeline"]["checkpoints"]] == ["failed", "ready"]
 
-        # 6. The timeline goes back to step 1 with the same seeds, then holds step 2 in the
-        # compare panel while the main panel follows the newest again.
+
+def test_a_lightning_checkpoint_is_followed(run: Run) -> None:
+    run.copy(lenet_folder() / PAIR[0], "step_0001.pt2", age_s=60)
+    live = run.serve()
+    # One version per file followed: the file the worker starts with is asked for once.
+    shows(live, "step_0001.pt2")
+    state = poll(live, lambda s: s["metrics"] is not None, "metrics", 30)
+    assert (state["version"], state["metrics"]["version"]) == (1, 1)
+    # A state dict under "state_dict" with keys "model.*", read with --arch lenet.
+    run.copy(LIGHTNING, "epoch=0-step=4.ckpt")
+    shows(live, "epoch=0-step=4.ckpt")
+    state = poll(live, lambda s: s["metrics"]["version"] == 2, "the swap's metrics", 30)
+    assert (state["version"], state["metrics"]["swaps"]) == (2, 1)
+    assert state["info"]["panels"][0]["format"] == "state_dict"
+    assert [c["step"] for c in state["timeline"]["checkpoints"]] == [1, 4]
+    assert state["timeline"]["order"] == "step"
+
+
+def test_a_pinned_file_stays_and_following_again_shows_the_newest(run: Run) -> None:
+    run.copy(lenet_folder() / PAIR[0], "step_0001.pt2", age_s=60)
+    run.copy(lenet_folder() / PAIR[1], "step_0002.pt2", age_s=50)
+    run.copy(LIGHTNING, "epoch=0-step=4.ckpt", age_s=40)
+    live = run.serve()
+    shows(live, "epoch=0-step=4.ckpt")
+    with Viewer(live) as viewer:
         viewer.set(checkpoint="step_0001.pt2")
-        state = poll(live, lambda s: main_label(s) == "step_0001.pt2", "step 1 pinned")
+        state = shows(live, "step_0001.pt2")
         assert state["timeline"]["following"] is False
+        assert state["params"]["checkpoint"] == "step_0001.pt2"
         # A pick starts afresh with the same seed: a rebuild, no swap.
         state = poll(live, lambda s: s["metrics"]["version"] == s["version"], "metrics", 30)
-        assert state["metrics"]["swaps"] == 3
+        assert state["metrics"]["swaps"] == 0
+        # A newer file of the run does not move a pinned panel.
+        run.copy(lenet_folder() / PAIR[1], "step_0005.pt2")
+        poll(live, lambda s: (entry(s, "step_0005.pt2") or {}).get("state") == "ready", "step 5")
+        # Follow the run again, with step 2 in the compare panel.
         viewer.send({"type": "set", "checkpoint": "", "compare": "step_0002.pt2"})
         state = poll(
             live,
             lambda s: (
                 [p["label"] for p in (s["info"] or {}).get("panels", [])]
-                == ["epoch=0-step=4.ckpt", "step_0002.pt2"]
+                == ["step_0005.pt2", "step_0002.pt2"]
             ),
-            "newest against step 2",
+            "the newest against step 2",
         )
-        assert state["timeline"]["following"] is True
-        assert (state["timeline"]["main"], state["timeline"]["compare"]) == (
-            "epoch=0-step=4.ckpt",
-            "step_0002.pt2",
+    timeline = state["timeline"]
+    assert timeline["following"] is True and state["params"]["checkpoint"] is None
+    assert (timeline["main"], timeline["compare"], timeline["newest"]) == (
+        "step_0005.pt2",
+        "step_0002.pt2",
+        "step_0005.pt2",
+    )
+    assert state["params"]["seed"] == 0
+
+
+def test_a_start_no_file_can_mend_ends_with_the_workers_sentence(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.copy(lenet_folder() / PAIR[0], "step_0001.pt2", age_s=60)
+    with pytest.raises(ServeError) as err:
+        run_server(
+            ServeConfig(
+                watch=str(run.folder),
+                arch="lenet",
+                device="cpu",
+                port=free_port(),
+                worker_entry="tests.support:crashing_worker",
+                standby=False,
+            )
         )
-        assert state["params"]["seed"] == 0
+    assert str(err.value) == (
+        "The worker stopped 3 times before it was ready "
+        "(last error: RuntimeError: no accelerator found for this test)."
+    )
 
 
 CHROMIUM = os.environ.get("LDAM_CHROMIUM", "/usr/bin/chromium")
 
 
-def ensure_run(live: LiveServer, writer: Writer) -> None:
-    """The run of `test_the_server_follows_a_training_run`, for a test run on its own."""
-    names = {c["name"] for c in (live.state()["timeline"] or {}).get("checkpoints", [])}
-    for step in (1, 2, 3):
-        if f"step_000{step}.pt2" not in names:
-            writer.do(f"save step_000{step}.pt2 {step} {step}")
-    if "epoch=0-step=4.ckpt" not in names:
-        writer.do(f"copy {LIGHTNING} epoch=0-step=4.ckpt")
-    poll(live, lambda s: main_label(s) == "epoch=0-step=4.ckpt", "the newest file shown")
-
-
 @pytest.mark.browser
-def test_the_timeline_and_the_diagnostics_in_a_browser(run: tuple[LiveServer, Writer]) -> None:
+def test_the_timeline_and_the_diagnostics_in_a_browser(run: Run) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (make chromium installs it)")
     from playwright.sync_api import sync_playwright
 
-    live, writer = run
-    ensure_run(live, writer)
+    for step in (1, 2, 3):
+        run.save(f"step_000{step}.pt2", step, step)
+    run.copy(LIGHTNING, "epoch=0-step=4.ckpt")
+    live = run.serve()
+    shows(live, "epoch=0-step=4.ckpt")
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
@@ -503,12 +608,9 @@ def test_the_timeline_and_the_diagnostics_in_a_browser(run: tuple[LiveServer, Wr
         browser.close()
 
 
-def test_the_worker_rests_without_a_browser_and_wakes_for_one(
-    run: tuple[LiveServer, Writer],
-) -> None:
-    live, writer = run
-    if not (live.state()["timeline"] or {}).get("checkpoints"):
-        writer.do("save step_0001.pt2 1 1")  # this test alone: give the run a checkpoint
+def test_the_worker_rests_without_a_browser_and_wakes_for_one(run: Run) -> None:
+    run.copy(lenet_folder() / PAIR[0], "step_0001.pt2", age_s=60)
+    live = run.serve()
     live.wait_ready()
     # No browser is connected: after the idle pause (2 s) the steps stop, the state is kept.
     state = poll(live, lambda s: (s["metrics"] or {}).get("idle") is True, "idle worker", 60)

@@ -16,9 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ldam.models.loading import export_checkpoint
+from ldam.cli.main import build_parser
+from ldam.cli.options import metadata_option
+from ldam.metadata import MetadataOverride
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.images import display_grid
 from ldam.sampling.settings import fitted_window
+from ldam.web.config import ServeConfig, worker_setup
 from ldam.wire.events import Frame, Notice, Ready, Rejected, SetParams, Shake, Stop
 from ldam.wire.link import Outbox, WorkerConfig, WorkerEnd
 from ldam.wire.params import SamplerParams
@@ -32,7 +36,11 @@ class Harness:
     """A Worker in this process, wired to real pipes; `events()` reads what it sent."""
 
     def __init__(
-        self, params: dict[str, Any], compare: bool = False, checkpoint: Path | None = None
+        self,
+        params: dict[str, Any],
+        compare: bool = False,
+        checkpoint: Path | None = None,
+        metadata: MetadataOverride | None = None,
     ) -> None:
         folder = lenet_folder()
         ctx = mp.get_context("spawn")
@@ -45,6 +53,7 @@ class Harness:
             device="cpu",
             params=SamplerParams.model_validate(params).model_dump(),
             version=3,
+            metadata=metadata,
         )
         self.end = WorkerEnd(self.command_read, event_write)
         self.worker = Worker(config, self.end)
@@ -141,6 +150,33 @@ def test_view_redraws_the_same_chains_in_input_space() -> None:
         assert picture.shape == expected.shape == (62, 62)
         assert np.abs(picture - expected).mean() < 3  # JPEG at quality 90: a few levels off
         assert np.abs(decode(symmetric[0]).astype(int) - expected).mean() > 20
+    finally:
+        h.close()
+
+
+def test_the_operators_normalization_and_class_names_reach_the_input_view() -> None:
+    # ldam serve --mean --std --class-names: parsed once, carried by ServeConfig and the
+    # worker's configuration to every model the worker loads, over the file's own metadata.
+    names = [f"digit {k}" for k in range(10)]
+    checkpoint = str(lenet_folder() / PAIR[0])
+    argv = ["serve", checkpoint, "--mean", "0.5", "--std", "0.25", "--class-names", ",".join(names)]
+    override = metadata_option(build_parser().parse_args(argv))
+    worker_config, _ = worker_setup(ServeConfig(checkpoint=checkpoint, metadata=override))
+    assert worker_config.metadata == MetadataOverride((0.5,), (0.25,), tuple(names))
+    h = Harness({"layout": "chains", "chains": 4, "show": "sample", "view": "input"},
+                metadata=worker_config.metadata)  # fmt: skip
+    try:
+        h.worker.step_all()
+        _, shown = h.frame()
+        loaded = h.worker.panels[0].loaded
+        assert loaded.normalization == ([0.5], [0.25]) and loaded.class_names == names
+        assert h.worker.info()["class_names"] == names
+        x = h.worker.panels[0].sampler.x
+        expected = display_grid(x, 2, "input", ([0.5], [0.25]))[0].numpy()
+        mnist = display_grid(x, 2, "input", ([0.1307], [0.3081]))[0].numpy()
+        picture = decode(shown[0]).astype(int)
+        assert np.abs(picture - expected).mean() < 3  # JPEG at quality 90: a few levels off
+        assert np.abs(picture - mnist).mean() > 20  # not the file's normalization
     finally:
         h.close()
 

@@ -36,9 +36,9 @@ from ldam.models.loading import (
     IMAGENET_NORMALIZATION,
     FixedBatchWarning,
     LoadedModel,
-    export_checkpoint,
     load_checkpoint,
 )
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import LayerInfo, Target, list_layers

@@ -18,6 +18,7 @@ from typing import Any
 from ldam.atlas.manifest import AtlasError
 from ldam.atlas.plan import Job
 from ldam.atlas.render import Rendered, Renderer
+from ldam.errors import first_line
 
 OnDone = Callable[[list[Rendered]], None]
 
@@ -73,8 +74,7 @@ def ray_init(address: str | None, workers: int, threads: int) -> Any:
             ray.init(num_cpus=max(os.cpu_count() or 1, workers * threads), **options)
     except Exception as error:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise AtlasError(f"Could not connect to {where} ({first}).") from None
+        raise AtlasError(f"Could not connect to {where} ({first_line(error)}).") from None
     return ray
 
 

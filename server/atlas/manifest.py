@@ -10,6 +10,7 @@ from typing import Any
 from ldam.atlas.files import atomic_write
 from ldam.atlas.plan import Job
 from ldam.errors import UserError
+from ldam.metadata import normalization_json
 
 MANIFEST = "atlas.json"
 
@@ -18,10 +19,20 @@ class AtlasError(UserError):
     """An atlas cannot be run or resumed; the message is one sentence."""
 
 
-def new_manifest(job: Job, sha256: str, units_in_layer: int) -> dict[str, Any]:
-    """The manifest of a run that has finished no unit yet."""
+def new_manifest(
+    job: Job,
+    sha256: str,
+    units_in_layer: int,
+    normalization: tuple[list[float], list[float]] | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a run that has finished no unit yet; `normalization` (mean, std) and
+    `class_names` are the loaded model's (the file's, or ``--mean``/``--std``/``--class-names``).
+    """
     return {
         "checkpoint": {"path": str(Path(job.checkpoint).resolve()), "sha256": sha256},
+        "normalization": normalization_json(normalization),
+        "class_names": class_names,
         "layer": job.layer,
         "units_in_layer": units_in_layer,
         "requested_units": list(job.units),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from ldam.metadata import MetadataOverride
 from ldam.wire.settings import on
 
 
@@ -81,7 +82,8 @@ Settings = _settings_class()
 
 @dataclass(frozen=True)
 class Job:
-    """One checkpoint, one layer, the units to render and the settings."""
+    """One checkpoint, one layer, the units to render and the settings; `arch`, `input_shape`,
+    `trust` and `metadata` (``--mean``, ``--std``, ``--class-names``) say how to load it."""
 
     checkpoint: str
     layer: str
@@ -92,6 +94,7 @@ class Job:
     trust: bool = False
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    metadata: MetadataOverride | None = None
 
     def batches(self) -> list[list[int]]:
         """The units in consecutive runs of at most `batch_units`, each a contiguous range

@@ -50,7 +50,11 @@ class Renderer:
         torch.set_num_threads(job.settings.threads)
         self.job = job
         self.loaded = load_checkpoint(
-            job.checkpoint, arch=job.arch, input_shape=job.input_shape, trust=job.trust
+            job.checkpoint,
+            arch=job.arch,
+            input_shape=job.input_shape,
+            trust=job.trust,
+            metadata=job.metadata,
         )
         self.module = self.loaded.module.to(job.device)
 

@@ -18,6 +18,7 @@ from ldam.cli.options import (
     add_layout_option,
     add_setting_flags,
     int_triple,
+    metadata_option,
     settings_from_args,
 )
 
@@ -140,6 +141,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         input_shape=int_triple(args.input_shape, "input-shape"),
         trust=args.trust_checkpoint,
         device=device,
+        metadata=metadata_option(args),
     )
     # The driver loads the model too: a bad checkpoint, layer or range is one sentence here,
     # before any worker starts; the local executor renders with this same model.
@@ -149,7 +151,10 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     per_batch = batch_units(args.batch_units, settings, renderer.loaded.input_shape)
     job = replace(job, units=units, settings=replace(settings, batch_units=per_batch))
     renderer.job = job
-    manifest = new_manifest(job, file_sha256(args.checkpoint), count)
+    loaded = renderer.loaded
+    manifest = new_manifest(
+        job, file_sha256(args.checkpoint), count, loaded.normalization, loaded.class_names
+    )
     old = read_manifest(out)
     if old is not None and old["units"] and not args.resume:
         raise AtlasError(

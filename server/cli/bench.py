@@ -5,8 +5,8 @@ Three loops per row, all on the same network, unit, batch (= chains), device and
 - **eager**: the bare loop a user would otherwise write on the network built in Python (an
   `nn.Module`): forward, backward to the input, an in-place update of x. An inner target is read
   with a forward hook while the whole network runs, as such a loop does.
-- **ldam**: what `ldam sample` runs. The same network is exported with `torch.export` (the
-  README's recipe: dynamic batch, `ldam.json` metadata), saved to a temporary `.pt2`, loaded with
+- **ldam**: what `ldam sample` runs. The same network is exported with ldam's one exporter
+  (`ldam.models.saving.export_checkpoint`: dynamic batch, `ldam.json` metadata), saved to a temporary `.pt2`, loaded with
   `ldam.models.loading.load_checkpoint` and sampled with `Target` + `ActivationTerm` + `L2Term` +
   `Sampler` at `ldam sample`'s defaults; `Sampler.step()` is timed. Only the public API is
   called, so a faster loader or sampler shows up here without changing this file.
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import json
 import math
 import os
 import statistics
@@ -232,17 +231,12 @@ def eager_step(model: nn.Module, target: str, x: Tensor) -> Callable[[], None]:
 
 
 def export_for_ldam(model: nn.Module, input_shape: tuple[int, int, int], path: Path) -> Path:
-    """Save `model` (on the CPU) as the `.pt2` a user hands to `ldam sample`: the README's
-    recipe, `torch.export` with a dynamic batch of 1..4096 and `ldam.json` with `input_shape`."""
-    from ldam.models.loading import METADATA_FILE
+    """Save `model` (on the CPU) as the `.pt2` a user hands to `ldam sample`: ldam's one
+    exporter (`ldam.models.saving.export_checkpoint`: a dynamic batch, `ldam.json` with
+    `input_shape`)."""
+    from ldam.models.saving import export_checkpoint
 
-    # Batch 2 in the example: an example batch of 1 would be specialized despite the Dim.
-    example = torch.zeros(2, *input_shape)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
-    meta = {"input_shape": [int(s) for s in input_shape]}
-    torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(meta)})
-    return path
+    return export_checkpoint(model, path, input_shape)
 
 
 def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ldam.cli.options import int_triple
+from ldam.cli.options import int_triple, metadata_option
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -22,11 +22,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         arch=args.arch,
         input_shape=int_triple(args.input_shape, "input-shape"),
         trust=args.trust_checkpoint,
+        metadata=metadata_option(args),
     )
     layers = list_layers(
         loaded.module, loaded.input_shape, batch_size=loaded.batch_size, layout=args.layout
     )
     print(f"{args.checkpoint}: {loaded.format}, input {'x'.join(map(str, loaded.input_shape))}")
+    if loaded.normalization is not None:
+        mean, std = (",".join(f"{v:g}" for v in values) for values in loaded.normalization)
+        print(f"normalization: mean {mean}, std {std}")
+    if loaded.class_names:
+        print(f"class names: {', '.join(loaded.class_names)}")
     width = max([len(layer.name or "output") for layer in layers] + [5])
     print(f"{'layer':<{width}}  {'output shape':<20} {'units':>6}  kind")
     for layer in layers:

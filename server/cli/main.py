@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from ldam.cli import atlas, inspect, sample, serve, train
-from ldam.cli.options import add_checkpoint_options, add_layout_option, add_setting_flags
+from ldam.cli.options import (
+    add_checkpoint_options,
+    add_layout_option,
+    add_metadata_options,
+    add_setting_flags,
+)
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.wire.params import View
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="access token for a non-loopback bind (default: $LDAM_TOKEN, else one is generated and printed)",
     )
     v.add_argument("--trust-checkpoint", action="store_true")
+    add_metadata_options(v)
     v.add_argument(
         "--atlas", help="an ldam atlas folder: its gallery at /atlas, each unit a click from live"
     )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 from ldam.errors import UserError
+from ldam.metadata import MetadataOverride, parse_metadata
 from ldam.wire.settings import Surface, check_clamp, check_step_decay, on
 
 
@@ -15,22 +15,6 @@ class UsageError(UserError):
 
 
 # ----------------------------------------------------------------------------- parsing helpers
-
-
-def per_chain(text: str, name: str) -> float | list[float]:
-    """Parse `0.1` or a comma list `0,0.2,0.5` (one value per chain) into floats."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not parts:
-        raise UsageError(f"--{name} needs a number or a comma-separated list of numbers.")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise UsageError(
-            f"--{name} must be a number or a comma-separated list of numbers, not {text!r}."
-        ) from None
-    if not all(math.isfinite(v) for v in values):
-        raise UsageError(f"--{name} must be finite, not {text!r}.")
-    return values[0] if len(values) == 1 else values
 
 
 def int_triple(text: str | None, name: str) -> tuple[int, int, int] | None:
@@ -50,34 +34,6 @@ def int_triple(text: str | None, name: str) -> tuple[int, int, int] | None:
     return (c, h, w)
 
 
-def float_tuple(text: str | None, name: str, n: int) -> tuple[float, ...] | None:
-    """Parse `a,b[,c]` into exactly n floats."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n or not all(math.isfinite(v) for v in values):
-        raise UsageError(f"--{name} must be {n} comma-separated numbers, not {text!r}.")
-    return values
-
-
-def burn_in_value(text: str) -> int | None:
-    """`auto` -> None (detected per chain), else a non-negative step count."""
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(
-            f"--burn-in must be 'auto' or a whole number of steps, not {text!r}."
-        ) from None
-    if value < 0:
-        raise UsageError(f"--burn-in must be 'auto' or a whole number of steps, not {text!r}.")
-    return value
-
-
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """The options every command that loads a checkpoint takes."""
     p.add_argument(
@@ -90,6 +46,34 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow full pickles (runs code from the file)",
     )
+    add_metadata_options(p)
+
+
+def add_metadata_options(p: argparse.ArgumentParser) -> None:
+    """``--mean``, ``--std`` and ``--class-names``: what a checkpoint without metadata (a state
+    dict, TorchScript, a Lightning .ckpt) cannot say; they override a .pt2's metadata."""
+    p.add_argument(
+        "--mean",
+        help="the input normalization's mean: one value, or one per channel (comma list)",
+    )
+    p.add_argument(
+        "--std",
+        help="the input normalization's standard deviation: one value, or one per channel",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="NAMES|FILE",
+        help="the output units' names: a comma list, or a file with one name per line",
+    )
+
+
+def metadata_option(args: argparse.Namespace) -> MetadataOverride:
+    """The one `MetadataOverride` of ``--mean``, ``--std`` and ``--class-names`` (one sentence
+    naming the flag for a bad value)."""
+    try:
+        return parse_metadata(args.mean, args.std, args.class_names)
+    except UserError as err:
+        raise UsageError(str(err), err.field) from None
 
 
 def add_layout_option(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ldam.cli.options import UsageError, int_triple, settings_from_args
+from ldam.cli.options import UsageError, int_triple, metadata_option, settings_from_args
+from ldam.metadata import normalization_json
 from ldam.wire.params import grid_columns
 from ldam.wire.settings import on
 
@@ -65,6 +66,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         arch=args.arch,
         input_shape=int_triple(args.input_shape, "input-shape"),
         trust=args.trust_checkpoint,
+        metadata=metadata_option(args),
     )
     module = loaded.module.to(device)
     target = Target(module, args.target, chains, batch_size=loaded.batch_size, layout=args.layout)
@@ -138,6 +140,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "format": loaded.format,
         "input_shape": list(loaded.input_shape),
+        "normalization": normalization_json(loaded.normalization),
+        "class_names": loaded.class_names,
         "target": args.target,
         "units_per_chain": list(target.units_per_chain),
         "chains": chains,

@@ -7,7 +7,7 @@ import argparse
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the dashboard server (the worker process does the torch work)."""
-    from ldam.cli.options import UsageError, given_settings, int_triple
+    from ldam.cli.options import UsageError, given_settings, int_triple, metadata_option
     from ldam.web.config import ServeConfig
     from ldam.web.serve import run_server
 
@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             trust_checkpoint=args.trust_checkpoint,
             token=args.token,
             atlas=args.atlas,
+            metadata=metadata_option(args),
             # The page's first values of the settings the command line names.
             params=given_settings(args, "serve"),
         )

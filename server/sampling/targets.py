@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from ldam.errors import first_line
 from ldam.sampling import graph
 from ldam.wire.targets import (
     ChainTargets,
@@ -667,5 +668,4 @@ def _output_structure(module: fx.GraphModule) -> Any:
 
 def _refused_input(input_shape: Sequence[int], error: Exception) -> TargetError:
     shape = ",".join(str(s) for s in input_shape)
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200].rstrip(". ")
-    return TargetError(f"The model does not accept input of shape {shape} ({first}).")
+    return TargetError(f"The model does not accept input of shape {shape} ({first_line(error)}).")

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ldam.errors import UserError
+from ldam.metadata import MetadataOverride
 from ldam.models.bundled import CHECKPOINT_DIR, DEFAULT_PAIR
 from ldam.web.store import name_in_folder
 from ldam.wire.link import WORKER_ENTRY, WorkerConfig
@@ -43,6 +44,8 @@ class ServeConfig:
     `watch_settle_s` and a scan every `watch_poll_s` seconds (`ldam.web.watch`);
     `idle_pause_s`: seconds with no browser connected before the worker rests (0: never);
     `arch`, `input_shape`: the network and C,H,W for state-dict files (``--arch``).
+    `metadata`: the normalization and class names given for every checkpoint loaded
+    (``--mean``, ``--std``, ``--class-names``).
     `atlas`: an `ldam atlas` folder for the Atlas view (its checkpoint is the main one when no
     checkpoint is named).
     """
@@ -70,6 +73,7 @@ class ServeConfig:
     arch: str | None = None
     input_shape: tuple[int, int, int] | None = None
     atlas: str | None = None
+    metadata: MetadataOverride | None = None
 
     @property
     def folder(self) -> Path:
@@ -181,6 +185,7 @@ def worker_setup(config: ServeConfig) -> tuple[WorkerConfig, SamplerParams]:
         frame_rate=config.frame_rate,
         arch=config.arch,
         input_shape=config.input_shape,
+        metadata=config.metadata,
         idle_pause_s=config.idle_pause_s,
     )
     return worker, initial

@@ -8,6 +8,7 @@ the worker; it holds no state of its own. No torch here.
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from typing import Any
 
 from pydantic import BaseModel
@@ -54,7 +55,7 @@ class Hub:
         watch: Watcher | None = None,
         poll_s: float = 0.5,
     ) -> None:
-        self.store = ParamStore(base, params)
+        self.store = ParamStore(base, params, str(watch.folder) if watch is not None else None)
         self.broadcaster = Broadcaster()
         self.supervisor = Supervisor(
             self.store.worker_config,
@@ -63,10 +64,16 @@ class Hub:
             worker_entry,
             standby,
         )
-        self.follower: Follower | None = None
-        if watch is not None:
-            self.store.watch = str(watch.folder)
-            self.follower = Follower(watch, self, poll_s)
+        self.follower = Follower(watch, self, poll_s) if watch is not None else None
+
+    @property
+    def started(self) -> Future[str | None]:
+        """The start's outcome, set once: None when the server may go on (its first worker
+        is ready; with ``--watch`` also while it waits for a checkpoint, or after a refused
+        file), else the one sentence that ended the start."""
+        if self.follower is not None:
+            return self.follower.started
+        return self.supervisor.started
 
     def start(self) -> None:
         """Start the worker, or with ``--watch`` the follower that starts it (call from the
@@ -107,10 +114,11 @@ class Hub:
             if message.params is None:
                 # The worker could not start at all (bad checkpoint or target on the command
                 # line): `run_server` reports it; a browser sees the error. With --watch the
-                # follower tries the run's next file when this one was at fault.
-                self.supervisor.note_refused_start(message.message)
+                # follower tries the run's next file when this one was at fault: it hears
+                # first, so that a refused file does not end the start.
                 if self.follower is not None:
                     self.follower.on_rejected(message)
+                self.supervisor.note_refused_start(message.message)
                 self.broadcast_status()
                 return
             command = self.store.on_rejected(message)

@@ -34,9 +34,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ldam.errors import UserError
 
-# Re-exported for the security tests: the message limits are defined once, in ldam.wire.limits.
-from ldam.wire.limits import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES  # noqa: F401
-
 # Limits the app enforces. A control message above MAX_MESSAGE_BYTES (`ldam.wire.limits`) is
 # answered with an error and dropped; anything above WS_MAX_SIZE makes the websocket protocol
 # itself close that one connection (1009) before the bytes are buffered.

@@ -1,8 +1,9 @@
 """Serving the dashboard: the start checks, uvicorn's settings, a clean exit on signals.
 
 `run_server` checks what can be checked before anything starts (token rule, free port,
-checkpoint folder), starts uvicorn with the app and waits until the first worker is ready:
-a worker that cannot start ends the start with `ServeError` and the worker's own sentence.
+checkpoint folder), starts uvicorn with the app and waits for the start's one outcome
+(`Hub.started`): a worker that cannot start ends the start with `ServeError` and the
+worker's own sentence.
 Ctrl-C and SIGTERM shut down gracefully (exit status 0). No torch here.
 """
 
@@ -21,11 +22,7 @@ from ldam.web import security
 from ldam.web.app import create_app
 from ldam.web.config import ServeConfig, ServeError
 from ldam.web.hub import Hub
-from ldam.web.supervisor import WorkerState
 from ldam.web.watch import watch_folder_error
-
-# How often `run_server` looks whether the first worker is ready or the start failed.
-_START_POLL_S = 0.05
 
 
 def check_port(host: str, port: int) -> None:
@@ -93,22 +90,16 @@ def run_server(config: ServeConfig) -> None:
         serving = asyncio.create_task(server.serve())
         # Fail fast with the worker's own sentence when the model or target cannot be used.
         # With --watch a file that fails is skipped instead (the page says so): only a start
-        # that no file can mend (device, target, compare file) ends it.
-        supervisor, follower = hub.supervisor, hub.follower
-        if follower is not None:
-            while not serving.done() and not (
-                follower.settled or (follower.started and supervisor.start_settled)
-            ):
-                await asyncio.sleep(_START_POLL_S)
-            failed = follower.stopped_with
-            if failed is None and supervisor.state is WorkerState.FAILED and follower.starting:
-                failed = supervisor.last_error  # workers died before "ready", file or not
-        else:
-            while not supervisor.start_settled and not serving.done():
-                await asyncio.sleep(_START_POLL_S)
-            failed = supervisor.last_error if supervisor.state is WorkerState.FAILED else None
-            if supervisor.state is WorkerState.FAILED and failed is None:
-                failed = "The worker could not start."
+        # that no file can mend (device, target, compare file, crashes) ends it.
+        started = asyncio.wrap_future(hub.started)
+        try:
+            await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()  # a no-op once set; else nothing waits on it any more
+        if started.cancelled():
+            await serving  # the server stopped (a signal) before the start was settled
+            return
+        failed = started.result()
         if failed is not None:
             server.should_exit = True
             await serving
@@ -118,6 +109,7 @@ def run_server(config: ServeConfig) -> None:
             print(f"ldam: open {security.login_url(host, port, token)}", flush=True)
         else:
             print(f"ldam: serving on http://{shown}:{port}", flush=True)
+        follower = hub.follower
         if follower is not None:
             waiting = " (waiting for its first complete checkpoint)" if follower.waiting else ""
             print(f"ldam: following {follower.watcher.folder}{waiting}", flush=True)

@@ -47,9 +47,11 @@ class ParamStore:
     `base` is the worker's start configuration from the command line: its `checkpoint` and
     `compare` are the operator's own files, its `version` the first version number.
     `sources` maps ``checkpoint`` and ``compare`` to the absolute paths the worker loads.
+    With `watch` (``--watch``: the run's folder) the store also owns what is followed: the
+    run's newest loadable file, and whether the page pinned a file instead (`following`).
     """
 
-    def __init__(self, base: WorkerConfig, params: SamplerParams) -> None:
+    def __init__(self, base: WorkerConfig, params: SamplerParams, watch: str | None = None) -> None:
         self.base = base
         self.folder = Path(base.checkpoints_dir)
         self.params = params
@@ -60,10 +62,10 @@ class ParamStore:
         }
         # What the worker said about the model (layers, device, panels); None until "ready".
         self.info: dict[str, Any] | None = None
-        # ``--watch``: the run's folder, and its newest loadable file (set by
-        # `ldam.web.watch.Follower`), where ``checkpoint: ""`` (follow the run again) leads.
-        self.watch: str | None = None
-        self.newest: str | None = None
+        # ``--watch``: the run's folder, and its newest loadable file (`follow`,
+        # `follow_failed`), where ``checkpoint: ""`` (follow the run again) leads.
+        self.watch = watch
+        self._newest: str | None = None
 
     def worker_config(self) -> WorkerConfig:
         """The start configuration of a worker that runs the current parameters and files."""
@@ -92,7 +94,7 @@ class ParamStore:
                 if name == "checkpoint":
                     # The picker's "(from the command line)" entry: the operator's own file,
                     # or with --watch the run's newest checkpoint (followed from then on).
-                    sources[name] = self.newest or self.base.checkpoint
+                    sources[name] = self._newest or self.base.checkpoint
                     changes[name] = name_in_folder(self.folder, self.base.checkpoint)
                 else:
                     sources[name] = None
@@ -118,12 +120,28 @@ class ParamStore:
         """``--watch`` found `path`, the run's newest checkpoint: the main panel moves to it
         unless the page pinned one (``checkpoint`` set). Returns the warm command that swaps
         the model under the running chains, or None while pinned."""
-        self.newest = path
-        if self.params.checkpoint is not None:
+        self._newest = path
+        if not self.following:
             return None
         self.sources = {**self.sources, "checkpoint": path}
         self.version += 1
         return SetParams(self.version, self.params.model_dump(), dict(self.sources), warm=True)
+
+    def follow_failed(self, shown: str | None) -> None:
+        """``--watch``: the newest file failed to load; following the run again (``""`` from
+        the page) leads back to `shown`, the run's file the main panel ran last (None when no
+        file of the run ran yet)."""
+        self._newest = shown
+
+    @property
+    def following(self) -> bool:
+        """True while the main panel follows the run (or the operator's file): the page pinned
+        no checkpoint."""
+        return self.params.checkpoint is None
+
+    def shown(self) -> tuple[str | None, str | None]:
+        """The absolute paths of the files the main and compare panels run (None: none)."""
+        return self.sources["checkpoint"], self.sources["compare"]
 
     def _check_target(self, changes: dict[str, Any]) -> None:
         # The worker knows the layers; checking here keeps a bad pick from reaching it. A new

@@ -14,7 +14,8 @@ workers die within `_QUICK_DEATH_S` of their start); one that stays silent for
 `HEARTBEAT_TIMEOUT_S` once it has started (`WORKER_START_TIMEOUT_S` before its first
 "ready"), hung or stopped with SIGSTOP, is killed and restarted the same way. Until a first
 worker was ready, `MAX_DEATHS_BEFORE_READY` deaths in a row, or one refused start, end the
-start instead (FAILED): `run_server` then raises `ServeError` with `last_error`. A warm
+start instead (FAILED). The start reports its outcome once, through the future `started`
+(None once a worker is ready, else the sentence that ended it): `run_server` waits on it. A warm
 `Standby` process replaces a dead worker in about a second, not the seconds importing torch
 takes. No torch here.
 """
@@ -27,6 +28,7 @@ import enum
 import functools
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from ldam.wire.events import Viewers
@@ -78,6 +80,10 @@ class Supervisor:
         self.entry = entry
         self.use_standby = standby
         self.state = WorkerState.STARTING
+        # The start's outcome, set once: None when its first worker is ready, or the sentence
+        # that ended it (a refusal, or too many deaths before "ready"). A thread-safe future:
+        # it is made before the event loop runs and may be awaited from another loop.
+        self.started: Future[str | None] = Future()
         # A worker has been ready at least once: from then on every death is restarted.
         self.ever_ready = False
         # Deaths in a row of workers that died before "ready".
@@ -99,11 +105,6 @@ class Supervisor:
         self._restart_timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def start_settled(self) -> bool:
-        """True once a first worker was ready, or the start failed for good."""
-        return self.ever_ready or self.state is WorkerState.FAILED
 
     def start(self) -> None:
         """Start the first worker and the watchdog (call from the event loop)."""
@@ -138,7 +139,8 @@ class Supervisor:
     async def retry(self) -> None:
         """Start a fresh worker from `configure()` after the start failed before any worker
         was ready (``ldam serve --watch`` then tries the run's next checkpoint); nothing
-        happens in any other state."""
+        happens in any other state. The new start reports its outcome through a new
+        `started` future."""
         if self.state is not WorkerState.FAILED or self.ever_ready:
             return
         link, self.link = self.link, None
@@ -148,6 +150,7 @@ class Supervisor:
         if self.state is not WorkerState.FAILED:
             return  # stopped meanwhile
         self.state = WorkerState.STARTING
+        self.started = Future()
         self.deaths_before_ready = 0
         self.last_error = None
         self._spawn()
@@ -176,18 +179,22 @@ class Supervisor:
         self.deaths_before_ready = 0
         self.state = WorkerState.RUNNING
         self.last_error = None
+        settle(self.started, None)
 
     def note_refused_start(self, message: str) -> None:
         """The current worker could not start (bad checkpoint, target or device): FAILED.
 
         Before any worker was ready this ends the start (another try would be refused
-        again); afterwards the worker's exit restarts it like any death.
+        again; `started` gets `message`); afterwards the worker's exit restarts it like any
+        death.
         """
         if self.state is WorkerState.STOPPED:
             return
         self.last_error = message
         self._last_words = message
         self.state = WorkerState.FAILED
+        if not self.ever_ready:
+            settle(self.started, message)
 
     def note_last_words(self, message: str) -> None:
         """The worker's last error line before it exits (the reason its exit reports)."""
@@ -255,6 +262,7 @@ class Supervisor:
                 f"The worker stopped {self.deaths_before_ready} times before it was ready "
                 f"(last error: {why})."
             )
+            settle(self.started, self.last_error)
             self._on_change()
             return
         self.restarts += 1
@@ -293,3 +301,11 @@ class Supervisor:
             "restart_reason": self.restart_reason,
             "error": self.last_error,
         }
+
+
+def settle(future: Future[str | None], outcome: str | None) -> None:
+    """Give a start's `future` its `outcome` (None: it succeeded; else the sentence that ended
+    it) unless it has one: the first outcome stands, and one given up on (cancelled) takes none.
+    Call from the event loop."""
+    if not future.done():
+        future.set_result(outcome)

@@ -26,18 +26,20 @@ The rules, each in one place:
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ldam.web import security
 from ldam.web.store import ParamStore
-from ldam.web.supervisor import Supervisor, WorkerState
+from ldam.web.supervisor import Supervisor, settle
 from ldam.wire.events import Ready, Rejected
 
 # The step in a name: "step" and an optional separator before digits (step_0004.pt2,
@@ -244,30 +246,44 @@ class FollowHost(Protocol):
         """Send the status line to every browser."""
 
 
+class FollowPhase(enum.Enum):
+    """Where the follower is with the run's first worker."""
+
+    WAITING = "waiting"  # no checkpoint is complete yet: no worker was started
+    STARTING = "starting"  # a worker loads the run's newest file
+    REFUSED = "refused"  # that file was refused: the next complete file starts the next worker
+    RUNNING = "running"  # a worker ran: newer files are swapped in
+    STOPPED = "stopped"  # the start failed in a way no file can mend (device, target, crashes)
+
+
 class Follower:
     """Runs a `Watcher` every `poll_s` seconds on the event loop and moves the main panel to
-    each newer complete checkpoint (see the module docstring)."""
+    each newer complete checkpoint (see the module docstring).
+
+    `started` reports the start's outcome once: None when the server may go on (a worker ran,
+    a file was refused and the page says so, or no checkpoint is complete yet), else the
+    sentence that ended it (`stopped_with`).
+    """
 
     def __init__(self, watcher: Watcher, host: FollowHost, poll_s: float = POLL_S) -> None:
         self.watcher = watcher
         self.host = host
         self.poll_s = poll_s
+        self.phase = FollowPhase.WAITING
+        self.started: Future[str | None] = Future()
         # Version of each swap asked for -> the file as it was then.
         self.requests: dict[int, Entry] = {}
-        # The file of a first start (no worker ran yet) and the start's version.
+        # The file a worker starts with, and the start's version (while STARTING).
         self.starting: tuple[int, Entry] | None = None
-        self.started = False
-        # A refused start that no other file can mend (a bad device or target): stop here.
+        # Why the start failed for good (STOPPED), for the page and `run_server`.
         self.stopped_with: str | None = None
-        # True once a scan ran and either a worker start was settled or nothing can start yet.
-        self.settled = False
         self._task: asyncio.Task[None] | None = None
         self._last_text: str | None = None
 
     @property
     def waiting(self) -> bool:
         """True while no worker was started because no checkpoint is complete yet."""
-        return not self.started
+        return self.phase is FollowPhase.WAITING
 
     def start(self) -> None:
         """Start the scanning task (call from the event loop)."""
@@ -299,44 +315,62 @@ class Follower:
     async def step(self) -> None:
         """Act on the newest scan: start the first worker, retry a refused start with another
         file, or ask the running worker to swap in a newer file."""
-        if self.stopped_with is not None:
-            self.settled = True
-            return
-        store, supervisor = self.host.store, self.host.supervisor
+        supervisor = self.host.supervisor
         entry = self.watcher.to_follow()
-        if not self.started:
+        if self.phase is FollowPhase.STOPPED:
+            return
+        if self.phase is FollowPhase.WAITING:
             if entry is not None:
-                self._first_start(entry)
+                self._start_with(entry)
                 supervisor.start()
-                self.started = True
+                self._watch_start()
                 self.host.broadcast_status()
             else:
-                self.settled = True  # nothing to start yet: the page says it waits
+                settle(self.started, None)  # nothing to start yet: the page says it waits
                 supervisor.prepare_standby()  # so the first checkpoint shows sooner
             return
-        if not supervisor.ever_ready and supervisor.state is WorkerState.FAILED:
-            # The first start was refused because of its file: try the next one.
-            if entry is not None and self.starting is None:
-                self._first_start(entry)
+        if self.phase is FollowPhase.REFUSED:
+            if entry is not None:
+                self._start_with(entry)
                 await supervisor.retry()
+                self._watch_start()
                 self.host.broadcast_status()
             return
-        if supervisor.ever_ready:
-            self.settled = True
         asked = {(e.name, e.signature) for e in self.requests.values()}
+        if self.starting is not None:
+            asked.add((self.starting[1].name, self.starting[1].signature))  # loading now
         if entry is None or (entry.name, entry.signature) in asked:
             return  # nothing new, or its swap is on its way
-        command = store.follow(entry.path)
+        command = self.host.store.follow(entry.path)
         if command is not None:
             self.requests[command.version] = entry
             supervisor.send(command)
             self.host.broadcast_state()
         self.post()
 
-    def _first_start(self, entry: Entry) -> None:
-        self.host.store.follow(entry.path)
-        self.starting = (self.host.store.version, entry)
+    def _start_with(self, entry: Entry) -> None:
+        store = self.host.store
+        store.follow(entry.path)
+        self.starting = (store.version, entry)
+        self.phase = FollowPhase.STARTING
         self.post()
+
+    def _watch_start(self) -> None:
+        # A refusal reaches `on_rejected` first (it knows whether the file was at fault), so a
+        # failure still open here is one no file can mend: workers that died before "ready".
+        self.host.supervisor.started.add_done_callback(self._start_ended)
+
+    def _start_ended(self, outcome: Future[str | None]) -> None:
+        failure = None if outcome.cancelled() else outcome.result()
+        if failure is not None and self.phase is FollowPhase.STARTING:
+            self._stop(failure)
+            self.post()
+
+    def _stop(self, sentence: str) -> None:
+        self.phase = FollowPhase.STOPPED
+        self.starting = None
+        self.stopped_with = sentence
+        settle(self.started, sentence)
 
     # --- what the worker said ------------------------------------------------------------
 
@@ -346,21 +380,23 @@ class Follower:
         if self.starting is not None and message.version >= self.starting[0]:
             self.watcher.loaded(self.starting[1])
             self.starting = None
-            self.settled = True
+            self.phase = FollowPhase.RUNNING
+            settle(self.started, None)
         done = sorted(v for v in self.requests if v <= message.version)
         for version in done:
             entry = self.requests.pop(version)
             if version == done[-1]:
                 self.watcher.loaded(entry)
-        if message.version == store.version and store.params.checkpoint is None:
+        if message.version == store.version and store.following:
             # Following again after a pin ("" from the page): the run's file is shown.
-            entry = self.watcher.entry_for(store.sources.get("checkpoint"))
+            entry = self.watcher.entry_for(store.shown()[0])
             if entry is not None and not self.requests:
                 self.watcher.loaded(entry)
         self.post()
 
     def on_rejected(self, message: Rejected) -> None:
-        """The worker refused a change or its start; a swap's or start's file is skipped."""
+        """The worker refused a change or its start; a swap's or start's file is skipped.
+        Call it before the supervisor hears of a refused start."""
         if message.params is None:
             self._on_refused_start(message)
         elif message.version in self.requests:
@@ -368,36 +404,38 @@ class Follower:
             self.watcher.failed(entry, message.message)
             # A later "" (follow again) must not land on the file that failed.
             current = self.watcher.current
-            self.host.store.newest = current.path if current is not None else None
+            self.host.store.follow_failed(current.path if current is not None else None)
         self.post()
 
     def _on_refused_start(self, message: Rejected) -> None:
-        starting, self.starting = self.starting, None
-        if starting is None:
-            entry = self.watcher.entry_for(self.host.store.sources.get("checkpoint"))
-        else:
-            entry = starting[1]
+        if self.starting is not None:
+            entry: Entry | None = self.starting[1]
+        else:  # a restart after a worker ran, with the file the main panel shows
+            entry = self.watcher.entry_for(self.host.store.shown()[0])
+        self.starting = None
         if message.field == "checkpoint" and entry is not None:
             self.watcher.failed(entry, message.message)
+            if self.phase is FollowPhase.STARTING:
+                self.phase = FollowPhase.REFUSED  # the next complete file starts a worker
+            settle(self.started, None)  # the page names the file
         else:
-            # Not the file's fault (device, target, compare file): no other file would start.
-            self.stopped_with = message.message
-        self.settled = True
+            self._stop(message.message)  # not the file's fault: no other file would start
 
     # --- the page ------------------------------------------------------------------------
 
     def timeline(self) -> dict[str, Any]:
         """The ``timeline`` message as it stands."""
         store = self.host.store
+        main, compare = store.shown()
         note = None
-        if self.stopped_with is not None:
+        if self.phase is FollowPhase.STOPPED:
             note = self.stopped_with
-        elif not self.started:
+        elif self.phase is FollowPhase.WAITING:
             note = f"Waiting for the first complete checkpoint in {self.watcher.folder}."
         return self.watcher.timeline(
-            store.sources.get("checkpoint") if self.started else None,
-            store.sources.get("compare"),
-            store.params.checkpoint is None,
+            None if self.phase is FollowPhase.WAITING else main,
+            compare,
+            store.following,
             note,
         )
 

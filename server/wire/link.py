@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ldam.metadata import MetadataOverride
 from ldam.wire.events import Died, Stop
 
 # The worker's start function, imported in the child only (it imports torch).
@@ -76,6 +77,9 @@ class WorkerConfig:
     # For state-dict files: the network (``--arch``) and C,H,W when the file does not say.
     arch: str | None = None
     input_shape: tuple[int, int, int] | None = None
+    # The operator's normalization and class names (``--mean``, ``--std``, ``--class-names``),
+    # over every file's own.
+    metadata: MetadataOverride | None = None
     # Seconds with no browser connected after which the worker stops stepping (0: never).
     idle_pause_s: float = 60.0
 

@@ -19,6 +19,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from ldam.errors import UserError
@@ -117,20 +118,16 @@ class Setting:
         """One number of this setting, checked against its kind and range."""
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise self._fail(f"must be a number, got {value!r}")
-        if not math.isfinite(float(value)):
+        # An integer of any size compares exactly; only a float can be NaN or infinite.
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
             raise self._fail(f"must be a finite number, got {value}")
-        if self.kind == "int":
-            if isinstance(value, numbers.Integral):
-                value = int(value)
-            else:
-                raise self._fail(f"must be a whole number, got {value!r}")
-        else:
-            value = float(value)
+        if self.kind == "int" and not isinstance(value, numbers.Integral):
+            raise self._fail(f"must be a whole number, got {value!r}")
         low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
         high_ok = self.high is None or value <= self.high
         if not (low_ok and high_ok):
             raise self._fail(f"must be {self.range_text()}, got {_fmt(value)}")
-        return value
+        return int(value) if self.kind == "int" else float(value)
 
     def check(self, value: Any, chains: int | None = None, single: bool = False) -> Any:
         """`value` checked and in its canonical type, or `SettingError` with one sentence.
@@ -223,7 +220,10 @@ class Setting:
 
 
 def _fmt(value: float) -> str:
-    """A bound or value as the user would write it: 0 not 0.0, 1e-06 as 1e-06."""
+    """A bound or value as the user would write it: 0 not 0.0, 1e-06 as 1e-06, an integer
+    too long to read as 1e+400."""
+    if isinstance(value, numbers.Integral) and abs(value) >= 10**15:
+        return f"{Decimal(int(value)):.0e}"
     if float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ldam.errors import UserError
+from ldam.metadata import MetadataOverride
 from ldam.models.loading import LoadedModel, load_checkpoint
 
 # Models kept loaded, so that switching back and forth between checkpoints is instant.
@@ -21,7 +22,8 @@ class ModelCache:
     `trusted_paths` are the operator's own files (named on the command line): with
     `trust_checkpoint` only they may be read as full pickles, never a file picked in the
     browser. `beat` is called around each load, which can take seconds. `arch` and
-    `input_shape` (``--arch``, ``--input-shape``) apply to every state-dict file loaded.
+    `input_shape` (``--arch``, ``--input-shape``) apply to every state-dict file loaded,
+    `metadata` (``--mean``, ``--std``, ``--class-names``) to every file loaded.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class ModelCache:
         beat: Callable[[], None] = lambda: None,
         arch: str | None = None,
         input_shape: tuple[int, int, int] | None = None,
+        metadata: MetadataOverride | None = None,
     ) -> None:
         self.device = device
         self.trust_checkpoint = trust_checkpoint
@@ -39,6 +42,7 @@ class ModelCache:
         self.beat = beat
         self.arch = arch
         self.input_shape = input_shape
+        self.metadata = metadata
         self.models: dict[str, LoadedModel] = {}
         self.signatures: dict[str, tuple[int, int] | None] = {}
 
@@ -56,10 +60,15 @@ class ModelCache:
             self.beat()
             try:
                 loaded = load_checkpoint(
-                    path, self.arch, self.input_shape, trust=self.is_trusted(path)
+                    path,
+                    self.arch,
+                    self.input_shape,
+                    trust=self.is_trusted(path),
+                    metadata=self.metadata,
                 )
             except UserError as err:
-                raise UserError(str(err), field) from None
+                # A bad --mean names its flag; anything else about the file names `field`.
+                raise UserError(str(err), err.field or field) from None
             finally:
                 self.beat()
             loaded.module.to(self.device)

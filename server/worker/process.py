@@ -102,6 +102,7 @@ class Worker:
             self.publisher.heartbeat,
             config.arch,
             config.input_shape,
+            config.metadata,
         )
         self.disc = DiscriminatorSlot(config.data, self.device)
         self.builder = PanelBuilder(models, self.device, self.disc.published)
