@@ -50,8 +50,26 @@ class TargetError(UserError):
     """A target cannot be used with this model; the message is one sentence for the user."""
 
 
+class _OnLayer:
+    """What a parsed target and a per-chain target share: a `layer` ("" = the output) and an
+    `element` path into its value."""
+
+    layer: str
+    element: Element
+
+    @property
+    def is_output(self) -> bool:
+        """Whether the target is the network's output (no hook needed)."""
+        return self.layer == ""
+
+    @property
+    def layer_text(self) -> str:
+        """The layer with its element, as written: `attn[0]`, `output[logits]`, `fc3`."""
+        return (self.layer or "output") + element_text(self.element)
+
+
 @dataclass(frozen=True)
-class TargetSpec:
+class TargetSpec(_OnLayer):
     """A parsed target: `layer` ("" = output), units `first..last` (inclusive), an optional
     `position` (one index per position axis: a token, or row and column), and the `element`
     path into a layer that returns a tuple, list or dict (() = the layer's one tensor)."""
@@ -67,16 +85,6 @@ class TargetSpec:
         """The unit (or channel) indices in order."""
         return list(range(self.first, self.last + 1))
 
-    @property
-    def is_output(self) -> bool:
-        """Whether the target is the network's output (no hook needed)."""
-        return self.layer == ""
-
-    @property
-    def layer_text(self) -> str:
-        """The layer with its element, as written: `attn[0]`, `output[logits]`, `fc3`."""
-        return (self.layer or "output") + element_text(self.element)
-
     def __str__(self) -> str:
         units = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
         where = "@" + ",".join(str(p) for p in self.position) if self.position else ""
@@ -84,7 +92,7 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
-class ChainTargets:
+class ChainTargets(_OnLayer):
     """What every chain maximizes: the layer (`layer`, `element` as in `TargetSpec`), the unit
     of each chain in grid order (`units`, one per chain, any order, repeats allowed) and one
     `position` for all of them (None: the mean over positions)."""
@@ -112,16 +120,6 @@ class ChainTargets:
     def last(self) -> int:
         """The highest unit of any chain."""
         return max(self.units)
-
-    @property
-    def is_output(self) -> bool:
-        """Whether the target is the network's output (no hook needed)."""
-        return self.layer == ""
-
-    @property
-    def layer_text(self) -> str:
-        """The layer with its element, as written: `attn[0]`, `output[logits]`, `fc3`."""
-        return (self.layer or "output") + element_text(self.element)
 
 
 def _chain_units(units: Sequence[int]) -> tuple[int, ...]:
