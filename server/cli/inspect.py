@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from ldam.cli.options import int_triple, metadata_option
+from ldam.cli.options import load_from_args
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the layers of a checkpoint with output shapes, unit counts and kinds."""
-    from ldam.models.loading import load_checkpoint
     from ldam.sampling.targets import list_layers
 
-    loaded = load_checkpoint(
-        args.checkpoint,
-        arch=args.arch,
-        input_shape=int_triple(args.input_shape, "input-shape"),
-        trust=args.trust_checkpoint,
-        metadata=metadata_option(args),
-    )
+    loaded = load_from_args(args)
     layers = list_layers(
         loaded.module, loaded.input_shape, batch_size=loaded.batch_size, layout=args.layout
     )

@@ -144,3 +144,17 @@ def given_settings(args: argparse.Namespace, surface: Surface) -> dict[str, Any]
     return {
         name: values[name] for name in on(surface) if getattr(args, f"setting_{name}") is not None
     }
+
+
+def load_from_args(args: argparse.Namespace) -> Any:
+    """`args.checkpoint` loaded as every command that takes `add_checkpoint_options` loads it
+    (`ldam.models.loading.load_checkpoint`; torch is imported here, not with this module)."""
+    from ldam.models.loading import load_checkpoint
+
+    return load_checkpoint(
+        args.checkpoint,
+        arch=args.arch,
+        input_shape=int_triple(args.input_shape, "input-shape"),
+        trust=args.trust_checkpoint,
+        metadata=metadata_option(args),
+    )

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ldam.cli.options import UsageError, int_triple, metadata_option, settings_from_args
+from ldam.cli.options import UsageError, load_from_args, settings_from_args
 from ldam.metadata import normalization_json
 from ldam.wire.params import grid_columns
 from ldam.wire.settings import on
@@ -42,7 +42,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ldam.cli.progress import Progress
-    from ldam.models.loading import load_checkpoint
     from ldam.sampling.diagnostics import unit_diagnostics
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.recorder import Recorder
@@ -61,13 +60,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ldam.sampling.device import pick_device
 
     device = str(pick_device(args.device))
-    loaded = load_checkpoint(
-        args.checkpoint,
-        arch=args.arch,
-        input_shape=int_triple(args.input_shape, "input-shape"),
-        trust=args.trust_checkpoint,
-        metadata=metadata_option(args),
-    )
+    loaded = load_from_args(args)
     module = loaded.module.to(device)
     target = Target(module, args.target, chains, batch_size=loaded.batch_size, layout=args.layout)
     terms: list[Any] = [ActivationTerm(target), L2Term()]
