@@ -53,7 +53,8 @@ const grid = document.getElementById("grid");
 const big = document.getElementById("big");
 const fmt = (v, d) => (v === null || v === undefined ? "n/a" : Number(v).toFixed(d));
 function caption(u) {{
-  return `unit ${{u.unit}} · activation ${{fmt(u.mean_activation, 3)}} · R-hat ${{fmt(u.rhat, 2)}} · ESS ${{fmt(u.ess, 0)}}`;
+  if (u.dead) return `unit ${{u.unit}} · dead: no gradient at any start`;
+  return `unit ${{u.unit}} · activation ${{fmt(u.mean_activation, 3)}} · scale ${{fmt(u.scale, 3)}} · R-hat ${{fmt(u.rhat, 2)}} · ESS ${{fmt(u.ess, 0)}}`;
 }}
 function order(key) {{
   const units = atlas.units.slice();
@@ -72,7 +73,7 @@ function draw() {{
     img.loading = "lazy";
     const cap = document.createElement("figcaption");
     cap.textContent = caption(u);
-    if (u.rhat !== null && u.rhat > 1.1) cap.classList.add("bad");
+    if (u.dead || (u.rhat !== null && u.rhat > 1.1)) cap.classList.add("bad");
     fig.append(img, cap);
     if (u.live) {{
       const link = document.createElement("a");

@@ -97,6 +97,8 @@ class Renderer:
             chains=chains,
             **s.sampler_settings(),
             group_seeds=[unit_seed(s.seed, u) for u in units],
+            # A dead unit (no gradient at any start) gets sigma 1 and is marked; the rest go on.
+            dead_scale=1.0,
             device=job.device,
         )
         sampler = Sampler([ActivationTerm(target), L2Term()], self.loaded.input_shape, config)
@@ -116,6 +118,7 @@ class Renderer:
         window_mean = sampler.window_mean().detach().float().cpu().numpy()
         burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
         resets = sampler.resets.cpu().numpy().astype(np.int64)
+        tuning = sampler.unit_tuning()
         entries = []
         for g, unit in enumerate(units):
             rows = slice(g * k, (g + 1) * k)
@@ -131,6 +134,7 @@ class Renderer:
                     burn_in_step[rows],
                     resets[rows],
                     seconds / len(units),
+                    tuning[unit],
                 )
             )
         return entries
@@ -147,6 +151,7 @@ class Renderer:
         burn_in_step: np.ndarray,
         resets: np.ndarray,
         seconds: float,
+        tuning: dict[str, Any],
     ) -> Rendered:
         s = self.job.settings
         all_in = burned_in.all(axis=1)
@@ -167,6 +172,10 @@ class Renderer:
             "device": self.job.device,
             "seconds": seconds,
             "diagnostics": [diag],
+            # The unit's own scale sigma_u and its adapted step (`ldam.sampling.scale`).
+            "scale": tuning["scale"],
+            "step_size": tuning["step_size"],
+            "dead": tuning["dead"],
         }
         png_rel, npz_rel = unit_files(unit)
         arrays = {
@@ -199,6 +208,9 @@ class Renderer:
             "burned_in_chains": sum(1 for b in burned_steps if b >= 0),
             "record_from_step": record_from,
             "resets": int(resets.sum()),
+            "scale": tuning["scale"],
+            "step_size": tuning["step_size"],
+            "dead": tuning["dead"],
         }
         return Rendered(entry, {png_rel: png.getvalue(), npz_rel: npz.getvalue()})
 

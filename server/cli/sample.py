@@ -143,6 +143,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # resolved; burn_in null = auto).
         **{name: getattr(sampler.config, name) for name in on("sample") if name in settings},
         "disc_steps": disc_steps,
+        # Each unit's own scale sigma_u and adapted step (`ldam.sampling.scale`), and how the
+        # step was adapted.
+        "tuning": {str(u): t for u, t in sampler.unit_tuning().items()},
+        "adaptation": sampler.adaptation,
         "record_every": record_every,
         "record_from_step": record_from,
         "device": device,

@@ -117,6 +117,13 @@ class BurnIn:
         else:
             self._mark(activation, age, step)
 
+    def observe(self, activation: Tensor, step: int) -> None:
+        """Take step `step`'s activations `[N]` without marking any chain: the discarded
+        steps that adapt the step size (`ldam.sampling.scale`) fill auto burn-in's ring, so
+        its test afterwards looks at real activations, never at the zeros of a fresh ring."""
+        if self.burn_in is None:
+            self._ring[(step - 1) % self._ring.shape[0]] = activation
+
     def _stable(self, activation: Tensor, step: int) -> Tensor:
         """`[N]` bool: record `activation`, then whether the two half-window means agree."""
         ring = self._ring.shape[0]

@@ -53,6 +53,15 @@ from torch import Tensor
 from ldam.sampling.averaging import MovingWindow, RunningMean
 from ldam.sampling.burn_in import BurnIn
 from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
+from ldam.sampling.scale import (
+    START_STEP,
+    StepAdapter,
+    chain_groups,
+    energy_of,
+    mala_log_accept,
+    measure_scale,
+    start_step,
+)
 from ldam.sampling.settings import (
     LIVE_SETTINGS,
     NORMALIZE_MODES,
@@ -181,6 +190,7 @@ def update_direction(
     weights: Mapping[str, Scalar],
     skip: Mapping[str, bool],
     normalize: str,
+    activation_scale: Scalar = 1.0,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """The direction g `[N, C, H, W]` the chains at `x [N, C, H, W]` move along, the activation
     `[N]` (sum of the activation terms) and each evaluated term's value `[N]` by name.
@@ -189,6 +199,8 @@ def update_direction(
     a term whose weight setting is True in `skip` (0 on every chain), or that is inactive, is
     not evaluated. `normalize` (one of `NORMALIZE_MODES`) divides the gradients of the
     regularizers, or of every term, by their per-chain RMS over pixels (Algorithm 1 line 6).
+    `activation_scale` (a float or `[N]`) divides the activation terms' gradient: the energy
+    is `f / sigma` (`ldam.sampling.scale`); the activation reported stays `f`.
     A discriminator term's gradient is mixed with the activation's by its weight w:
     `g = (1 - w) g_a + w rms(g_a) g_D / rms(g_D)`.
     """
@@ -228,6 +240,8 @@ def update_direction(
         else:
             regs.append((g / _rms(g) if norm_reg else g, weights[wp] if wp else 1.0))
 
+    if g_act is not None and not (isinstance(activation_scale, float) and activation_scale == 1.0):
+        g_act = g_act.div_(_bcast(activation_scale, x))
     g_total = g_act if g_act is not None else torch.zeros_like(x)
     if g_disc is not None:
         # The lead's rule: g = (1 - w) g_a + w * rms(g_a) * g_D / rms(g_D), continuous in w;
@@ -250,6 +264,11 @@ def _chain_value(value: float | list[float], like: Tensor) -> Scalar:
         # torch.tensor(..., device=) does) would wait for the device's queue on every `set`.
         return to_device(torch.tensor(value, dtype=like.dtype), like.device)
     return value
+
+
+def _per_chain_list(value: float | list[float], chains: int) -> list[float]:
+    """A per-chain setting as one float per chain."""
+    return list(value) if isinstance(value, list) else [value] * chains
 
 
 def _diverged(x: Tensor, activation: Tensor, limit: float, zero: Tensor) -> Tensor:
@@ -427,6 +446,16 @@ class Sampler:
         self._copy_host_resets = 0
         self._burned_in: Tensor | None = None  # the clone of `burned` reported while unchanged
         self._reinit(torch.arange(n, device=dev))
+        # Settings that mean the same on every unit (`ldam.sampling.scale`): sigma per chain,
+        # measured once at the starts and frozen; an auto step adapted in the first steps.
+        self.dead_units: list[int] = []
+        self.scale: Scalar = self._measure_scale(config)
+        self._adapter: StepAdapter | None = None
+        self._uniform = torch.empty(n, device=dev)
+        self.adaptation: dict[str, Any] | None = None
+        self._step_auto = False
+        if config.step_size is None:
+            self._start_adaptation()
 
     @property
     def burn_in_step(self) -> Tensor:
@@ -438,12 +467,21 @@ class Sampler:
     def _apply_config(self, config: SamplerConfig) -> None:
         """Turn settings into floats or per-chain device tensors once, not every step."""
         self.config = config
+        # An auto step size (None) is adapted before any Langevin step uses it; until then
+        # the placeholder is where adaptation starts without L2.
         self._p: dict[str, Scalar] = {
-            name: _chain_value(getattr(config, name), self.x) for name in PER_CHAIN_SETTINGS
+            name: _chain_value(
+                START_STEP
+                if name == "step_size" and config.step_size is None
+                else getattr(config, name),
+                self.x,
+            )
+            for name in PER_CHAIN_SETTINGS
         }
         # Host-side: a term whose weight is 0 on every chain is skipped without a device sync.
         self._zero = {
-            name: all(v == 0 for v in (value if isinstance(value, list) else [value]))
+            name: value is not None
+            and all(v == 0 for v in (value if isinstance(value, list) else [value]))
             for name in PER_CHAIN_SETTINGS
             for value in [getattr(config, name)]
         }
@@ -474,7 +512,18 @@ class Sampler:
             pending, self._pending = self._pending, None
         window_changed = pending.window != self.config.window
         clamp_changed = pending.clamp != self.config.clamp
+        readapt = False
+        if pending.step_size is None:
+            if self._step_auto:  # still auto: the adapted (or adapting) step stays
+                pending = dataclasses.replace(pending, step_size=self.config.step_size)
+            else:  # auto asked for again: adapt from the current chains
+                readapt = True
+        else:
+            self._adapter = None  # a step the user sets is kept: adaptation stops
+            self._step_auto = False
         self._apply_config(pending)
+        if readapt:
+            self._start_adaptation()
         if window_changed:  # its memory was checked by `set`
             self._window.resize(pending.window)
         if clamp_changed:
@@ -546,6 +595,163 @@ class Sampler:
         self._copy.post(burn_in.burned, self.resets)
         self._copy_host_resets = self._host_resets
 
+    # ----------------------------------------------------- scale and step adaptation
+    def _unit_keys(self) -> list[int]:
+        """Each chain's unit: the activation target's `units_per_chain` when it has one, else
+        one unit for every chain."""
+        for term in self.terms:
+            units = getattr(getattr(term, "activation_fn", None), "units_per_chain", None)
+            if (
+                term.group == "activation"
+                and units is not None
+                and len(units) == self.config.chains
+            ):
+                return [int(u) for u in units]
+        return [0] * self.config.chains
+
+    def _measure_scale(self, config: SamplerConfig) -> Scalar:
+        """sigma per chain (`ldam.sampling.scale.measure_scale`, one per unit), the hand-set
+        `scale`, or 1.0 for the absolute scale."""
+        if config.scale is not None:
+            return _chain_value(config.scale, self.x)
+        if config.energy_scale == "absolute":
+            return 1.0
+        units = self._unit_keys()
+        groups, count = chain_groups([(u,) for u in units])
+        first = {int(g): u for g, u in zip(groups.tolist(), units, strict=True)}
+        sigma = measure_scale(self.terms, self.x, groups, count)
+        dead = ~(torch.isfinite(sigma) & (sigma > 0))
+        if bool(dead.any()):
+            names = [first[g] for g in dead.nonzero().flatten().tolist()]
+            if config.dead_scale is None:
+                which = (
+                    f"Unit {names[0]}" if len(names) == 1 else f"Units {', '.join(map(str, names))}"
+                )
+                raise SamplerError(
+                    f"{which} has no gradient at any chain's start (a dead unit), so its energy "
+                    "scale cannot be measured; start the chains elsewhere (a larger init_std) "
+                    "or use energy_scale absolute.",
+                    "energy_scale",
+                )
+            self.dead_units = names
+            sigma = torch.where(dead, torch.full_like(sigma, float(config.dead_scale)), sigma)
+        self.unit_scale = {first[g]: float(v) for g, v in enumerate(sigma.tolist())}
+        return sigma[groups.to(sigma.device)]
+
+    def _adaptable(self) -> str | None:
+        """Why MALA cannot adapt the step here (None: it can)."""
+        cfg = self.config
+        temperature = cfg.temperature if isinstance(cfg.temperature, list) else [cfg.temperature]
+        if min(temperature) <= 0:
+            return "a temperature of 0 has no Metropolis test"
+        if cfg.normalize != "none":
+            return "normalized gradients are no energy's gradient"
+        if cfg.clamp is not None or cfg.step_decay is not None:
+            return "clamp and step_decay change the proposal"
+        if (
+            any(t.group == "discriminator" and t.active() for t in self.terms)
+            and not self._zero["disc_weight"]
+        ):
+            return "the discriminator's mixed gradient is no energy's gradient"
+        return None
+
+    def _start_adaptation(self) -> None:
+        """Begin adapting an auto step size from the current chains (or, where MALA cannot
+        run, freeze it where adaptation would start)."""
+        self._step_auto = True
+        lam = torch.as_tensor(self._p["l2_weight"], dtype=self.x.dtype, device=self.x.device)
+        start = start_step(lam.expand(self.config.chains).clone())
+        why = self._adaptable()
+        if why is not None:
+            self._freeze(start, None, why)
+            return
+        keys = [
+            (u, float(t), float(lam_i))
+            for u, t, lam_i in zip(
+                self._unit_keys(),
+                _per_chain_list(self.config.temperature, self.config.chains),
+                _per_chain_list(self.config.l2_weight, self.config.chains),
+                strict=True,
+            )
+        ]
+        groups, count = chain_groups(keys)
+        g, activation, values = update_direction(
+            self.terms, self.x, self._p, self._zero, "none", self.scale
+        )
+        energy = energy_of(self.terms, values, self._p, activation, self.scale)
+        self._adapter = StepAdapter(
+            self.x, g, energy, activation, start, groups, count, self.config.adapt_steps
+        )
+        self._adapt_units = [k[0] for k in dict.fromkeys(keys)]
+
+    def _adapt_step(self, ad: StepAdapter) -> StepInfo:
+        """One MALA step of adaptation: discarded burn-in, nothing recorded."""
+        beta = ad.beta()
+        temperature = torch.as_tensor(
+            self._p["temperature"], dtype=self.x.dtype, device=self.x.device
+        ).expand(self.config.chains)
+        noise = self.streams.fill_noise(self._noise)
+        with torch.no_grad():
+            spread = _bcast(torch.sqrt(2.0 * beta * temperature), ad.x)
+            proposal = ad.x + _bcast(beta, ad.x) * ad.g + spread * noise
+        g, activation, values = update_direction(
+            self.terms, proposal, self._p, self._zero, "none", self.scale
+        )
+        energy = energy_of(self.terms, values, self._p, activation, self.scale)
+        log_accept = mala_log_accept(ad.x, proposal, ad.g, g, ad.e, energy, beta, temperature)
+        ad.update(proposal, g, energy, activation, log_accept, self.streams.uniform(self._uniform))
+        with torch.no_grad():
+            self.x.copy_(ad.x)
+        self.t += 1
+        self.age.add_(1)
+        self._burn_in.observe(ad.activation, self.t)
+        if ad.done:
+            self._freeze(ad.frozen()[ad.groups], ad, None)
+        no = torch.zeros(self.config.chains, dtype=torch.bool, device=self.x.device)
+        return StepInfo(self.t, ad.activation, values, no, no, beta)
+
+    def _freeze(self, step: Tensor, ad: StepAdapter | None, why: str | None) -> None:
+        """Fix the step at `step [N]`: from here the chain is a fixed Langevin chain."""
+        values = [float(v) for v in step.tolist()]
+        frozen = values[0] if all(v == values[0] for v in values) else values
+        self._apply_config(dataclasses.replace(self.config, step_size=frozen))
+        self.v.zero_()
+        self._adapter = None
+        report: dict[str, Any] = {"adapted": ad is not None, "steps": ad.taken if ad else 0}
+        if ad is not None:
+            units = self._adapt_units
+            report["step_size"] = [
+                {"unit": u, "step_size": float(b), "acceptance": float(a)}
+                for u, b, a in zip(
+                    units, ad.frozen().tolist(), ad.acceptance().tolist(), strict=True
+                )
+            ]
+        else:
+            report["why_not"] = why
+        self.adaptation = report
+
+    def unit_tuning(self) -> dict[int, dict[str, Any]]:
+        """Per unit: ``scale`` (sigma_u, None in the absolute scale), ``step_size`` (the
+        frozen step, the mean over the unit's chains; the current one while ``adapting``) and
+        ``dead`` (sigma could not be measured)."""
+        units = self._unit_keys()
+        step = self._adapter.beta() if self._adapter is not None else self._p["step_size"]
+        steps = _per_chain_list(
+            step.tolist() if isinstance(step, Tensor) else float(step), self.config.chains
+        )
+        out: dict[int, dict[str, Any]] = {}
+        for unit, beta in zip(units, steps, strict=True):
+            entry = out.setdefault(unit, {"betas": []})
+            entry["betas"].append(beta)
+        scales = getattr(self, "unit_scale", {})
+        for unit, entry in out.items():
+            betas = entry.pop("betas")
+            entry["scale"] = scales.get(unit) if self.config.scale is None else None
+            entry["step_size"] = sum(betas) / len(betas)
+            entry["adapting"] = self._adapter is not None
+            entry["dead"] = unit in self.dead_units
+        return out
+
     # -------------------------------------------------------------------------- reading
     def window_mean(self) -> Tensor:
         """`[N, C, H, W]` mean of each chain's last `window` post-burn-in samples; a chain with
@@ -573,8 +779,12 @@ class Sampler:
         the running mean. With `sync_free` nothing here waits for the device.
         """
         self._apply_pending()
+        if self._adapter is not None:
+            return self._adapt_step(self._adapter)
         cfg, x, burn_in = self.config, self.x, self._burn_in
-        g, activation, values = update_direction(self.terms, x, self._p, self._zero, cfg.normalize)
+        g, activation, values = update_direction(
+            self.terms, x, self._p, self._zero, cfg.normalize, self.scale
+        )
         temperature = self._p["temperature"]
         noise = None
         if isinstance(temperature, Tensor) or temperature != 0.0:

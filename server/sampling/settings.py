@@ -89,7 +89,9 @@ class SamplerConfig:
     Attributes:
         chains: number of chains N.
         temperature: T >= 0 (per-chain); 0 is deterministic gradient ascent.
-        step_size: beta > 0 (per-chain), used when `step_decay` is None.
+        step_size: beta > 0 (per-chain), used when `step_decay` is None; None (auto) =
+            adapted per group of chains during the first `adapt_steps` steps by MALA, then
+            frozen (`ldam.sampling.scale`); `Sampler.config.step_size` then holds the values.
         step_decay: `(a, b, mu)` for `beta_t = a (b + t)^(-mu)`, t = 1, 2, ... the step being
             taken, a > 0, b >= 0, mu in (0.5, 1]; None = constant `step_size`.
         momentum: gamma in [0, 1) (per-chain); 0 = plain Langevin.
@@ -113,6 +115,15 @@ class SamplerConfig:
         divergence_limit: a chain with any |pixel| above this (in input units) or a NaN/Inf
             pixel or activation has diverged: it is re-initialized and counted in `resets`.
         seed: seeds the init and noise generators: same seed, same device -> same samples.
+        energy_scale: "unit": the activation term is divided by the unit's own scale sigma_u,
+            measured once at the chains' starts (`ldam.sampling.scale`); "absolute": not.
+        adapt_steps: the burn-in steps that adapt an auto step size.
+        scale: sigma per chain set by hand (one value or one per chain); overrides
+            `energy_scale`. A sampler made with the sigma and step another one measured and
+            adapted runs its chains bit for bit from the same state.
+        dead_scale: None: a unit whose sigma is zero or not finite (a dead unit) is refused
+            with a sentence; a number: such a unit gets this sigma and is listed in
+            `Sampler.dead_units` (the atlas marks it and goes on).
         group_seeds: None, or one seed per group of chains: the chains split into
             `len(group_seeds)` equal contiguous groups and each group draws from streams of
             its own, as a sampler of that group's chains with that seed would
@@ -128,7 +139,7 @@ class SamplerConfig:
 
     chains: int = 16
     temperature: PerChain = _DEFAULT["temperature"]
-    step_size: PerChain = _DEFAULT["step_size"]
+    step_size: PerChain | None = _DEFAULT["step_size"]
     step_decay: tuple[float, float, float] | None = _DEFAULT["step_decay"]
     momentum: PerChain = _DEFAULT["momentum"]
     l2_weight: PerChain = _DEFAULT["l2_weight"]
@@ -143,6 +154,10 @@ class SamplerConfig:
     burn_in_window: int = _DEFAULT["burn_in_window"]
     divergence_limit: float = _DEFAULT["divergence_limit"]
     seed: int = _DEFAULT["seed"]
+    energy_scale: Literal["unit", "absolute"] = _DEFAULT["energy_scale"]
+    adapt_steps: int = _DEFAULT["adapt_steps"]
+    scale: PerChain | None = None
+    dead_scale: float | None = None
     group_seeds: list[int] | None = None
     device: str | torch.device = field(default="cpu")
     sync_free: bool | None = None
@@ -161,6 +176,10 @@ class SamplerConfig:
             raise SamplerError(str(err), err.field) from None
         if self.burn_in_threshold is not None:
             self.burn_in_threshold = _threshold(self.burn_in_threshold, self.chains)
+        if self.scale is not None:
+            self.scale = _positive("scale", self.scale, self.chains)
+        if self.dead_scale is not None:
+            self.dead_scale = _positive("dead_scale", self.dead_scale, 1)
         if self.group_seeds is not None:
             seeds = list(self.group_seeds)
             if not seeds or self.chains % len(seeds):
@@ -205,6 +224,24 @@ def _threshold(value: Any, chains: int) -> float | list[float]:
             f"burn_in_threshold has {len(values)} values but there are {chains} chains; "
             "give one value or one per chain.",
             "burn_in_threshold",
+        )
+    values = [float(v) for v in values]
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def _positive(name: str, value: Any, chains: int) -> float | list[float]:
+    """A positive finite number, or one per chain (`scale`: sigma set by hand)."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+            raise SamplerError(
+                f"{name} must be a positive number or one per chain, got {v!r}.", name
+            )
+    if len(values) not in (1, chains):
+        raise SamplerError(
+            f"{name} has {len(values)} values but there are {chains} chains; give one value or "
+            "one per chain.",
+            name,
         )
     values = [float(v) for v in values]
     return values[0] if all(v == values[0] for v in values) else values

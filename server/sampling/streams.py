@@ -14,17 +14,19 @@ import torch
 from torch import Tensor
 
 
-def derived_seeds(seed: int) -> tuple[int, int, int]:
-    """The (init, noise, spare) seeds a sampler derives from its `seed`."""
+def derived_seeds(seed: int) -> tuple[int, int, int, int]:
+    """The (init, noise, spare, accept) seeds a sampler derives from its `seed`."""
     seeder = torch.Generator().manual_seed(seed)
     init_seed, noise_seed = torch.randint(0, 2**62, (2,), generator=seeder).tolist()
-    # Drawn after the other two, which stay what they were before spare starts existed.
+    # Each later seed is drawn after the earlier ones, which stay what they were before the
+    # later streams existed (spare starts, then the Metropolis tests of step adaptation).
     spare_seed = int(torch.randint(0, 2**62, (1,), generator=seeder))
-    return int(init_seed), int(noise_seed), spare_seed
+    accept_seed = int(torch.randint(0, 2**62, (1,), generator=seeder))
+    return int(init_seed), int(noise_seed), spare_seed, accept_seed
 
 
 class ChainStreams:
-    """Init, noise and spare generators for `chains` chains split into `len(seeds)` equal
+    """Init, noise, spare and accept generators for `chains` chains split into `len(seeds)` equal
     contiguous groups, group g seeded from `seeds[g]` (see `derived_seeds`)."""
 
     def __init__(self, seeds: list[int], chains: int, device: torch.device) -> None:
@@ -36,6 +38,7 @@ class ChainStreams:
         self.init = [torch.Generator(device=device).manual_seed(t[0]) for t in triples]
         self.noise = [torch.Generator(device=device).manual_seed(t[1]) for t in triples]
         self.spare = [torch.Generator(device=device).manual_seed(t[2]) for t in triples]
+        self.accept = [torch.Generator(device=device).manual_seed(t[3]) for t in triples]
 
     def fill_noise(self, out: Tensor) -> Tensor:
         """Fill `out [N, ...]` with standard normal noise in place, each group from its stream
@@ -44,6 +47,15 @@ class ChainStreams:
             return out.normal_(generator=self.noise[0])
         for g, gen in enumerate(self.noise):
             out[g * self.size : (g + 1) * self.size].normal_(generator=gen)
+        return out
+
+    def uniform(self, out: Tensor) -> Tensor:
+        """Fill `out [N]` with uniforms in [0, 1) in place, each group from its `accept`
+        stream (the Metropolis tests of step-size adaptation)."""
+        if self.groups == 1:
+            return out.uniform_(generator=self.accept[0])
+        for g, gen in enumerate(self.accept):
+            out[g * self.size : (g + 1) * self.size].uniform_(generator=gen)
         return out
 
     def draw(self, which: str, idx: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:

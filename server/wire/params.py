@@ -201,12 +201,12 @@ STRUCTURAL_FIELDS = frozenset(
         "unit",
         "unit_end",
         "layout",
-        "chains",
         "sweep_param",
         "sweep_values",
-        "seed",
         "checkpoint",
         "compare",
+        # The settings fixed for a run (chains, seed, energy_scale).
+        *(name for name, s in on("dashboard").items() if not s.live),
     }
 )
 

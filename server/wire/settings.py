@@ -285,12 +285,38 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "step_size",
             "float",
-            0.05,
-            "beta: the step of the Langevin update",
+            None,
+            "beta: the step of the Langevin update; auto: adapted per unit during burn-in to a "
+            "Metropolis acceptance of 0.574, then frozen",
             low=1e-6,
             high=100,
+            none="auto",
             scope="per_chain",
             slider=Slider(1e-4, 10, "log"),
+            # `SamplerConfig` is the paper's sampler as a library: its defaults stay the
+            # paper's (a fixed step, the network's own units); every command adapts.
+            surface_defaults={"config": 0.05},
+        ),
+        Setting(
+            "energy_scale",
+            "choice",
+            "unit",
+            "unit: the activation is divided by the unit's own scale sigma_u (the RMS norm of "
+            "its input gradient at the chains' starts), so T and lambda mean the same on every "
+            "unit; absolute: the network's own units (the paper's)",
+            choices=("unit", "absolute"),
+            surface_defaults={"config": "absolute"},
+        ),
+        Setting(
+            "adapt_steps",
+            "int",
+            100,
+            "with step_size auto: the burn-in steps that adapt it (Metropolis-adjusted, then "
+            "discarded)",
+            unit="steps",
+            low=1,
+            high=100_000,
+            surfaces=("config", "sample", "atlas"),
         ),
         Setting(
             "step_decay",

@@ -218,7 +218,13 @@ class PanelBuilder:
             L2Term(),
             DiscriminatorTerm(lambda: self.discriminator(shape)),
         ]
-        config = SamplerConfig(chains=cells, seed=params.seed, device=self.device, **settings)
+        config = SamplerConfig(
+            chains=cells,
+            seed=params.seed,
+            energy_scale=params.energy_scale,
+            device=self.device,
+            **settings,
+        )
         sampler = Sampler(terms, loaded.input_shape, config)
         return Panel(Path(path).name, text, loaded, target, sampler, columns)
 

@@ -368,7 +368,17 @@ class Worker:
                 continue
             burn = panel.sampler.burn_in_step.cpu().tolist()
             units = panel.target.units_per_chain
-            out.append({"units": unit_diagnostics(history, burn, units, labels), "note": None})
+            entries = unit_diagnostics(history, burn, units, labels)
+            # Each unit's own scale and step (`ldam.sampling.scale`) beside its activation in
+            # the network's own units (the mean over its chains of the last step).
+            tuning = panel.sampler.unit_tuning()
+            last = panel.last_activation
+            for entry in entries:
+                entry.update(tuning.get(entry["unit"], {}))
+                if last is not None:
+                    mine = [i for i, u in enumerate(units) if u == entry["unit"]]
+                    entry["activation"] = float(last[mine].mean())
+            out.append({"units": entries, "note": None})
         self.diagnostics = out
         self.diagnosed_at = (self.step, now)
         return out
