@@ -137,9 +137,10 @@ export class Controls {
         output.textContent = formatValue(value, box.dataset.integer === "true");
         return value;
       };
-      if (box.dataset.param === "window") {
-        // Moving the window slider is choosing a window: automatic goes off.
-        input.addEventListener("input", () => { document.getElementById("window_auto").checked = false; });
+      const autoBox = { window: "window_auto", step_size: "step_auto" }[box.dataset.param];
+      if (autoBox) {
+        // Moving the slider is choosing a value: automatic goes off.
+        input.addEventListener("input", () => { document.getElementById(autoBox).checked = false; });
       }
       input.addEventListener("input", () => {
         this.touched.set(input.id, performance.now());
@@ -156,11 +157,15 @@ export class Controls {
   bindToggles() {
     const normalize = document.getElementById("normalize");
     normalize.addEventListener("change", () => this.set({ normalize: normalize.value }));
-    // Automatic window: null, the longest that fits the memory budget (the server fits it).
-    const auto = document.getElementById("window_auto");
-    auto.addEventListener("change", () => {
-      this.set({ window: auto.checked ? null : this.sliderValue(document.getElementById("window")) });
-    });
+    const scale = document.getElementById("energy_scale");
+    scale.addEventListener("change", () => this.set({ energy_scale: scale.value }));
+    // Automatic window and step: null, fitted to the memory budget / adapted in burn-in.
+    for (const [box, param] of [["window_auto", "window"], ["step_auto", "step_size"]]) {
+      const auto = document.getElementById(box);
+      auto.addEventListener("change", () => {
+        this.set({ [param]: auto.checked ? null : this.sliderValue(document.getElementById(param)) });
+      });
+    }
     const disc = document.getElementById("disc_training");
     disc.addEventListener("change", () => this.set({ disc_training: disc.checked }));
     const avg = document.getElementById("show_average");
@@ -247,6 +252,24 @@ export class Controls {
     return (t !== undefined && performance.now() - t < HOLD_MS) || (document.activeElement?.id === id && id !== "pause");
   }
 
+  /** The value in force of an automatic setting: the fitted window, the adapted step. */
+  inForce(param) {
+    if (param === "window") return this.info?.window ?? 1;
+    const units = this.metrics?.diagnostics?.[0]?.units ?? [];
+    const steps = units.map((u) => u.step_size).filter((v) => typeof v === "number");
+    return steps.length ? steps.reduce((a, b) => a + b, 0) / steps.length : 0.05;
+  }
+
+  /** Live figures (`metrics` message): an automatic step's slider shows the adapted value. */
+  setMetrics(metrics) {
+    this.metrics = metrics;
+    if (this.params?.step_size !== null || this.busy("step_size")) return;
+    const box = document.querySelector('.slider[data-param="step_size"]');
+    const value = this.inForce("step_size");
+    box.querySelector("input").value = String(Math.log10(Math.max(value, 1e-12)));
+    box.querySelector("output").textContent = formatValue(value, false);
+  }
+
   /** The model and checkpoints (`info` message): fill the pickers. */
   setInfo(info) {
     this.info = info;
@@ -291,12 +314,13 @@ export class Controls {
       const input = box.querySelector("input");
       if (this.busy(input.id)) continue;
       let value = params[box.dataset.param];
-      // An automatic window shows the window in force, which the worker reports.
-      if (value === null) value = this.info?.window ?? this.settings?.[box.dataset.param]?.slider?.low ?? 0;
+      // An automatic window or step shows the value in force, which the worker reports.
+      if (value === null) value = this.inForce(box.dataset.param);
       input.value = box.dataset.scale === "log" ? Math.log10(Math.max(value, 1e-12)) : value;
       box.querySelector("output").textContent = formatValue(value, box.dataset.integer === "true");
     }
     document.getElementById("window_auto").checked = params.window === null;
+    document.getElementById("step_auto").checked = params.step_size === null;
     document.getElementById("disc_training").checked = params.disc_training;
     document.getElementById("show_average").checked = params.show === "average";
     document.getElementById("view_input").checked = params.view === "input";
@@ -312,6 +336,7 @@ export class Controls {
     put("seed", params.seed);
     put("sweep_param", params.sweep_param);
     put("normalize", params.normalize);
+    put("energy_scale", params.energy_scale);
     put("sweep_values", params.sweep_values.join(", "));
     put("checkpoint", params.checkpoint ?? "");
     put("compare", params.compare ?? "");

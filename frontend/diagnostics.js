@@ -101,8 +101,11 @@ export class Diagnostics {
         const text = `R̂ ${fixed(u.rhat, 2)}\nESS ${fixed(u.ess, 0)}\n${SHORT[u.state] ?? u.state}`;
         if (cell.textContent !== text) cell.textContent = text;
         cell.dataset.state = SHORT[u.state] ?? "other";
+        const tuning = u.scale === undefined ? "" :
+          `; activation ${fixed(u.activation, 3)}, own scale ${u.scale === null ? "none (absolute)" : fixed(u.scale, 4)}` +
+          `, step ${fixed(u.step_size, 4)}${u.adapting ? " (adapting)" : ""}${u.dead ? "; dead unit" : ""}`;
         cell.title = `${u.label}: ${u.state}; split R-hat ${fixed(u.rhat, 3)}, ESS ${fixed(u.ess, 1)} ` +
-          `of ${u.draws * u.chains} draws (${u.chains} chains)`;
+          `of ${u.draws * u.chains} draws (${u.chains} chains)${tuning}`;
       });
       const counts = {};
       for (const u of units) counts[u.state] = (counts[u.state] ?? 0) + 1;

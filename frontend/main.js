@@ -90,6 +90,7 @@ function handleMessage(msg) {
       break;
     case "metrics":
       debug.metrics = msg;
+      controls.setMetrics(msg);
       showMetrics(msg);
       break;
     case "status":

@@ -361,6 +361,8 @@ def test_the_dashboard_shows_the_atlas_and_a_click_samples_the_unit_live(
             8,
         )
         assert params["seed"] == unit_seed(0, 3)
-        assert (params["temperature"], params["step_size"], params["window"]) == (0.01, 0.05, 50)
+        # The atlas's settings, by the one model's names: an adapted step stays auto.
+        assert (params["temperature"], params["step_size"], params["window"]) == (0.01, None, 50)
+        assert params["energy_scale"] == "unit"
     finally:
         server.stop()

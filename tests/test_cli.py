@@ -300,9 +300,17 @@ def test_sample_npz_is_the_per_step_loops_for_a_fixed_seed(tmp_path: Path) -> No
         main(["sample", str(DEFAULT_CHECKPOINT), *argv, "--device", "cpu", "--out", str(out)]) == 0
     )
     data = np.load(out)
-    # The CLI's defaults for everything else: l2 0.1, momentum 0, auto burn-in, no clamp.
+    # The CLI's defaults for everything else: l2 0.1, momentum 0, auto burn-in, no clamp,
+    # the unit's own energy scale.
     config = SamplerConfig(
-        chains=4, temperature=1.0, step_size=0.1, l2_weight=0.1, window=50, seed=3, device="cpu"
+        chains=4,
+        temperature=1.0,
+        step_size=0.1,
+        l2_weight=0.1,
+        window=50,
+        seed=3,
+        energy_scale="unit",
+        device="cpu",
     )
     expected, record_from = per_step_reference("fc3:1", config, 300, 7)
     assert record_from is not None and 64 < record_from < 290

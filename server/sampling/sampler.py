@@ -478,6 +478,16 @@ class Sampler:
             )
             for name in PER_CHAIN_SETTINGS
         }
+        if getattr(self, "_step_auto", False) and not isinstance(self._p["step_size"], Tensor):
+            # An adapted step is applied per chain whatever its values, so a unit's chains do
+            # not depend on whether the other units of its batch froze at the same step (the
+            # float and the per-chain paths of `langevin_step` round differently).
+            self._p["step_size"] = torch.full(
+                (config.chains,),
+                float(self._p["step_size"]),
+                dtype=self.x.dtype,
+                device=self.x.device,
+            )
         # Host-side: a term whose weight is 0 on every chain is skipped without a device sync.
         self._zero = {
             name: value is not None
@@ -678,7 +688,7 @@ class Sampler:
         g, activation, values = update_direction(
             self.terms, self.x, self._p, self._zero, "none", self.scale
         )
-        energy = energy_of(self.terms, values, self._p, activation, self.scale)
+        energy = energy_of(self.x, self.terms, values, self._p, activation, self.scale)
         self._adapter = StepAdapter(
             self.x, g, energy, activation, start, groups, count, self.config.adapt_steps
         )
@@ -697,7 +707,7 @@ class Sampler:
         g, activation, values = update_direction(
             self.terms, proposal, self._p, self._zero, "none", self.scale
         )
-        energy = energy_of(self.terms, values, self._p, activation, self.scale)
+        energy = energy_of(proposal, self.terms, values, self._p, activation, self.scale)
         log_accept = mala_log_accept(ad.x, proposal, ad.g, g, ad.e, energy, beta, temperature)
         ad.update(proposal, g, energy, activation, log_accept, self.streams.uniform(self._uniform))
         with torch.no_grad():
@@ -712,7 +722,8 @@ class Sampler:
 
     def _freeze(self, step: Tensor, ad: StepAdapter | None, why: str | None) -> None:
         """Fix the step at `step [N]`: from here the chain is a fixed Langevin chain."""
-        values = [float(v) for v in step.tolist()]
+        # In the chains' dtype: the value reported is the value used, bit for bit.
+        values = [float(v) for v in step.to(self.x.dtype).tolist()]
         frozen = values[0] if all(v == values[0] for v in values) else values
         self._apply_config(dataclasses.replace(self.config, step_size=frozen))
         self.v.zero_()

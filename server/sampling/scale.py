@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ldam.sampling.energy import Term, autograd_value_and_grad
+from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
 
 # The acceptance rate adaptation aims at.
 TARGET_ACCEPTANCE = 0.574
@@ -73,8 +73,10 @@ def measure_scale(terms: Sequence[Term], x: Tensor, groups: Tensor, count: int) 
     for term in terms:
         if term.group == "activation":
             grad.add_(autograd_value_and_grad(term, x)[1])
-    squared = grad.flatten(1).pow(2).sum(1)
-    return group_mean(squared, groups.to(x.device), count).sqrt()
+    # Per-chain sums in float64: a float32 reduction's order (and last bit) depends on the
+    # batch's shape, and an atlas unit must get the same sigma in any batch.
+    squared = grad.flatten(1).double().pow(2).sum(1)
+    return group_mean(squared, groups.to(x.device), count).sqrt().to(x.dtype)
 
 
 def mala_log_accept(
@@ -92,12 +94,14 @@ def mala_log_accept(
 
         (E(x') - E(x)) / T - (||x - x' - b g'||^2 - ||x' - x - b g||^2) / (4 b T)
 
-    NaN or infinite where a proposal left the finite numbers (the caller rejects it)."""
+    NaN or infinite where a proposal left the finite numbers (the caller rejects it). In
+    float64, like `energy_of`, so that a chain's decisions never depend on its batch."""
     b = step_size.view(-1, *([1] * (x.dim() - 1)))
-    back = (x - proposal - b * proposal_grad).flatten(1).pow(2).sum(1)
-    forth = (proposal - x - b * grad).flatten(1).pow(2).sum(1)
-    t = temperature if isinstance(temperature, float) else temperature
-    return (proposal_energy - energy) / t - (back - forth) / (4.0 * step_size * t)
+    back = (x - proposal - b * proposal_grad).flatten(1).double().pow(2).sum(1)
+    forth = (proposal - x - b * grad).flatten(1).double().pow(2).sum(1)
+    t = temperature if isinstance(temperature, float) else temperature.double()
+    beta = step_size.double()
+    return (proposal_energy - energy) / t - (back - forth) / (4.0 * beta * t)
 
 
 def start_step(l2_weight: Tensor) -> Tensor:
@@ -139,11 +143,11 @@ class StepAdapter:
         self.steps = steps
         self.taken = 0
         self.history: list[Tensor] = []
-        self.accepted = torch.zeros(count, device=x.device)
+        self.accepted = torch.zeros(count, dtype=torch.float64, device=x.device)
 
     def beta(self) -> Tensor:
-        """This step's beta per chain `[N]`."""
-        return self.log_beta.exp()[self.groups]
+        """This step's beta per chain `[N]`, in the chains' dtype."""
+        return self.log_beta.exp()[self.groups].to(self.x.dtype)
 
     def update(
         self,
@@ -178,8 +182,8 @@ class StepAdapter:
         return self.taken >= self.steps
 
     def frozen(self) -> Tensor:
-        """The frozen step per group `[count]`: the geometric mean of the second half, within
-        the step size's bounds."""
+        """The frozen step per group `[count]` (float64): the geometric mean of the second
+        half, within the step size's bounds."""
         half = self.history[len(self.history) // 2 :] or [self.log_beta]
         return torch.stack(half).mean(0).exp().clamp(1e-6, 100.0)
 
@@ -189,18 +193,25 @@ class StepAdapter:
 
 
 def energy_of(
+    x: Tensor,
     terms: Sequence[Term],
     values: Mapping[str, Tensor],
     weights: Mapping[str, float | Tensor],
     activation: Tensor,
     scale: Tensor | float,
 ) -> Tensor:
-    """E `[N]` of the evaluated terms: the activation over its scale plus each regularizer's
-    value times its weight (the energy MALA needs; a discriminator's mixed gradient is no
-    energy's gradient, so adaptation does not run with one)."""
-    e = activation / scale
+    """E `[N]` in float64 at the chains `x`: the activation over its scale plus each
+    regularizer's value times its weight (the energy MALA needs; a discriminator's mixed
+    gradient is no energy's gradient, so adaptation does not run with one). L2's value is
+    summed here in float64, so that it does not depend on the batch (see `mala_log_accept`)."""
+    e = activation.double() / (scale.double() if isinstance(scale, Tensor) else scale)
     for term in terms:
         if term.group == "regularizer" and term.name in values:
             weight = weights[term.weight_param] if term.weight_param else 1.0
-            e = e + values[term.name] * weight
+            weight = weight.double() if isinstance(weight, Tensor) else weight
+            if isinstance(term, L2Term):
+                value = x.flatten(1).double().pow(2).sum(1).mul_(-0.5)
+            else:
+                value = values[term.name].double()
+            e = e + value * weight
     return e
