@@ -7,19 +7,20 @@ mean of the unit's activation over its chains after burn-in) and each unit's npz
 (`window_mean [chains, C, H, W]`: the average of the chain's moving window, the image the atlas
 shows, in the network's normalized input space). The columns:
 
-- **grad corr min / med**: only where the unit is affine in the input (its gradient is the
+- **grad corr min / med / max**: only where the unit is affine in the input (its gradient is the
   same at three random inputs: LeNet's `conv1`, a channel mean of a convolution of the input).
   Then f(x) = w.x + b, and under the L2 prior the law exp((f(x) - l2/2 |x|^2) / T) is a
-  Gaussian with mean w / l2: the closed-form mean direction is w = grad f. The figure is the
-  Pearson correlation over pixels of each chain's window mean with w; min and median over the
-  layer's chains (a table per unit follows the main one). The goal is >= 0.9 for every chain.
+  Gaussian with mean w / l2: the closed-form mean direction is w = grad f (a per-unit energy
+  scale f / sigma_u changes the length of the mean, not its direction). The figure is the
+  Pearson correlation over pixels of each chain's window mean with w; min, median and max over
+  the layer's chains (a table per unit follows the main one). The goal is >= 0.9 for every chain.
 - **reach p99**: LeNet only: the share of units whose `mean_activation` is above the unit's
   99th percentile over the 2,000 held-out bundled digits (`ldam.models.data.split_indices`),
   normalized as the checkpoint says. The mean after burn-in, not the largest value seen, so
   that one lucky step of noise does not count.
 - **hf share**: the share of a window mean's spectral power (mean removed, channels summed)
   at radii above half the Nyquist radius, median over chains; white noise puts the share of
-  frequency bins there (shown in brackets, 0.80 at 28x28) and a smooth image far less. It
+  frequency bins there (shown in brackets: 0.81 at 28x28, 0.80 at 64x64) and a smooth image far less. It
   tells noise from smooth pictures, but a texture made of high frequencies (a channel of an
   inner layer may prefer one) also scores high, so it is not the only test.
 - **drive z**: the window mean's activation against white noise of the same norm: z = (f(m) -
@@ -31,7 +32,11 @@ shows, in the network's normalized input space). The columns:
   of one unit, mean over pairs, median over units. Independent noise gives ~0 (sd 1/sqrt(d)),
   chains that find the same picture give a high value; a texture found at different shifts
   can score low although it is structure, which is why drive z stands beside it.
-- **R-hat**: the manifest's split R-hat per unit: median, max and the share below 1.1.
+- **burned in**: the share of the row's chains that finished burn-in (`burned_in_chains`).
+- **R-hat**: the manifest's split R-hat per unit: median and max over the units that have one,
+  the share of all units below 1.1, and (in brackets) how many units have one: a unit gets
+  none while one of its chains is still burning in at the last step, or with under 40 kept
+  draws.
 - **s**: the seconds the atlas runs of the row took.
 
 The zoo rows (random weights, small inputs, built by `tests/test_zoo.py`'s `ZOO` helpers and
@@ -189,13 +194,15 @@ class Row:
 
     name: str
     units: int
-    grad_corr: tuple[float, float] = (float("nan"), float("nan"))
+    grad_corr: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
     reach: float = float("nan")
     hf: float = float("nan")
     white: float = float("nan")
     drive: float = float("nan")
     chain_corr: float = float("nan")
     rhat: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
+    rhat_defined: int = 0
+    burned_in: float = float("nan")
     seconds: float = float("nan")
     per_unit: list[tuple[int, float, float]] | None = None  # unit, grad corr min, median
 
@@ -246,6 +253,9 @@ def measure_layer(
     entries = {e["unit"]: e for e in manifest["units"]}
     row = Row(name, len(units), seconds=seconds)
     row.rhat = rhat_summary([entries[u]["rhat"] for u in units])
+    row.rhat_defined = sum(1 for u in units if entries[u]["rhat"] is not None)
+    chains = [len(entries[u]["burn_in_steps"]) for u in units]
+    row.burned_in = sum(entries[u]["burned_in_chains"] for u in units) / sum(chains)
     hf, drive, chain, corr, reached = [], [], [], [], []
     per_unit = []
     for unit in units:
@@ -269,7 +279,7 @@ def measure_layer(
     row.chain_corr = float(np.median(chain))
     if corr:
         every = np.concatenate(corr)
-        row.grad_corr = (float(every.min()), float(np.median(every)))
+        row.grad_corr = (float(every.min()), float(np.median(every)), float(every.max()))
         row.per_unit = per_unit
     if reached:
         row.reach = sum(reached) / len(reached)
@@ -349,17 +359,17 @@ def _f(value: float, digits: int = 2) -> str:
 def table(rows: list[Row]) -> str:
     """The markdown table of `rows`, then a per-unit table for the layers with a direction."""
     header = (
-        "| layer | units | grad corr min / med | reach p99 | hf share (white) | drive z | "
-        "chain corr | R-hat med / max / <1.1 | s |"
+        "| layer | units | grad corr min / med / max | reach p99 | hf share (white) | drive z | "
+        "chain corr | burned in | R-hat med / max / <1.1 (defined) | s |"
     )
-    lines = [header, "|" + " --- |" * 9]
+    lines = [header, "|" + " --- |" * 10]
     for r in rows:
-        corr = "-" if np.isnan(r.grad_corr[0]) else f"{_f(r.grad_corr[0])} / {_f(r.grad_corr[1])}"
+        corr = "-" if np.isnan(r.grad_corr[0]) else " / ".join(_f(c) for c in r.grad_corr)
         reach = "-" if np.isnan(r.reach) else f"{r.reach:.0%}"
-        rhat = f"{_f(r.rhat[0])} / {_f(r.rhat[1])} / {r.rhat[2]:.0%}"
+        rhat = f"{_f(r.rhat[0])} / {_f(r.rhat[1])} / {r.rhat[2]:.0%} ({r.rhat_defined}/{r.units})"
         lines.append(
             f"| {r.name} | {r.units} | {corr} | {reach} | {_f(r.hf)} ({_f(r.white)}) | "
-            f"{_f(r.drive, 1)} | {_f(r.chain_corr)} | {rhat} | {r.seconds:.0f} |"
+            f"{_f(r.drive, 1)} | {_f(r.chain_corr)} | {r.burned_in:.0%} | {rhat} | {r.seconds:.0f} |"
         )
     for r in rows:
         if r.per_unit:
