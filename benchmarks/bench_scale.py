@@ -182,7 +182,10 @@ def run_atlas(checkpoint: Path, layer: str, units: list[int], out: Path, extra: 
         argv += ["--units", f"{first}-{last}", "--resume", *extra]
         captured = io.StringIO()
         with contextlib.redirect_stderr(captured):
-            code = ldam_main(argv)
+            try:
+                code = ldam_main(argv)
+            except SystemExit as stopped:  # argparse exits on a bad flag (an --extra it lacks)
+                code = stopped.code
         if code != 0:
             raise SystemExit(f"ldam {shlex.join(argv)} failed ({code}):\n{captured.getvalue()}")
     return time.perf_counter() - started
