@@ -31,8 +31,11 @@ def blob(size: int = 28, sigma: float = 4.0) -> np.ndarray:
 
 def test_the_direction_itself_correlates_one_and_independent_noise_about_zero() -> None:
     direction = noise(1, 28, 28)[0]
-    images = np.stack([direction, 2 * direction + 3, -direction])
+    images = np.stack([direction, 2 * direction, -direction])
     np.testing.assert_allclose(direction_correlations(images, direction), [1, 1, -1], atol=1e-12)
+    # A cosine: an offset is part of the direction (Pearson would ignore it).
+    flat = np.ones_like(direction)
+    assert direction_correlations(np.stack([flat + 0.1 * direction]), flat)[0] > 0.99
     independent = direction_correlations(noise(200, 1, 28, 28, seed=1), direction)
     # sd 1/sqrt(784) = 0.036 over independent images.
     assert abs(independent.mean()) < 0.01
