@@ -3,12 +3,17 @@ closed forms first, then bit-identity of the frozen chain, then the bad inputs."
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ldam.cli.main import main
+from ldam.models.loading import load_checkpoint
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.diagnostics import effective_sample_size
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError
@@ -180,3 +185,57 @@ def test_without_a_metropolis_test_the_step_starts_where_adaptation_would() -> N
         "steps": 0,
         "why_not": "a temperature of 0 has no Metropolis test",
     }
+
+
+# ------------------------------------------------------------------ commands, end to end
+
+
+def dead_unit_checkpoint(folder: Path) -> Path:
+    """A tiny exported network whose layer `fc` has 3 units, unit 1 with zero weights: no
+    input moves it, so its scale cannot be measured."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential()
+    net.add_module("flat", torch.nn.Flatten())
+    net.add_module("fc", torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        net.fc.weight[1] = 0.0
+    return export_checkpoint(net.eval(), folder / "dead.pt2", (1, 4, 4))
+
+
+def test_ldam_sample_names_a_dead_unit_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = dead_unit_checkpoint(tmp_path)
+    argv = ["sample", str(path), "--target", "fc:1", "--steps", "5", "--chains", "2"]
+    assert main([*argv, "--out", str(tmp_path / "run.npz")]) == 2
+    assert capsys.readouterr().err == (
+        "ldam: Unit 1 has no gradient at any chain's start (a dead unit), so its energy scale "
+        "cannot be measured; start the chains elsewhere (a larger init_std) or use "
+        "energy_scale absolute.\n"
+    )
+    # The absolute scale samples it (the L2 prior alone).
+    assert main([*argv, "--energy-scale", "absolute", "--out", str(tmp_path / "run.npz")]) == 0
+
+
+def test_the_atlas_marks_a_dead_unit_and_renders_the_others(tmp_path: Path) -> None:
+    path = dead_unit_checkpoint(tmp_path)
+    out = tmp_path / "atlas"
+    argv = ["atlas", str(path), "--layer", "fc", "--out", str(out), "--steps", "150"]
+    assert main([*argv, "--chains", "4", "--device", "cpu"]) == 0
+    manifest = json.loads((out / "atlas.json").read_text())
+    entries = {e["unit"]: e for e in manifest["units"]}
+    assert sorted(entries) == [0, 1, 2]
+    assert [entries[u]["dead"] for u in (0, 1, 2)] == [False, True, False]
+    # The live units have their own scale: the norm of their weights (a linear unit).
+    weights = load_checkpoint(path).module.state_dict()
+    for unit in (0, 2):
+        norm = float(weights["fc.weight"][unit].norm())
+        assert entries[unit]["scale"] == pytest.approx(norm, rel=1e-5)
+        assert 1e-6 <= entries[unit]["step_size"] <= 100
+    # The gallery's data marks it too (its caption then reads "dead: no gradient at any start").
+    page = (out / "index.html").read_text()
+    data = page.split('<script id="atlas-data" type="application/json">', 1)[1].split("</script>")[
+        0
+    ]
+    shown = {e["unit"]: e["dead"] for e in json.loads(data)["units"]}
+    assert shown == {0: False, 1: True, 2: False}

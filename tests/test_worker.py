@@ -471,3 +471,32 @@ def test_trust_covers_only_the_operators_files(tmp_path: Path) -> None:
         assert not Worker(config, end).builder.models.is_trusted(str(picked))
     finally:
         end.outbox.close()
+
+
+def test_each_unit_reports_its_own_scale_and_adapted_step_beside_its_activation() -> None:
+    h = Harness({"layout": "range", "unit": 2, "unit_end": 3, "chains": 4})
+    try:
+        sampler = h.worker.panels[0].sampler
+        assert h.worker.params.step_size is None and h.worker.params.energy_scale == "unit"
+        h.worker.step_all()
+        first = h.worker.live_diagnostics()[0]["units"]
+        assert [u["adapting"] for u in first] == [True, True]
+        for _ in range(sampler.config.adapt_steps):
+            h.worker.step_all()
+        h.worker.diagnosed_at = None  # compute now, not at most once a second
+        units = h.worker.live_diagnostics()[0]["units"]
+        assert [u["unit"] for u in units] == [2, 3]
+        for entry in units:
+            assert entry["scale"] == pytest.approx(sampler.unit_scale[entry["unit"]])
+            assert entry["scale"] > 0 and not entry["adapting"] and not entry["dead"]
+            assert 1e-6 <= entry["step_size"] <= 100
+            # The activation in the network's own units: the mean of the unit's chains.
+            last = h.worker.panels[0].last_activation
+            mine = [
+                i
+                for i, u in enumerate(h.worker.panels[0].target.units_per_chain)
+                if u == entry["unit"]
+            ]
+            assert entry["activation"] == pytest.approx(float(last[mine].mean()))
+    finally:
+        h.close()

@@ -240,18 +240,30 @@ def export_for_ldam(model: nn.Module, input_shape: tuple[int, int, int], path: P
 
 
 def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
-    """The sampler `ldam sample PATH --target TARGET --chains N` runs, at the settings
-    model's defaults (`ldam.wire.settings`)."""
+    """The sampler `ldam sample PATH --target TARGET --chains N` runs, at its defaults (the
+    settings model's, `ldam.wire.settings`), past the steps that adapt its step size: the
+    rows time sampling after burn-in."""
     from ldam.models.loading import load_checkpoint
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
+    from ldam.wire.settings import defaults
 
     loaded = load_checkpoint(path)
     module = loaded.module.to(device)
     unit = Target(module, target, chains, batch_size=loaded.batch_size)
-    config = SamplerConfig(chains=chains, device=device)
-    return Sampler([ActivationTerm(unit), L2Term()], loaded.input_shape, config)
+    settings = {k: v for k, v in defaults("sample").items() if k not in RUN_ONLY}
+    # A speed row needs no scale: a unit with no gradient at its starts (the zero-initialized
+    # head of a random-weight torchvision ViT) gets sigma 1 instead of a refusal.
+    config = SamplerConfig(chains=chains, device=device, dead_scale=1.0, **settings)
+    sampler = Sampler([ActivationTerm(unit), L2Term()], loaded.input_shape, config)
+    for _ in range(config.adapt_steps if config.step_size is None else 0):
+        sampler.step()
+    return sampler
+
+
+# The settings of `ldam sample` that are the run's, not the sampler's.
+RUN_ONLY = ("chains", "steps", "record_every")
 
 
 # ----------------------------------------------------------------------------- Lucent
