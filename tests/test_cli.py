@@ -24,6 +24,7 @@ from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
 from ldam.wire.params import SamplerParams
+from ldam.wire.settings import defaults
 from ldam.worker.models import ModelCache
 from ldam.worker.panels import PanelBuilder
 
@@ -300,18 +301,12 @@ def test_sample_npz_is_the_per_step_loops_for_a_fixed_seed(tmp_path: Path) -> No
         main(["sample", str(DEFAULT_CHECKPOINT), *argv, "--device", "cpu", "--out", str(out)]) == 0
     )
     data = np.load(out)
-    # The CLI's defaults for everything else: l2 0.1, momentum 0, auto burn-in, no clamp,
-    # the unit's own energy scale.
-    config = SamplerConfig(
-        chains=4,
-        temperature=1.0,
-        step_size=0.1,
-        l2_weight=0.1,
-        window=50,
-        seed=3,
-        energy_scale="unit",
-        device="cpu",
-    )
+    # The CLI's defaults for everything else (`ldam sample`'s in the settings model: the
+    # unit's own scale, L2 0.05, momentum 0, auto burn-in, no clamp).
+    sample = {k: v for k, v in defaults("sample").items() if k not in ("chains", "steps")}
+    sample.pop("record_every")
+    sample.update(temperature=1.0, step_size=0.1, window=50, seed=3)
+    config = SamplerConfig(chains=4, device="cpu", **sample)
     expected, record_from = per_step_reference("fc3:1", config, 300, 7)
     assert record_from is not None and 64 < record_from < 290
     assert json.loads(str(data["params"]))["record_from_step"] == record_from

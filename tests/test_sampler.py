@@ -15,6 +15,7 @@ from ldam.sampling import averaging
 from ldam.sampling.diagnostics import effective_sample_size
 from ldam.sampling.energy import ActivationTerm, DiscriminatorTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError, langevin_step
+from tests.chains import frozen, linear_unit, run, stationary_variance
 
 
 @pytest.fixture(autouse=True)
@@ -27,47 +28,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def frozen(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module.eval()
-
-
-def linear_unit(w: torch.Tensor, b: float) -> ActivationTerm:
-    """f(x) = w.x + b over a chain's flattened pixels."""
-    lin = frozen(nn.Linear(w.numel(), 1))
-    with torch.no_grad():
-        lin.weight.copy_(w.reshape(1, -1))
-        lin.bias.fill_(b)
-    return ActivationTerm(lambda x: lin(x.flatten(1))[:, 0])
-
-
 def small_net(seed: int = 0) -> nn.Module:
     """A nonlinear, batch-independent net: conv -> tanh -> linear, 1x4x4 -> 1."""
     torch.manual_seed(seed)
     return frozen(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 1)))
 
 
-def run(sampler: Sampler, steps: int) -> list[torch.Tensor]:
-    """Step and return a copy of x after every step."""
-    out = []
-    for _ in range(steps):
-        sampler.step()
-        out.append(sampler.x.clone())
-    return out
-
-
 # --------------------------------------------------------------------------- analytic
-def stationary_variance(step: float, lam: float, momentum: float, temperature: float) -> float:
-    """Exact stationary var of x for the discrete chain on a linear unit with L2 weight lam.
-
-    Centered state s = (x, v): s' = A s + (1, 1) sigma xi, A = [[1 - b lam, g], [-b lam, g]],
-    sigma^2 = 2 (1 - g) b T; the covariance solves P = A P A^T + Q (discrete Lyapunov).
-    """
-    a = np.array([[1 - step * lam, momentum], [-step * lam, momentum]])
-    q = 2 * (1 - momentum) * step * temperature * np.ones((2, 2))
-    p = np.linalg.solve(np.eye(4) - np.kron(a, a), q.reshape(-1)).reshape(2, 2)
-    return float(p[0, 0])
 
 
 @pytest.mark.parametrize("momentum, burn_in", [(0.0, 60), (0.9, 400)])

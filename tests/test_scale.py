@@ -23,7 +23,7 @@ from ldam.sampling.scale import (
     group_mean,
     mala_log_accept,
 )
-from tests.test_sampler import linear_unit, run, stationary_variance
+from tests.chains import linear_unit, run, stationary_variance
 
 
 def test_groups_and_their_means() -> None:

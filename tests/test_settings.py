@@ -197,3 +197,11 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_null_sets_auto_only_where_a_setting_means_something_by_it() -> None:
+    # A fuzzed `{"unit": null}` once reached the target check as None and closed the socket.
+    message = parse_client_message(
+        '{"type": "set", "unit": null, "window": null, "step_size": null}'
+    )
+    assert message.changes() == {"window": None, "step_size": None}

@@ -694,8 +694,24 @@ class Sampler:
         )
         self._adapt_units = [k[0] for k in dict.fromkeys(keys)]
 
+    def energy_changed(self) -> None:
+        """Tell the sampler its terms now compute another energy at the same chains (a warm
+        swap of the model under running chains): an adaptation in progress re-evaluates its
+        accepted state, so its next Metropolis test compares energies of one model. sigma
+        stays as measured: a constant of the run."""
+        ad = self._adapter
+        if ad is None:
+            return
+        g, activation, values = update_direction(
+            self.terms, ad.x, self._p, self._zero, "none", self.scale
+        )
+        ad.g, ad.activation = g, activation
+        ad.e = energy_of(ad.x, self.terms, values, self._p, activation, self.scale)
+
     def _adapt_step(self, ad: StepAdapter) -> StepInfo:
-        """One MALA step of adaptation: discarded burn-in, nothing recorded."""
+        """One MALA step of adaptation: discarded burn-in, nothing recorded. Reports, like a
+        Langevin step, the activation at the state the step started from."""
+        start_activation = ad.activation
         beta = ad.beta()
         temperature = torch.as_tensor(
             self._p["temperature"], dtype=self.x.dtype, device=self.x.device
@@ -718,7 +734,7 @@ class Sampler:
         if ad.done:
             self._freeze(ad.frozen()[ad.groups], ad, None)
         no = torch.zeros(self.config.chains, dtype=torch.bool, device=self.x.device)
-        return StepInfo(self.t, ad.activation, values, no, no, beta)
+        return StepInfo(self.t, start_activation, values, no, no, beta)
 
     def _freeze(self, step: Tensor, ad: StepAdapter | None, why: str | None) -> None:
         """Fix the step at `step [N]`: from here the chain is a fixed Langevin chain."""

@@ -211,6 +211,10 @@ STRUCTURAL_FIELDS = frozenset(
 )
 
 
+# The settings whose None means something (window and step size: auto).
+NULLABLE = frozenset(name for name, s in on("dashboard").items() if s.none is not None)
+
+
 class _SetBase(BaseModel):
     model_config = STRICT
 
@@ -218,7 +222,13 @@ class _SetBase(BaseModel):
         """The fields the message actually sets (null is a value: ``window: null`` is auto);
         "" becomes None: for `checkpoint` the operator's checkpoint, for `compare` no compare
         view."""
-        out = self.model_dump(exclude_unset=True, exclude={"type"})
+        out = {
+            name: value
+            for name, value in self.model_dump(exclude_unset=True, exclude={"type"}).items()
+            # null sets only a setting that means something by it (auto); elsewhere it
+            # leaves the field as it is, as an absent field does.
+            if value is not None or name in NULLABLE
+        }
         for name in ("checkpoint", "compare"):
             if out.get(name) == "":
                 out[name] = None

@@ -260,6 +260,7 @@ class PanelBuilder:
             raise UserError(f"{Path(path).name}: {err}", "checkpoint") from None
         term = next(t for t in panel.sampler.terms if isinstance(t, ActivationTerm))
         term.activation_fn = target
+        panel.sampler.energy_changed()
         swapped = dataclasses.replace(panel, label=Path(path).name, loaded=loaded, target=target)
         return swapped, layers
 
