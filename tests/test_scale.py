@@ -239,3 +239,16 @@ def test_the_atlas_marks_a_dead_unit_and_renders_the_others(tmp_path: Path) -> N
     ]
     shown = {e["unit"]: e["dead"] for e in json.loads(data)["units"]}
     assert shown == {0: False, 1: True, 2: False}
+
+
+def test_a_reset_during_adaptation_restarts_the_chains_it_adapts() -> None:
+    w = torch.tensor([1.0, 2.0, 0.0, -1.0])
+    config = SamplerConfig(chains=3, step_size=None, temperature=0.1, adapt_steps=50, seed=0)
+    sampler = Sampler([linear_unit(w, 0.0), L2Term()], (1, 2, 2), config)
+    run(sampler, 10)
+    sampler.reset()
+    fresh = sampler.x.clone()
+    info = sampler.step()
+    # The step starts from the fresh chains (its activation is theirs), not from the old ones.
+    torch.testing.assert_close(info.activation, fresh.flatten(1) @ w)
+    assert sampler.unit_tuning()[0]["adapting"]

@@ -534,6 +534,8 @@ class Sampler:
         self._apply_config(pending)
         if readapt:
             self._start_adaptation()
+        else:
+            self._refresh_adapter()  # lambda or T may have changed the energy it compares
         if window_changed:  # its memory was checked by `set`
             self._window.resize(pending.window)
         if clamp_changed:
@@ -551,6 +553,7 @@ class Sampler:
                 raise SamplerError(f"Chain indices must be in [0, {n - 1}], got {idx.tolist()}.")
             idx = idx.to(self.device)
         self._reinit(idx)
+        self._refresh_adapter()  # an adaptation in progress goes on from the fresh starts
 
     def _reinit(self, idx: Tensor) -> None:
         """Fresh starts for the chains with indices `idx [M]`, drawn from the init generator
@@ -699,14 +702,19 @@ class Sampler:
         swap of the model under running chains): an adaptation in progress re-evaluates its
         accepted state, so its next Metropolis test compares energies of one model. sigma
         stays as measured: a constant of the run."""
+        self._refresh_adapter()
+
+    def _refresh_adapter(self) -> None:
+        """An adaptation in progress takes the chains as they are now and evaluates their
+        energy and gradient again (after a reset, a live change of lambda, a new model)."""
         ad = self._adapter
         if ad is None:
             return
         g, activation, values = update_direction(
-            self.terms, ad.x, self._p, self._zero, "none", self.scale
+            self.terms, self.x, self._p, self._zero, "none", self.scale
         )
-        ad.g, ad.activation = g, activation
-        ad.e = energy_of(ad.x, self.terms, values, self._p, activation, self.scale)
+        ad.x, ad.g, ad.activation = self.x.clone(), g, activation
+        ad.e = energy_of(self.x, self.terms, values, self._p, activation, self.scale)
 
     def _adapt_step(self, ad: StepAdapter) -> StepInfo:
         """One MALA step of adaptation: discarded burn-in, nothing recorded. Reports, like a
@@ -750,7 +758,10 @@ class Sampler:
             report["step_size"] = [
                 {"unit": u, "step_size": float(b), "acceptance": float(a)}
                 for u, b, a in zip(
-                    units, ad.frozen().tolist(), ad.acceptance().tolist(), strict=True
+                    units,
+                    ad.frozen().to(self.x.dtype).tolist(),
+                    ad.acceptance().tolist(),
+                    strict=True,
                 )
             ]
         else:
