@@ -24,7 +24,7 @@ from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
 from ldam.wire.params import SamplerParams
-from ldam.wire.settings import defaults
+from ldam.wire.settings import defaults, for_sampler
 from ldam.worker.models import ModelCache
 from ldam.worker.panels import PanelBuilder
 
@@ -303,8 +303,7 @@ def test_sample_npz_is_the_per_step_loops_for_a_fixed_seed(tmp_path: Path) -> No
     data = np.load(out)
     # The CLI's defaults for everything else (`ldam sample`'s in the settings model: the
     # unit's own scale, L2 0.05, momentum 0, auto burn-in, no clamp).
-    sample = {k: v for k, v in defaults("sample").items() if k not in ("chains", "steps")}
-    sample.pop("record_every")
+    sample = for_sampler(defaults("sample"))
     sample.update(temperature=1.0, step_size=0.1, window=50, seed=3)
     config = SamplerConfig(chains=4, device="cpu", **sample)
     expected, record_from = per_step_reference("fc3:1", config, 300, 7)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ldam.metadata import MetadataOverride
-from ldam.wire.settings import on
+from ldam.wire.settings import for_sampler, on
 
 
 def unit_seed(seed: int, unit: int) -> int:
@@ -59,9 +59,7 @@ def _settings_class() -> type:
 
     def sampler_settings(self: Any) -> dict[str, Any]:
         """The settings `SamplerConfig` takes, by the model's names."""
-        return {
-            name: getattr(self, name) for name, s in on("atlas").items() if "config" in s.surfaces
-        }
+        return for_sampler({name: getattr(self, name) for name in on("atlas")})
 
     return make_dataclass(
         "Settings",

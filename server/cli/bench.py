@@ -247,12 +247,12 @@ def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
-    from ldam.wire.settings import defaults
+    from ldam.wire.settings import defaults, for_sampler
 
     loaded = load_checkpoint(path)
     module = loaded.module.to(device)
     unit = Target(module, target, chains, batch_size=loaded.batch_size)
-    settings = {k: v for k, v in defaults("sample").items() if k not in RUN_ONLY}
+    settings = for_sampler(defaults("sample"))
     # A speed row needs no scale: a unit with no gradient at its starts (the zero-initialized
     # head of a random-weight torchvision ViT) gets sigma 1 instead of a refusal.
     config = SamplerConfig(chains=chains, device=device, dead_scale=1.0, **settings)
@@ -260,10 +260,6 @@ def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
     for _ in range(config.adapt_steps if config.step_size is None else 0):
         sampler.step()
     return sampler
-
-
-# The settings of `ldam sample` that are the run's, not the sampler's.
-RUN_ONLY = ("chains", "steps", "record_every")
 
 
 # ----------------------------------------------------------------------------- Lucent

@@ -7,7 +7,7 @@ from typing import Any
 
 from ldam.errors import UserError
 from ldam.metadata import MetadataOverride, parse_metadata
-from ldam.wire.settings import Surface, check_clamp, check_step_decay, on
+from ldam.wire.settings import Surface, on
 
 
 class UsageError(UserError):
@@ -130,11 +130,6 @@ def settings_from_args(args: argparse.Namespace, surface: Surface) -> dict[str, 
         if isinstance(value, list) and surface != "sample":
             setting.check(value, single=True)
         out[name] = value
-    out["step_decay"] = check_step_decay(out["step_decay"]) if "step_decay" in out else None
-    if "clamp" in out:
-        out["clamp"] = check_clamp(out["clamp"])
-    if "step_decay" not in on(surface):
-        out.pop("step_decay")
     return out
 
 

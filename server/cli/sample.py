@@ -12,7 +12,7 @@ from typing import Any
 from ldam.cli.options import UsageError, load_from_args, settings_from_args
 from ldam.metadata import normalization_json
 from ldam.wire.params import grid_columns
-from ldam.wire.settings import on
+from ldam.wire.settings import for_sampler
 
 # Discriminator warm-up steps when --disc-weight > 0 and no --disc-checkpoint is given.
 DEFAULT_DISC_STEPS = 100
@@ -48,11 +48,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ldam.sampling.sampler import Sampler, SamplerConfig
     from ldam.sampling.targets import Target
 
-    settings = settings_from_args(args, "sample")
-    # How long and how often to record are the run's; the rest is the sampler's config.
-    chains = settings.pop("chains")
-    steps = settings.pop("steps")
-    record_every = settings.pop("record_every")
+    given = settings_from_args(args, "sample")
+    # How many chains, how long and how often to record are the run's; the rest is the
+    # sampler's config.
+    chains, steps, record_every = given["chains"], given["steps"], given["record_every"]
+    settings = for_sampler(given)
     out = Path(args.out)
     if not out.parent.exists():
         raise UsageError(f"The folder for --out does not exist: {out.parent}.")
@@ -141,7 +141,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "steps": steps,
         # Every setting of the one model by its name, as the sampler ran it (an auto window
         # resolved; burn_in null = auto).
-        **{name: getattr(sampler.config, name) for name in on("sample") if name in settings},
+        **{name: getattr(sampler.config, name) for name in settings},
         "disc_steps": disc_steps,
         # Each unit's own scale sigma_u and adapted step (`ldam.sampling.scale`), and how the
         # step was adapted.

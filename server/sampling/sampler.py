@@ -417,6 +417,7 @@ class Sampler:
         self.resets = torch.zeros(n, dtype=torch.long, device=dev)
         self._pending: SamplerConfig | None = None
         self._pending_lock = threading.Lock()  # set() may come from a control thread
+        self._step_auto = False  # whether the step came from adaptation (`step_size` auto)
         self._apply_config(config)
         thr = config.burn_in_threshold
         self._burn_in = BurnIn(
@@ -449,11 +450,11 @@ class Sampler:
         # Settings that mean the same on every unit (`ldam.sampling.scale`): sigma per chain,
         # measured once at the starts and frozen; an auto step adapted in the first steps.
         self.dead_units: list[int] = []
+        self.unit_scale: dict[int, float] = {}  # unit -> sigma_u, in the unit scale
         self.scale: Scalar = self._measure_scale(config)
         self._adapter: StepAdapter | None = None
         self._uniform = torch.empty(n, device=dev)
         self.adaptation: dict[str, Any] | None = None
-        self._step_auto = False
         if config.step_size is None:
             self._start_adaptation()
 
@@ -478,7 +479,7 @@ class Sampler:
             )
             for name in PER_CHAIN_SETTINGS
         }
-        if getattr(self, "_step_auto", False) and not isinstance(self._p["step_size"], Tensor):
+        if self._step_auto and not isinstance(self._p["step_size"], Tensor):
             # An adapted step is applied per chain whatever its values, so a unit's chains do
             # not depend on whether the other units of its batch froze at the same step (the
             # float and the per-chain paths of `langevin_step` round differently).
@@ -781,7 +782,7 @@ class Sampler:
         for unit, beta in zip(units, steps, strict=True):
             entry = out.setdefault(unit, {"betas": []})
             entry["betas"].append(beta)
-        scales = getattr(self, "unit_scale", {})
+        scales = self.unit_scale
         for unit, entry in out.items():
             betas = entry.pop("betas")
             entry["scale"] = scales.get(unit) if self.config.scale is None else None

@@ -24,8 +24,6 @@ from ldam.wire.settings import (
     PER_CHAIN_SETTINGS,
     SETTINGS,
     SettingError,
-    check_clamp,
-    check_step_decay,
 )
 
 # Re-exported: the sampler reads them here, beside `SamplerConfig`.
@@ -170,8 +168,6 @@ class SamplerConfig:
             for name in _CHECKED:
                 value = getattr(self, name)
                 setattr(self, name, SETTINGS[name].check(value, self.chains))
-            self.step_decay = check_step_decay(self.step_decay)
-            self.clamp = check_clamp(self.clamp)
         except SettingError as err:
             raise SamplerError(str(err), err.field) from None
         if self.burn_in_threshold is not None:
@@ -202,11 +198,7 @@ class SamplerConfig:
 
 
 # The settings of the one model that `SamplerConfig` holds and checks with the model's rules.
-_CHECKED = tuple(
-    name
-    for name, s in SETTINGS.items()
-    if "config" in s.surfaces and name not in ("step_decay", "clamp")
-)
+_CHECKED = tuple(name for name, s in SETTINGS.items() if "config" in s.surfaces)
 
 
 def _threshold(value: Any, chains: int) -> float | list[float]:

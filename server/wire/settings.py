@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -68,6 +68,7 @@ class Setting:
         scope: per_chain, live or run (see `Scope`).
         surfaces: where the setting appears.
         slider: the page's control span, when the page shows a slider for it.
+        rule: what a pair or triple must satisfy beyond its numbers (clamp: lo < hi).
     """
 
     name: str
@@ -85,6 +86,9 @@ class Setting:
     aliases: tuple[str, ...] = ()
     slider: Slider | None = None
     surface_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # A rule between the numbers of a pair or triple: the refusal without its full stop, or
+    # None when the value is fine.
+    rule: Callable[[tuple[float, ...]], str | None] | None = None
 
     @property
     def flag(self) -> str:
@@ -149,7 +153,11 @@ class Setting:
             n = 2 if self.kind == "pair" else 3
             if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != n:
                 raise self._fail(f"must be {n} numbers or {self.none}, got {value!r}")
-            return tuple(self._scalar(v) for v in value)
+            numbers_ = tuple(self._scalar(v) for v in value)
+            broken = self.rule(numbers_) if self.rule is not None else None
+            if broken is not None:
+                raise SettingError(f"{broken}.", self.name)
+            return numbers_
         if isinstance(value, Sequence) and not isinstance(value, str | bytes):
             if self.scope != "per_chain" or single:
                 raise self._fail(f"takes one value here, got {len(value)}")
@@ -241,6 +249,26 @@ def _number(text: str) -> int | float | None:
         return None
 
 
+def _step_decay_rule(value: tuple[float, ...]) -> str | None:
+    """a > 0, b >= 0, mu in (0.5, 1]: the Robbins-Monro conditions on beta_t = a (b + t)^-mu
+    that make the decaying step a valid SGLD schedule."""
+    a, b, mu = value
+    if a <= 0:
+        return f"step_decay a must be > 0, got {_fmt(a)}"
+    if b < 0:
+        return f"step_decay b must be >= 0, got {_fmt(b)}"
+    if not 0.5 < mu <= 1:
+        return f"step_decay mu must be in (0.5, 1], got {_fmt(mu)}"
+    return None
+
+
+def _clamp_rule(value: tuple[float, ...]) -> str | None:
+    """low < high."""
+    if value[0] < value[1]:
+        return None
+    return f"clamp must be lo,hi with lo < hi, got ({_fmt(value[0])}, {_fmt(value[1])})"
+
+
 _LIVE: tuple[Surface, ...] = ("config", "sample", "atlas", "serve", "dashboard")
 _HEADLESS: tuple[Surface, ...] = ("config", "sample", "atlas")
 
@@ -327,6 +355,7 @@ SETTINGS: dict[str, Setting] = {
             none="off",
             scope="live",
             surfaces=("config", "sample"),
+            rule=_step_decay_rule,
         ),
         Setting(
             "momentum",
@@ -405,6 +434,7 @@ SETTINGS: dict[str, Setting] = {
             none="off",
             scope="live",
             surfaces=_HEADLESS,
+            rule=_clamp_rule,
         ),
         Setting(
             "burn_in",
@@ -486,31 +516,11 @@ def defaults(surface: Surface) -> dict[str, Any]:
     return {name: s.default_on(surface) for name, s in on(surface).items()}
 
 
-def check_step_decay(value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-    """`step_decay` checked: a > 0, b >= 0, mu in (0.5, 1] (the Robbins-Monro conditions
-    on beta_t = a (b + t)^-mu that make the decaying step a valid SGLD schedule)."""
-    value = SETTINGS["step_decay"].check(value)
-    if value is None:
-        return None
-    a, b, mu = value
-    if a <= 0:
-        raise SettingError(f"step_decay a must be > 0, got {_fmt(a)}.", "step_decay")
-    if b < 0:
-        raise SettingError(f"step_decay b must be >= 0, got {_fmt(b)}.", "step_decay")
-    if not 0.5 < mu <= 1:
-        raise SettingError(f"step_decay mu must be in (0.5, 1], got {_fmt(mu)}.", "step_decay")
-    return value
-
-
-def check_clamp(value: tuple[float, float] | None) -> tuple[float, float] | None:
-    """`clamp` checked: two numbers with low < high."""
-    value = SETTINGS["clamp"].check(value)
-    if value is not None and not value[0] < value[1]:
-        raise SettingError(
-            f"clamp must be lo,hi with lo < hi, got ({_fmt(value[0])}, {_fmt(value[1])}).",
-            "clamp",
-        )
-    return value
+def for_sampler(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of `values` (setting name -> value) that `SamplerConfig` takes: not the run's own
+    (how many steps, how often to record) nor a surface's chain count, which the caller
+    turns into the batch."""
+    return {name: value for name, value in values.items() if "config" in SETTINGS[name].surfaces}
 
 
 def describe() -> list[dict[str, Any]]:
