@@ -211,6 +211,9 @@ class Renderer:
             "scale": tuning["scale"],
             "step_size": tuning["step_size"],
             "dead": tuning["dead"],
+            # With replicas: the frozen ladder's per-pair swap acceptance and round trips.
+            "swap_acceptance": tuning.get("swap_acceptance"),
+            "round_trips": tuning.get("round_trips"),
         }
         return Rendered(entry, {png_rel: png.getvalue(), npz_rel: npz.getvalue()})
 

@@ -197,12 +197,19 @@ def print_summary(
             "resets per chain (diverged and re-initialized): "
             + " ".join(str(int(r)) for r in resets)
         )
+    tuning = params.get("tuning", {})
     for d in params["diagnostics"]:
         if d["note"] is None:
-            lines.append(
+            line = (
                 f"unit {d['unit']}: split R-hat {d['rhat']:.3f}, ESS {d['ess']:.0f} of "
                 f"{len(d['chains'])} x {d['draws']} draws"
             )
         else:
-            lines.append(f"unit {d['unit']}: {d['note']}")
+            line = f"unit {d['unit']}: {d['note']}"
+        swaps = tuning.get(str(d["unit"]), {}).get("swap_acceptance")
+        if swaps:
+            accepted = " ".join("-" if a is None else f"{a:.2f}" for a in swaps)
+            trips = tuning[str(d["unit"])]["round_trips"]
+            line += f"; swap acceptance per pair {accepted}; {trips} round trips"
+        lines.append(line)
     sys.stderr.write("\n".join(lines) + "\n")

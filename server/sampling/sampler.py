@@ -73,7 +73,8 @@ from ldam.sampling.settings import (
     fitted_window,
     live_replace,
 )
-from ldam.sampling.streams import ChainStreams
+from ldam.sampling.streams import ChainStreams, derived_seeds
+from ldam.sampling.tempering import ReplicaExchange
 from ldam.sampling.transfer import HostCopy, to_device
 
 __all__ = [
@@ -184,26 +185,76 @@ def _rms(g: Tensor) -> Tensor:
     return _bcast(torch.where(rms > 0, rms, torch.ones_like(rms)), g)  # type: ignore[return-value]
 
 
-def update_direction(
+@dataclass
+class Direction:
+    """The pieces of the update direction at chains `x`, before they are summed (see
+    `update_direction`): kept apart so that replica exchange can move states between rows and
+    re-temper their activation gradient without another forward and backward.
+
+    Attributes:
+        g_act: the activation terms' summed gradient `[N, C, H, W]` (None: none evaluated).
+        g_disc: the discriminator's gradient, mixed by `disc_weight` (None: not evaluated).
+        regs: each regularizer's gradient (L2's is `x` itself) and its per-chain weight.
+        activation: `[N]` the sum of the activation terms.
+        values: each evaluated term's value `[N]` by name.
+    """
+
+    g_act: Tensor | None
+    g_disc: Tensor | None
+    disc_weight: Scalar
+    regs: list[tuple[Tensor, Scalar]]
+    activation: Tensor
+    values: dict[str, Tensor]
+
+    def permute(self, perm: Tensor, x: Tensor) -> None:
+        """Follow a permutation `perm [N]` of the rows of `x` (applied to `x` in place by the
+        caller: row r now holds what row perm[r] held): every per-row piece moves along."""
+
+        def move(t: Scalar) -> Scalar:
+            return (
+                t.index_select(0, perm)
+                if isinstance(t, Tensor) and t.dim() and t.shape[0] > 1
+                else t
+            )
+
+        self.g_act = move(self.g_act) if self.g_act is not None else None  # type: ignore[assignment]
+        self.g_disc = move(self.g_disc) if self.g_disc is not None else None  # type: ignore[assignment]
+        self.disc_weight = move(self.disc_weight)
+        self.regs = [(g if g is x else move(g), move(w)) for g, w in self.regs]  # type: ignore[misc]
+        self.activation = move(self.activation)  # type: ignore[assignment]
+        self.values = {k: move(v) for k, v in self.values.items()}  # type: ignore[misc]
+
+    def total(self, x: Tensor, activation_scale: Scalar = 1.0) -> Tensor:
+        """The direction `[N, C, H, W]`: the activation gradient over `activation_scale` (a
+        float or `[N]`), mixed with the discriminator's, plus the weighted regularizers.
+        Consumes the pieces (the activation gradient is divided in place)."""
+        g_act, g_disc = self.g_act, self.g_disc
+        if g_act is not None and not (
+            isinstance(activation_scale, float) and activation_scale == 1.0
+        ):
+            g_act = g_act.div_(_bcast(activation_scale, x))
+        g_total = g_act if g_act is not None else torch.zeros_like(x)
+        if g_disc is not None:
+            # The lead's rule: g = (1 - w) g_a + w * rms(g_a) * g_D / rms(g_D), continuous in w;
+            # with normalize="all" rms(g_a) = 1 and this is the paper's convex mix.
+            w = _bcast(self.disc_weight, x)
+            scale = _rms(g_total) / _rms(g_disc)
+            g_total = g_total.mul(1.0 - w) if g_act is not None else g_total
+            _add_scaled(g_total, g_disc * scale, w)
+        for g, weight in self.regs:
+            _add_scaled(g_total, g, _bcast(weight, x))
+        return g_total
+
+
+def direction_parts(
     terms: Sequence[Term],
     x: Tensor,
     weights: Mapping[str, Scalar],
     skip: Mapping[str, bool],
     normalize: str,
-    activation_scale: Scalar = 1.0,
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The direction g `[N, C, H, W]` the chains at `x [N, C, H, W]` move along, the activation
-    `[N]` (sum of the activation terms) and each evaluated term's value `[N]` by name.
-
-    `weights` maps each per-chain setting a term may be weighted by to a float or `[N]` tensor;
-    a term whose weight setting is True in `skip` (0 on every chain), or that is inactive, is
-    not evaluated. `normalize` (one of `NORMALIZE_MODES`) divides the gradients of the
-    regularizers, or of every term, by their per-chain RMS over pixels (Algorithm 1 line 6).
-    `activation_scale` (a float or `[N]`) divides the activation terms' gradient: the energy
-    is `f / sigma` (`ldam.sampling.scale`); the activation reported stays `f`.
-    A discriminator term's gradient is mixed with the activation's by its weight w:
-    `g = (1 - w) g_a + w rms(g_a) g_D / rms(g_D)`.
-    """
+) -> Direction:
+    """Evaluate the terms at `x [N, C, H, W]` (arguments as in `update_direction`) and return
+    the direction's pieces, not yet summed."""
     norm_act = normalize == "all"
     norm_reg = normalize in ("regularizers", "all")
     values: dict[str, Tensor] = {}
@@ -239,22 +290,33 @@ def update_direction(
             g_disc, disc_weight = g, weights[wp] if wp else 1.0
         else:
             regs.append((g / _rms(g) if norm_reg else g, weights[wp] if wp else 1.0))
-
-    if g_act is not None and not (isinstance(activation_scale, float) and activation_scale == 1.0):
-        g_act = g_act.div_(_bcast(activation_scale, x))
-    g_total = g_act if g_act is not None else torch.zeros_like(x)
-    if g_disc is not None:
-        # The lead's rule: g = (1 - w) g_a + w * rms(g_a) * g_D / rms(g_D), continuous in w;
-        # with normalize="all" rms(g_a) = 1 and this is the paper's convex mix.
-        w = _bcast(disc_weight, x)
-        scale = _rms(g_total) / _rms(g_disc)
-        g_total = g_total.mul(1.0 - w) if g_act is not None else g_total
-        _add_scaled(g_total, g_disc * scale, w)
-    for g, weight in regs:
-        _add_scaled(g_total, g, _bcast(weight, x))
     if activation is None:
         activation = torch.zeros(x.shape[0], device=x.device)
-    return g_total, activation, values
+    return Direction(g_act, g_disc, disc_weight, regs, activation, values)
+
+
+def update_direction(
+    terms: Sequence[Term],
+    x: Tensor,
+    weights: Mapping[str, Scalar],
+    skip: Mapping[str, bool],
+    normalize: str,
+    activation_scale: Scalar = 1.0,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The direction g `[N, C, H, W]` the chains at `x [N, C, H, W]` move along, the activation
+    `[N]` (sum of the activation terms) and each evaluated term's value `[N]` by name.
+
+    `weights` maps each per-chain setting a term may be weighted by to a float or `[N]` tensor;
+    a term whose weight setting is True in `skip` (0 on every chain), or that is inactive, is
+    not evaluated. `normalize` (one of `NORMALIZE_MODES`) divides the gradients of the
+    regularizers, or of every term, by their per-chain RMS over pixels (Algorithm 1 line 6).
+    `activation_scale` (a float or `[N]`) divides the activation terms' gradient: the energy
+    is `f / sigma` (`ldam.sampling.scale`); the activation reported stays `f`.
+    A discriminator term's gradient is mixed with the activation's by its weight w:
+    `g = (1 - w) g_a + w rms(g_a) g_D / rms(g_D)`.
+    """
+    parts = direction_parts(terms, x, weights, skip, normalize)
+    return parts.total(x, activation_scale), parts.activation, parts.values
 
 
 def _chain_value(value: float | list[float], like: Tensor) -> Scalar:
@@ -403,18 +465,30 @@ class Sampler:
         self.sync_free = config.sync_free if config.sync_free is not None else dev.type != "cpu"
         n = config.chains
         full = (n, *self.input_shape)
+        # Replica exchange (`ldam.sampling.tempering`): every chain has K hidden replicas, and
+        # the batch holds rows = N (K + 1) states, chain-major (row i (K + 1) + k is rung k of
+        # chain i); the chains shown are the cold rung, `rows[:: K + 1]`. Without replicas rows
+        # and chains are the same and every view below is the tensor itself.
+        self.replicas = k = config.replicas
+        self.rows = rows = n * (k + 1)
+        full_rows = (rows, *self.input_shape)
         # Three streams: initial states and resets, the noise, and the spare starts of
         # diverged chains, so re-initializing one chain never shifts another's noise; one set
         # per group of chains when `group_seeds` splits them (`ldam.sampling.streams`).
         seeds = config.group_seeds if config.group_seeds is not None else [config.seed]
-        self.streams = ChainStreams(list(seeds), n, dev)
-        self.x = torch.empty(full, device=dev)
-        self.v = torch.zeros(full, device=dev)
-        self._noise = torch.empty(full, device=dev)
+        self.streams = ChainStreams(list(seeds), rows, dev)
+        self._x = torch.empty(full_rows, device=dev)
+        self.v = torch.zeros(full_rows, device=dev)
+        self._noise = torch.empty(full_rows, device=dev)
         self._zero0 = torch.zeros((), device=dev)
         self.t = 0
-        self.age = torch.zeros(n, dtype=torch.long, device=dev)
-        self.resets = torch.zeros(n, dtype=torch.long, device=dev)
+        self._age = torch.zeros(rows, dtype=torch.long, device=dev)
+        self._resets = torch.zeros(rows, dtype=torch.long, device=dev)
+        # The shown chains' views: x [N, C, H, W], age and resets [N].
+        self.x = self._shown(self._x)
+        self.age = self._shown(self._age)
+        self.resets = self._shown(self._resets)
+        self._row_step: Tensor | None = None  # adapted steps per row, rungs apart
         self._pending: SamplerConfig | None = None
         self._pending_lock = threading.Lock()  # set() may come from a control thread
         self._step_auto = False  # whether the step came from adaptation (`step_size` auto)
@@ -431,7 +505,7 @@ class Sampler:
         self._check_window_memory(config.window)
         self._window = MovingWindow(config.window, full, dev)
         self._mean = RunningMean(full, dev)
-        self.spare = SpareStarts(full, config.init_std, config.clamp, self.streams, dev)
+        self.spare = SpareStarts(full_rows, config.init_std, config.clamp, self.streams, dev)
         # Host checks: every `_period` steps post a copy of (burned, resets) and read the one
         # posted the period before. With auto burn-in the period is at most half the burn-in
         # window: a chain reset under a mask while the host believes every chain burned in is
@@ -440,20 +514,38 @@ class Sampler:
         if config.burn_in is None:
             self._period = max(1, min(CHECK_STEPS, config.burn_in_window // 2))
         self._copy = HostCopy(dev)
-        self._resets_seen = torch.zeros(n, dtype=torch.long)  # host: resets as of the last read
+        self._resets_seen = torch.zeros(rows, dtype=torch.long)  # host: resets as of the last read
         # Host: resets the host itself made (`reset()`, and divergences when not sync-free), in
         # all and as of the posted copy; a copy older than one of them no longer shows burn-in.
         self._host_resets = 0
         self._copy_host_resets = 0
         self._burned_in: Tensor | None = None  # the clone of `burned` reported while unchanged
-        self._reinit(torch.arange(n, device=dev))
+        self._reinit(torch.arange(rows, device=dev))
         # Settings that mean the same on every unit (`ldam.sampling.scale`): sigma per chain,
         # measured once at the starts and frozen; an auto step adapted in the first steps.
         self.dead_units: list[int] = []
         self.unit_scale: dict[int, float] = {}  # unit -> sigma_u, in the unit scale
-        self.scale: Scalar = self._measure_scale(config)
+        self._sigma: Scalar = self._measure_scale(config)  # per row, untempered
+        self.exchange: ReplicaExchange | None = None
+        if k:
+            keys = list(
+                zip(
+                    self._unit_keys(),
+                    _per_chain_list(config.temperature, n),
+                    _per_chain_list(config.l2_weight, n),
+                    strict=True,
+                )
+            )
+            groups, count = chain_groups(keys)
+            self._exchange_units = [key[0] for key in dict.fromkeys(keys)]
+            gen = torch.Generator(device=dev).manual_seed(derived_seeds(config.seed)[3] ^ 0x5EED)
+            self.exchange = ReplicaExchange(
+                n, k, config.ladder_end, config.ladder_steps, groups, count, gen, dev
+            )
+        # The energy each row samples: its activation over sigma times its rung's beta.
+        self.scale: Scalar = self._tempered_scale()
         self._adapter: StepAdapter | None = None
-        self._uniform = torch.empty(n, device=dev)
+        self._uniform = torch.empty(rows, device=dev)
         self.adaptation: dict[str, Any] | None = None
         if config.step_size is None:
             self._start_adaptation()
@@ -465,26 +557,51 @@ class Sampler:
         sample is not yet a kept one."""
         return self._burn_in.steps
 
+    def _shown(self, rows: Tensor) -> Tensor:
+        """The shown chains' view of a per-row tensor (the tensor itself without replicas)."""
+        return rows if not self.replicas else rows[:: self.replicas + 1]
+
+    def _row_value(self, value: float | list[float]) -> Scalar:
+        """A per-chain setting per row: a chain's value on every rung of the chain."""
+        if isinstance(value, list) and self.replicas:
+            value = [v for v in value for _ in range(self.replicas + 1)]
+        return _chain_value(value, self._x)
+
+    def _chain_rows(self, chains: Tensor) -> Tensor:
+        """The rows `[M (K + 1)]` of the chains with indices `chains [M]`."""
+        if not self.replicas:
+            return chains
+        k1 = self.replicas + 1
+        return (chains.view(-1, 1) * k1 + torch.arange(k1, device=chains.device)).reshape(-1)
+
+    def _tempered_scale(self) -> Scalar:
+        """Each row's activation scale: sigma over its rung's beta (sigma without replicas)."""
+        if self.exchange is None:
+            return self._sigma
+        betas = self.exchange.row_betas().to(self._x.dtype)
+        return self._sigma / betas if isinstance(self._sigma, Tensor) else self._sigma / betas
+
     def _apply_config(self, config: SamplerConfig) -> None:
-        """Turn settings into floats or per-chain device tensors once, not every step."""
+        """Turn settings into floats or per-row device tensors once, not every step."""
         self.config = config
         # An auto step size (None) is adapted before any Langevin step uses it; until then
         # the placeholder is where adaptation starts without L2.
         self._p: dict[str, Scalar] = {
-            name: _chain_value(
+            name: self._row_value(
                 START_STEP
                 if name == "step_size" and config.step_size is None
-                else getattr(config, name),
-                self.x,
+                else getattr(config, name)
             )
             for name in PER_CHAIN_SETTINGS
         }
+        if self._row_step is not None:  # adapted per rung: the config holds the cold rung's
+            self._p["step_size"] = self._row_step
         if self._step_auto and not isinstance(self._p["step_size"], Tensor):
             # An adapted step is applied per chain whatever its values, so a unit's chains do
             # not depend on whether the other units of its batch froze at the same step (the
             # float and the per-chain paths of `langevin_step` round differently).
             self._p["step_size"] = torch.full(
-                (config.chains,),
+                (self.rows,),
                 float(self._p["step_size"]),
                 dtype=self.x.dtype,
                 device=self.x.device,
@@ -499,7 +616,13 @@ class Sampler:
 
     def _check_window_memory(self, window: int | None) -> None:
         assert window is not None  # resolved by `_resolve_window`
-        check_window_memory(window, self.config.chains, self.input_shape, self.x.element_size())
+        check_window_memory(
+            window,
+            self.config.chains,
+            self.input_shape,
+            self._x.element_size(),
+            self.config.replicas,
+        )
 
     # ------------------------------------------------------------------------ controls
     def set(self, **params: Any) -> None:
@@ -532,6 +655,7 @@ class Sampler:
         else:
             self._adapter = None  # a step the user sets is kept: adaptation stops
             self._step_auto = False
+            self._row_step = None
         self._apply_config(pending)
         if readapt:
             self._start_adaptation()
@@ -553,38 +677,58 @@ class Sampler:
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise SamplerError(f"Chain indices must be in [0, {n - 1}], got {idx.tolist()}.")
             idx = idx.to(self.device)
-        self._reinit(idx)
+        self._reinit(self._chain_rows(idx))
         self._refresh_adapter()  # an adaptation in progress goes on from the fresh starts
 
+    def start_from(self, x0: Tensor) -> None:
+        """Restart every chain from the images `x0 [N, C, H, W]` (all rungs of a chain from
+        its image; velocities 0, burn-in, window and mean restarted); an adaptation in
+        progress goes on from there. Refused when the shape is not the chains'."""
+        if tuple(x0.shape) != tuple(self.x.shape):
+            raise SamplerError(
+                f"Start images must have the chains' shape {list(self.x.shape)}, got "
+                f"{list(x0.shape)}."
+            )
+        self._reinit(torch.arange(self.rows, device=self.device))
+        with torch.no_grad():
+            self._x.view(self.config.chains, self.replicas + 1, *self.input_shape).copy_(
+                x0.to(self._x).unsqueeze(1)
+            )
+        self._refresh_adapter()
+
     def _reinit(self, idx: Tensor) -> None:
-        """Fresh starts for the chains with indices `idx [M]`, drawn from the init generator
-        (the host knows M: this is `reset()` and the first start, never a divergence)."""
+        """Fresh starts for the rows with indices `idx [M]` (every rung of the chains reset),
+        drawn from the init generator (the host knows M: this is `reset()` and the first
+        start, never a divergence)."""
         if idx.numel() == 0:
             return
         cfg = self.config
         fresh = self.streams.draw("init", idx, self.input_shape, self.device).mul_(cfg.init_std)
         if cfg.clamp is not None:
             fresh.clamp_(*cfg.clamp)
-        self.x[idx] = fresh
+        self._x[idx] = fresh
         self.v[idx] = 0
-        self.age[idx] = 0
-        self._window.reset(idx)
-        self._mean.reset(idx)
-        self._burn_in.reset(idx)
+        self._age[idx] = 0
+        chains = idx if not self.replicas else torch.unique(idx // (self.replicas + 1))
+        self._window.reset(chains)
+        self._mean.reset(chains)
+        self._burn_in.reset(chains)
         self._burned_in = None
         self._host_resets += 1
 
     def _reset_where(self, bad: Tensor) -> None:
         """Re-initialize the chains where `bad [N]` bool is True from their spare starts and
         count them in `resets`, all under the mask: nothing here reads the device."""
-        bad4 = _bcast(bad, self.x)
-        self.resets.add_(bad)
-        torch.where(bad4, self.spare.starts, self.x, out=self.x)  # type: ignore[arg-type]
+        bad4 = _bcast(bad, self._x)
+        self._resets.add_(bad)
+        torch.where(bad4, self.spare.starts, self._x, out=self._x)  # type: ignore[arg-type]
         self.v.masked_fill_(bad4, 0)  # type: ignore[arg-type]
-        self.age.masked_fill_(bad, 0)
-        self._window.reset_mask(bad)
-        self._mean.reset_mask(bad)
-        self._burn_in.reset_mask(bad)
+        self._age.masked_fill_(bad, 0)
+        # A hidden replica that diverged restarts alone; the shown chain's averages go on.
+        shown = self._shown(bad)
+        self._window.reset_mask(shown)
+        self._mean.reset_mask(shown)
+        self._burn_in.reset_mask(shown)
         self._burned_in = None
         if not self.sync_free:  # the host looked: some chain was reset
             self._burn_in.set_done(False)
@@ -606,10 +750,14 @@ class Sampler:
                 self.spare.refill(to_device(changed, self.device))
             self._resets_seen = resets.clone()
             burn_in.set_done(bool(burned.all()) and self._host_resets == self._copy_host_resets)
-        self._copy.post(burn_in.burned, self.resets)
+        self._copy.post(burn_in.burned, self._resets)
         self._copy_host_resets = self._host_resets
 
     # ----------------------------------------------------- scale and step adaptation
+    def _row_keys(self) -> list[int]:
+        """Each row's unit (its chain's, on every rung)."""
+        return [u for u in self._unit_keys() for _ in range(self.replicas + 1)]
+
     def _unit_keys(self) -> list[int]:
         """Each chain's unit: the activation target's `units_per_chain` when it has one, else
         one unit for every chain."""
@@ -624,16 +772,16 @@ class Sampler:
         return [0] * self.config.chains
 
     def _measure_scale(self, config: SamplerConfig) -> Scalar:
-        """sigma per chain (`ldam.sampling.scale.measure_scale`, one per unit), the hand-set
-        `scale`, or 1.0 for the absolute scale."""
+        """sigma per row (`ldam.sampling.scale.measure_scale`, one per unit, over the starts
+        of all its rows), the hand-set `scale`, or 1.0 for the absolute scale."""
         if config.scale is not None:
-            return _chain_value(config.scale, self.x)
+            return self._row_value(config.scale)
         if config.energy_scale == "absolute":
             return 1.0
-        units = self._unit_keys()
+        units = self._row_keys()
         groups, count = chain_groups([(u,) for u in units])
         first = {int(g): u for g, u in zip(groups.tolist(), units, strict=True)}
-        sigma = measure_scale(self.terms, self.x, groups, count)
+        sigma = measure_scale(self.terms, self._x, groups, count)
         dead = ~(torch.isfinite(sigma) & (sigma > 0))
         if bool(dead.any()):
             names = [first[g] for g in dead.nonzero().flatten().tolist()]
@@ -673,30 +821,36 @@ class Sampler:
         """Begin adapting an auto step size from the current chains (or, where MALA cannot
         run, freeze it where adaptation would start)."""
         self._step_auto = True
-        lam = torch.as_tensor(self._p["l2_weight"], dtype=self.x.dtype, device=self.x.device)
-        start = start_step(lam.expand(self.config.chains).clone())
+        lam = torch.as_tensor(self._p["l2_weight"], dtype=self._x.dtype, device=self._x.device)
+        start = start_step(lam.expand(self.rows).clone())
         why = self._adaptable()
         if why is not None:
             self._freeze(start, None, why)
             return
+        n, k1 = self.config.chains, self.replicas + 1
+        # One step per unit and settings, and with replicas per rung: a hot rung's energy is
+        # flatter than the cold one's and takes a longer step.
         keys = [
-            (u, float(t), float(lam_i))
-            for u, t, lam_i in zip(
-                self._unit_keys(),
-                _per_chain_list(self.config.temperature, self.config.chains),
-                _per_chain_list(self.config.l2_weight, self.config.chains),
-                strict=True,
+            (u, float(t), float(lam_i), *((rung,) if self.replicas else ()))
+            for i, (u, t, lam_i) in enumerate(
+                zip(
+                    self._unit_keys(),
+                    _per_chain_list(self.config.temperature, n),
+                    _per_chain_list(self.config.l2_weight, n),
+                    strict=True,
+                )
             )
+            for rung in range(k1)
         ]
         groups, count = chain_groups(keys)
         g, activation, values = update_direction(
-            self.terms, self.x, self._p, self._zero, "none", self.scale
+            self.terms, self._x, self._p, self._zero, "none", self.scale
         )
-        energy = energy_of(self.x, self.terms, values, self._p, activation, self.scale)
+        energy = energy_of(self._x, self.terms, values, self._p, activation, self.scale)
         self._adapter = StepAdapter(
-            self.x, g, energy, activation, start, groups, count, self.config.adapt_steps
+            self._x, g, energy, activation, start, groups, count, self.config.adapt_steps
         )
-        self._adapt_units = [k[0] for k in dict.fromkeys(keys)]
+        self._adapt_keys = list(dict.fromkeys(keys))
 
     def energy_changed(self) -> None:
         """Tell the sampler its terms now compute another energy at the same chains (a warm
@@ -712,10 +866,10 @@ class Sampler:
         if ad is None:
             return
         g, activation, values = update_direction(
-            self.terms, self.x, self._p, self._zero, "none", self.scale
+            self.terms, self._x, self._p, self._zero, "none", self.scale
         )
-        ad.x, ad.g, ad.activation = self.x.clone(), g, activation
-        ad.e = energy_of(self.x, self.terms, values, self._p, activation, self.scale)
+        ad.x, ad.g, ad.activation = self._x.clone(), g, activation
+        ad.e = energy_of(self._x, self.terms, values, self._p, activation, self.scale)
 
     def _adapt_step(self, ad: StepAdapter) -> StepInfo:
         """One MALA step of adaptation: discarded burn-in, nothing recorded. Reports, like a
@@ -723,8 +877,8 @@ class Sampler:
         start_activation = ad.activation
         beta = ad.beta()
         temperature = torch.as_tensor(
-            self._p["temperature"], dtype=self.x.dtype, device=self.x.device
-        ).expand(self.config.chains)
+            self._p["temperature"], dtype=self._x.dtype, device=self._x.device
+        ).expand(self.rows)
         noise = self.streams.fill_noise(self._noise)
         with torch.no_grad():
             spread = _bcast(torch.sqrt(2.0 * beta * temperature), ad.x)
@@ -736,31 +890,46 @@ class Sampler:
         log_accept = mala_log_accept(ad.x, proposal, ad.g, g, ad.e, energy, beta, temperature)
         ad.update(proposal, g, energy, activation, log_accept, self.streams.uniform(self._uniform))
         with torch.no_grad():
-            self.x.copy_(ad.x)
+            self._x.copy_(ad.x)
         self.t += 1
-        self.age.add_(1)
-        self._burn_in.observe(ad.activation, self.t)
+        self._age.add_(1)
+        self._burn_in.observe(self._shown(ad.activation), self.t)
         if ad.done:
             self._freeze(ad.frozen()[ad.groups], ad, None)
-        no = torch.zeros(self.config.chains, dtype=torch.bool, device=self.x.device)
-        return StepInfo(self.t, start_activation, values, no, no, beta)
+        no = torch.zeros(self.config.chains, dtype=torch.bool, device=self._x.device)
+        shown = self._shown
+        return StepInfo(
+            self.t,
+            shown(start_activation),
+            {name: shown(v) for name, v in values.items()},
+            no,
+            no,
+            shown(beta),
+        )
 
     def _freeze(self, step: Tensor, ad: StepAdapter | None, why: str | None) -> None:
-        """Fix the step at `step [N]`: from here the chain is a fixed Langevin chain."""
+        """Fix the step at `step [rows]`: from here the chain is a fixed Langevin chain. With
+        replicas each rung keeps its own step; the config holds the shown (cold) rung's."""
         # In the chains' dtype: the value reported is the value used, bit for bit.
-        values = [float(v) for v in step.to(self.x.dtype).tolist()]
+        step = step.to(self._x.dtype)
+        values = [float(v) for v in self._shown(step).tolist()]
         frozen = values[0] if all(v == values[0] for v in values) else values
+        self._row_step = step.to(self._x.device) if self.replicas else None
         self._apply_config(dataclasses.replace(self.config, step_size=frozen))
         self.v.zero_()
         self._adapter = None
         report: dict[str, Any] = {"adapted": ad is not None, "steps": ad.taken if ad else 0}
         if ad is not None:
-            units = self._adapt_units
             report["step_size"] = [
-                {"unit": u, "step_size": float(b), "acceptance": float(a)}
-                for u, b, a in zip(
-                    units,
-                    ad.frozen().to(self.x.dtype).tolist(),
+                {
+                    "unit": key[0],
+                    **({"rung": key[3]} if self.replicas else {}),
+                    "step_size": float(b),
+                    "acceptance": float(a),
+                }
+                for key, b, a in zip(
+                    self._adapt_keys,
+                    ad.frozen().to(self._x.dtype).tolist(),
                     ad.acceptance().tolist(),
                     strict=True,
                 )
@@ -776,7 +945,8 @@ class Sampler:
         units = self._unit_keys()
         step = self._adapter.beta() if self._adapter is not None else self._p["step_size"]
         steps = _per_chain_list(
-            step.tolist() if isinstance(step, Tensor) else float(step), self.config.chains
+            self._shown(step).tolist() if isinstance(step, Tensor) else float(step),
+            self.config.chains,
         )
         out: dict[int, dict[str, Any]] = {}
         for unit, beta in zip(units, steps, strict=True):
@@ -789,6 +959,16 @@ class Sampler:
             entry["step_size"] = sum(betas) / len(betas)
             entry["adapting"] = self._adapter is not None
             entry["dead"] = unit in self.dead_units
+        if self.exchange is not None:
+            # The first group of each unit (a sweep of T or lambda has several per unit).
+            for unit, stats in zip(self._exchange_units, self.exchange.stats(), strict=True):
+                entry = out[unit]
+                if "swap_acceptance" in entry:
+                    continue
+                entry["ladder"] = stats.betas
+                entry["swap_acceptance"] = stats.acceptance
+                entry["round_trips"] = stats.round_trips
+                entry["adapting"] = entry["adapting"] or stats.adapting
         return out
 
     # -------------------------------------------------------------------------- reading
@@ -820,10 +1000,13 @@ class Sampler:
         self._apply_pending()
         if self._adapter is not None:
             return self._adapt_step(self._adapter)
-        cfg, x, burn_in = self.config, self.x, self._burn_in
-        g, activation, values = update_direction(
-            self.terms, x, self._p, self._zero, cfg.normalize, self.scale
-        )
+        cfg, x, burn_in = self.config, self._x, self._burn_in
+        if self.exchange is None:
+            g, activation, values = update_direction(
+                self.terms, x, self._p, self._zero, cfg.normalize, self.scale
+            )
+        else:
+            g, activation, values = self._exchange_direction(x)
         temperature = self._p["temperature"]
         noise = None
         if isinstance(temperature, Tensor) or temperature != 0.0:
@@ -836,19 +1019,23 @@ class Sampler:
             if cfg.clamp is not None:
                 x.clamp_(*cfg.clamp)
             self.t += 1
-            self.age.add_(1)
+            self._age.add_(1)
+            shown_activation = self._shown(activation)
             # Once every chain is burned in, burn-in bookkeeping stops and every sample counts.
             # Without host reads a chain may have been reset since the host learned that, so
-            # burn-in does what `record` says and the averages keep their mask.
-            if not burn_in.done:
-                burn_in.update(activation, self.age, self.t)
+            # burn-in does what `record` says and the averages keep their mask. While the
+            # ladder adapts nothing is kept: burn-in only watches.
+            if self.exchange is not None and self.exchange.adapting:
+                burn_in.observe(shown_activation, self.t)
+            elif not burn_in.done:
+                burn_in.update(shown_activation, self.age, self.t)
                 self._burned_in = None
             elif sync_free:
-                burn_in.record(activation, self.age, self.t)
+                burn_in.record(shown_activation, self.age, self.t)
                 self._burned_in = None
             recording = burn_in.burned if sync_free or not burn_in.done else None
-            self._window.add(x, recording)
-            self._mean.add(x, recording)
+            self._window.add(self.x, recording)
+            self._mean.add(self.x, recording)
             bad = _diverged(x, activation, cfg.divergence_limit, self._zero0)
             # Not sync-free (the CPU's default, where reading `bad.any()` waits for nothing):
             # skip the masked reset (a dozen kernels) on the steps no chain diverged, nearly all.
@@ -859,6 +1046,11 @@ class Sampler:
         burned_in = self._burned_in
         if burned_in is None:  # `burned` may have changed: report a copy of it
             burned_in = self._burned_in = burn_in.burned.clone()
+        if self.replicas:
+            shown = self._shown
+            values = {name: shown(v) for name, v in values.items()}
+            activation, bad = shown(activation), shown(bad)
+            beta = shown(beta) if isinstance(beta, Tensor) else beta
         return StepInfo(
             step=self.t,
             activation=activation,
@@ -867,6 +1059,29 @@ class Sampler:
             reset=bad,
             step_size=beta,
         )
+
+    def _exchange_direction(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Replica exchange's part of a step: evaluate the terms at the rows `x`, swap states
+        between neighbouring rungs (`ReplicaExchange.swap`, on each row's untempered energy
+        f / sigma), move x and every evaluated piece along (velocities stay in their rung's
+        slot), and return the direction at the swapped states with each row's beta."""
+        exchange = self.exchange
+        assert exchange is not None
+        parts = direction_parts(self.terms, x, self._p, self._zero, self.config.normalize)
+        temperature = self._p["temperature"]
+        chain_t = (
+            self._shown(temperature)
+            if isinstance(temperature, Tensor)
+            else torch.full((self.config.chains,), float(temperature), device=x.device)
+        )
+        adapting = exchange.adapting
+        perm = exchange.swap(parts.activation / self._sigma, chain_t)
+        with torch.no_grad():
+            x.copy_(x.index_select(0, perm))
+        parts.permute(perm, x)
+        if adapting:  # the ladder may have moved: each row's scale follows its beta
+            self.scale = self._tempered_scale()
+        return parts.total(x, self.scale), parts.activation, parts.values
 
 
 def _resolve_window(

@@ -21,10 +21,15 @@ from ldam.wire.limits import WINDOW_MEMORY_LIMIT_BYTES
 from ldam.wire.settings import (
     AUTO_WINDOW_STEPS,
     LIVE_SETTINGS,
+    MAX_ROWS,
     PER_CHAIN_SETTINGS,
     SETTINGS,
     SettingError,
 )
+
+# Images each hidden replica keeps beside the window: state, velocity, noise, spare start,
+# gradient and the swap's copy (`replica_bytes`).
+REPLICA_BUFFERS = 6
 
 # Re-exported: the sampler reads them here, beside `SamplerConfig`.
 __all__ = [
@@ -55,15 +60,47 @@ def _int(name: str, value: Any, low: int) -> int:
     return value
 
 
+def check_rows(chains: int, replicas: int) -> None:
+    """Refuse (field ``replicas``) a batch of more than `MAX_ROWS` rows, `chains * (replicas + 1)`."""
+    rows = chains * (replicas + 1)
+    if rows > MAX_ROWS:
+        raise SamplerError(
+            f"{chains} chains with {replicas} replicas each make {rows} rows, more than the "
+            f"{MAX_ROWS} one batch may hold; use fewer replicas or chains.",
+            "replicas",
+        )
+
+
+def replica_bytes(
+    chains: int, replicas: int, input_shape: Sequence[int], bytes_per_value: int = 4
+) -> int:
+    """The memory the hidden replicas of `chains` chains take: `REPLICA_BUFFERS` images per
+    replica (state, velocity, noise, spare start, gradient, the swap's copy)."""
+    return REPLICA_BUFFERS * chains * replicas * math.prod(input_shape) * bytes_per_value
+
+
 def check_window_memory(
-    window: int, chains: int, input_shape: Sequence[int], bytes_per_value: int = 4
+    window: int,
+    chains: int,
+    input_shape: Sequence[int],
+    bytes_per_value: int = 4,
+    replicas: int = 0,
 ) -> None:
-    """Raise `SamplerError` (field ``window``) when `chains` chains of `input_shape` with a
-    window of `window` samples would take more than `WINDOW_MEMORY_LIMIT_BYTES`.
+    """Raise `SamplerError` when `chains` chains of `input_shape` with a window of `window`
+    samples, and `replicas` hidden replicas each, would take more than
+    `WINDOW_MEMORY_LIMIT_BYTES`: field ``replicas`` when the window alone fits, else ``window``.
 
     The dashboard passes the chains of all its panels together: one budget for one run.
     """
     need = window * chains * math.prod(input_shape) * bytes_per_value
+    extra = replica_bytes(chains, replicas, input_shape, bytes_per_value)
+    if need <= WINDOW_MEMORY_LIMIT_BYTES < need + extra:
+        raise SamplerError(
+            f"{replicas} replicas of {chains} chains of shape {tuple(input_shape)} need "
+            f"{extra / 2**20:.0f} MiB beside the window's {need / 2**20:.0f} MiB, more than the "
+            f"{WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB limit; use fewer replicas or chains.",
+            "replicas",
+        )
     if need > WINDOW_MEMORY_LIMIT_BYTES:
         raise SamplerError(
             f"A window of {window} samples for {chains} chains of shape {tuple(input_shape)} "
@@ -116,6 +153,12 @@ class SamplerConfig:
         energy_scale: "unit": the activation term is divided by the unit's own scale sigma_u,
             measured once at the chains' starts (`ldam.sampling.scale`); "absolute": not.
         adapt_steps: the burn-in steps that adapt an auto step size.
+        replicas: K hidden replicas per chain at hotter rungs of the activation, swapped
+            with their neighbours every step (`ldam.sampling.tempering`); 0 = off. The batch
+            then holds `chains * (K + 1)` rows.
+        ladder_end: beta_K in (0, 1], the hottest rung's weight on the activation.
+        ladder_steps: with replicas, the burn-in steps (after step adaptation) that adapt the
+            ladder; no sample is kept before it is frozen.
         scale: sigma per chain set by hand (one value or one per chain); overrides
             `energy_scale`. A sampler made with the sigma and step another one measured and
             adapted runs its chains bit for bit from the same state.
@@ -154,6 +197,9 @@ class SamplerConfig:
     seed: int = _DEFAULT["seed"]
     energy_scale: Literal["unit", "absolute"] = _DEFAULT["energy_scale"]
     adapt_steps: int = _DEFAULT["adapt_steps"]
+    replicas: int = _DEFAULT["replicas"]
+    ladder_end: float = _DEFAULT["ladder_end"]
+    ladder_steps: int = _DEFAULT["ladder_steps"]
     scale: PerChain | None = None
     dead_scale: float | None = None
     group_seeds: list[int] | None = None
@@ -170,6 +216,14 @@ class SamplerConfig:
                 setattr(self, name, SETTINGS[name].check(value, self.chains))
         except SettingError as err:
             raise SamplerError(str(err), err.field) from None
+        check_rows(self.chains, self.replicas)
+        temps = self.temperature if isinstance(self.temperature, list) else [self.temperature]
+        if self.replicas and min(temps) <= 0:
+            raise SamplerError(
+                "Replica exchange needs a temperature above 0 on every chain; set replicas to 0 "
+                "or raise the temperature.",
+                "replicas",
+            )
         if self.burn_in_threshold is not None:
             self.burn_in_threshold = _threshold(self.burn_in_threshold, self.chains)
         if self.scale is not None:
@@ -240,7 +294,7 @@ def _positive(name: str, value: Any, chains: int) -> float | list[float]:
 
 
 def fitted_window(
-    chains: int, input_shape: Sequence[int], wanted: int = AUTO_WINDOW_STEPS
+    chains: int, input_shape: Sequence[int], wanted: int = AUTO_WINDOW_STEPS, replicas: int = 0
 ) -> tuple[int, str | None]:
     """The longest window, at most `wanted` steps, whose samples of `chains` chains of
     `input_shape` (float32) fit in `WINDOW_MEMORY_LIMIT_BYTES`, and the sentence that says so
@@ -248,7 +302,8 @@ def fitted_window(
     not fit is refused by `check_window_memory`. This is what ``window=None`` (auto) means:
     20 chains of a 3x224x224 network fit 89 steps, not 200."""
     per_step = chains * math.prod(input_shape) * 4
-    window = max(1, min(wanted, WINDOW_MEMORY_LIMIT_BYTES // per_step))
+    budget = max(0, WINDOW_MEMORY_LIMIT_BYTES - replica_bytes(chains, replicas, input_shape))
+    window = max(1, min(wanted, budget // per_step))
     if window >= wanted:
         return wanted, None
     return window, (

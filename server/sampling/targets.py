@@ -313,6 +313,8 @@ class Target:
         self.spec: ChainTargets = spec
         self.units_per_chain: list[int] = list(self.spec.units)
         self._units = torch.tensor(self.units_per_chain)
+        self._copies = 1  # rows per chain in the batch being evaluated
+        self._rows_units: Tensor | None = None  # each row's unit when there are several
         # The unit of every chain when they all share one (the common case), else None.
         self._one_unit = self.spec.first if self.spec.first == self.spec.last else None
         self.layer: nn.Module | None = None
@@ -397,11 +399,14 @@ class Target:
         return len(self.units_per_chain)
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Activation `[N]` of each chain's unit for images `x [N, C, H, W]` (N = chains)."""
-        if x.shape[0] != self.chains:
+        """Activation `[R]` of each row's unit for images `x [R, C, H, W]`: R = N chains, or
+        a whole multiple k N where each chain has k consecutive rows (a sampler's replicas:
+        row i k + r is a replica of chain i, `ldam.sampling.tempering`)."""
+        if x.shape[0] == 0 or x.shape[0] % self.chains:
             raise TargetError(
                 f"The target was set up for {self.chains} chains but got a batch of {x.shape[0]}."
             )
+        self._copies = x.shape[0] // self.chains
         if self.batch_size is None or self.batch_size == x.shape[0]:
             out = self._forward(x)
         else:
@@ -525,7 +530,12 @@ class Target:
         else:
             if self._units.device != out.device:
                 self._units = self._units.to(out.device)  # once, not every step
-            index = self._units.view(-1, *([1] * (out.ndim - 1))).expand(-1, 1, *out.shape[2:])
+            units = self._units
+            if self._copies > 1:
+                if self._rows_units is None or len(self._rows_units) != len(out):
+                    self._rows_units = units.repeat_interleave(self._copies)
+                units = self._rows_units
+            index = units.view(-1, *([1] * (out.ndim - 1))).expand(-1, 1, *out.shape[2:])
             picked = out.gather(1, index).squeeze(1)
         if picked.ndim == 1:
             return picked

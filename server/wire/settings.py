@@ -269,6 +269,11 @@ def _clamp_rule(value: tuple[float, ...]) -> str | None:
     return f"clamp must be lo,hi with lo < hi, got ({_fmt(value[0])}, {_fmt(value[1])})"
 
 
+# The most replicas a chain may have, and the most rows (chains times replicas + 1) one batch
+# of the sampler may hold.
+MAX_REPLICAS = 64
+MAX_ROWS = 8192
+
 _LIVE: tuple[Surface, ...] = ("config", "sample", "atlas", "serve", "dashboard")
 _HEADLESS: tuple[Surface, ...] = ("config", "sample", "atlas")
 
@@ -366,6 +371,37 @@ SETTINGS: dict[str, Setting] = {
             high=0.999,
             scope="per_chain",
             slider=Slider(0, 0.99, "linear"),
+        ),
+        # --- replica exchange (parallel tempering of the activation) ---------------------------
+        Setting(
+            "replicas",
+            "int",
+            0,
+            "K: hidden replicas per shown chain at hotter rungs of the activation, swapped with "
+            "their neighbours every step so the chains explore every mode; 0: off",
+            unit="replicas",
+            low=0,
+            high=MAX_REPLICAS,
+        ),
+        Setting(
+            "ladder_end",
+            "float",
+            0.02,
+            "beta_K: the hottest rung's weight on the activation (1 is the shown chain's); "
+            "the rungs between are adapted in burn-in to equal swap rates, then frozen",
+            low=0,
+            low_open=True,
+            high=1,
+        ),
+        Setting(
+            "ladder_steps",
+            "int",
+            400,
+            "with replicas: the burn-in steps that adapt the ladder (never kept)",
+            unit="steps",
+            low=0,
+            high=100_000,
+            surfaces=("config", "sample", "atlas"),
         ),
         # --- regularizers (section 4) ---------------------------------------------------------
         Setting(

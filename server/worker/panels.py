@@ -110,14 +110,17 @@ def target_layers(loaded: LoadedModel) -> list[LayerInfo]:
 
 
 def panel_window(
-    window: int | None, chains: int, input_shape: tuple[int, ...]
+    window: int | None, chains: int, input_shape: tuple[int, ...], replicas: int = 0
 ) -> tuple[int, str | None]:
     """The window in force for `chains` chains (every panel together: one budget) of
-    `input_shape`: the user's `window`, refused with a sentence when it does not fit, or for
-    None (auto) the fitted one and the sentence that says when it is short (`fitted_window`)."""
+    `input_shape` with `replicas` hidden replicas each: the user's `window`, refused with a
+    sentence when it (or the replicas beside it) does not fit, or for None (auto) the fitted
+    one and the sentence that says when it is short (`fitted_window`)."""
     if window is None:
-        return fitted_window(chains, input_shape)
-    check_window_memory(window, chains, input_shape)
+        window, note = fitted_window(chains, input_shape, replicas=replicas)
+        check_window_memory(window, chains, input_shape, replicas=replicas)
+        return window, note
+    check_window_memory(window, chains, input_shape, replicas=replicas)
     return window, None
 
 
@@ -175,7 +178,7 @@ class PanelBuilder:
         )
         which = ["checkpoint"] + (["compare"] if sources["compare"] is not None else [])
         chains = len(params.grid()[0]) * len(which)
-        window, note = panel_window(params.window, chains, tuple(main.input_shape))
+        window, note = panel_window(params.window, chains, tuple(main.input_shape), params.replicas)
         panels = [self._panel(params, sources, w, layer, window, shake) for w in which]
         return Built(panels, params, layers, window, note)
 
@@ -222,6 +225,8 @@ class PanelBuilder:
             chains=cells,
             seed=params.seed,
             energy_scale=params.energy_scale,
+            replicas=params.replicas,
+            ladder_end=params.ladder_end,
             device=self.device,
             **settings,
         )
