@@ -868,6 +868,11 @@ class Sampler:
             step_size=beta,
         )
 
+    def window_blocks(self, blocks: int) -> Tensor:
+        """`[blocks, N, C, H, W]`: each chain's window cut into `blocks` consecutive blocks,
+        oldest first, and their means (`MovingWindow.block_means`; NaN for a young chain)."""
+        return self._window.block_means(blocks)
+
 
 def _resolve_window(
     config: SamplerConfig, input_shape: Sequence[int]
