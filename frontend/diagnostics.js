@@ -1,7 +1,9 @@
 // Live convergence diagnostics under each panel, from the worker's metrics: per unit (grid
 // column) the split R-hat and the effective sample size of the activation over its chains,
-// and its state in plain words (mixing, stuck in separate modes, not burned in yet); above the
-// grid, the columns' labels (the checkpoint's class names when it has them).
+// its state in plain words (mixing, stuck in separate modes, not burned in yet), and how many
+// different images its chains hold (modes, Vendi score); above the grid, the columns' labels
+// (the checkpoint's class names when it has them). In the compare view (two panels), under the
+// second one, each unit's modes and Vendi of both models side by side with their difference.
 
 const SHORT = {
   "mixing": "mixing",
@@ -13,6 +15,16 @@ const DENSE_COLUMNS = 14;
 
 function fixed(value, digits) {
   return value === null || value === undefined ? "—" : value.toFixed(digits);
+}
+
+function signed(value, digits) {
+  if (value === null || value === undefined) return "—";
+  const text = value.toFixed(digits);
+  return value > 0 ? `+${text}` : text.replace("-", "−");
+}
+
+function difference(a, b) {
+  return a === null || a === undefined || b === null || b === undefined ? null : b - a;
 }
 
 export class Diagnostics {
@@ -43,12 +55,13 @@ export class Diagnostics {
     const labels = this.row(figure, "columns", canvas);
     const diag = this.row(figure, "diag", canvas.nextSibling);
     const summary = this.row(figure, "diag-summary", diag.nextSibling);
+    const compare = this.row(figure, "diag-compare", summary.nextSibling);
     const units = layout === "chains" ? [] : this.units(index, panel.columns);
     const key = `${layout}|${units.join(",")}|${this.labelFor(index, units[0])}`;
     if (labels.dataset.key === key) return;
     labels.dataset.key = key;
     const columns = Math.max(1, units.length);
-    for (const row of [labels, diag]) {
+    for (const row of [labels, diag, compare]) {
       row.style.gridTemplateColumns = `repeat(${columns}, minmax(0, 1fr))`;
       row.classList.toggle("dense", units.length > DENSE_COLUMNS);
     }
@@ -60,6 +73,7 @@ export class Diagnostics {
       return cell;
     }));
     diag.replaceChildren();
+    compare.replaceChildren();
     summary.textContent = "";
   }
 
@@ -98,14 +112,18 @@ export class Diagnostics {
           cell.className = "unit-diag";
           diag.append(cell);
         }
-        const text = `R̂ ${fixed(u.rhat, 2)}\nESS ${fixed(u.ess, 0)}\n${SHORT[u.state] ?? u.state}`;
+        const text = `R̂ ${fixed(u.rhat, 2)}\nESS ${fixed(u.ess, 0)}\n${SHORT[u.state] ?? u.state}` +
+          `\nmodes ${u.modes ?? "—"} · V ${fixed(u.vendi, 1)}`;
         if (cell.textContent !== text) cell.textContent = text;
         cell.dataset.state = SHORT[u.state] ?? "other";
         const tuning = u.scale === undefined ? "" :
           `; activation ${fixed(u.activation, 3)}, own scale ${u.scale === null ? "none (absolute)" : fixed(u.scale, 4)}` +
           `, step ${fixed(u.step_size, 4)}${u.adapting ? " (adapting)" : ""}${u.dead ? "; dead unit" : ""}`;
+        const diverse = u.modes === null || u.modes === undefined
+          ? "modes and Vendi once every chain's window is full"
+          : `${u.modes} modes, Vendi ${fixed(u.vendi, 2)} (effective distinct window blocks)`;
         cell.title = `${u.label}: ${u.state}; split R-hat ${fixed(u.rhat, 3)}, ESS ${fixed(u.ess, 1)} ` +
-          `of ${u.draws * u.chains} draws (${u.chains} chains)${tuning}`;
+          `of ${u.draws * u.chains} draws (${u.chains} chains); ${diverse}${tuning}`;
       });
       const counts = {};
       for (const u of units) counts[u.state] = (counts[u.state] ?? 0) + 1;
@@ -115,6 +133,40 @@ export class Diagnostics {
       if (units.length === 1) summary.textContent = `The chains are ${units[0].state}.`;
       else summary.textContent = units.length ? `${units.length} units: ${parts.join(", ")}.` : "";
       summary.dataset.states = Object.keys(counts).join(",");
+    });
+    this.compare(diagnostics || [], figures);
+  }
+
+  /** Under the second of two panels: per unit, the first panel's (main) and the second's
+   * (compare) modes and Vendi, and the difference second − first. */
+  compare(diagnostics, figures) {
+    const [main, other] = diagnostics;
+    const figure = figures[1];
+    const row = figure?.querySelector(".diag-compare");
+    if (!row) return;
+    const units = other?.units ?? [];
+    const theirs = new Map((main?.units ?? []).map((u) => [u.unit, u]));
+    if (diagnostics.length !== 2 || main.note || other.note || !units.every((u) => theirs.has(u.unit))) {
+      row.replaceChildren();
+      return;
+    }
+    const names = [0, 1].map((i) => figures[i].querySelector("figcaption")?.textContent.split(" · ")[0]);
+    while (row.children.length > units.length) row.lastElementChild.remove();
+    units.forEach((u, k) => {
+      let cell = row.children[k];
+      if (!cell) {
+        cell = document.createElement("span");
+        cell.className = "unit-compare";
+        row.append(cell);
+      }
+      const a = theirs.get(u.unit);
+      const text = `modes ${a.modes ?? "—"}→${u.modes ?? "—"} (${signed(difference(a.modes, u.modes), 0)})` +
+        `\nV ${fixed(a.vendi, 1)}→${fixed(u.vendi, 1)} (${signed(difference(a.vendi, u.vendi), 1)})`;
+      if (cell.textContent !== text) cell.textContent = text;
+      cell.title = `${u.label}: ${names[0] ?? "main"} ${a.modes ?? "—"} modes, Vendi ${fixed(a.vendi, 2)}; ` +
+        `${names[1] ?? "compare"} ${u.modes ?? "—"} modes, Vendi ${fixed(u.vendi, 2)}; ` +
+        `difference (compare − main) ${signed(difference(a.modes, u.modes), 0)} modes, ` +
+        `Vendi ${signed(difference(a.vendi, u.vendi), 2)}`;
     });
   }
 }

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ldam.atlas.plan import Job, Settings
+from ldam.atlas.render import Renderer
 from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.sampling.diversity import BLOCKS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("LDAM_CHROMIUM", "/usr/bin/chromium")
@@ -113,11 +116,34 @@ def test_the_manifest_lists_every_unit_with_its_files_and_figures(local: Path) -
         post = arrays["activation"][start:] if start is not None else arrays["activation"][-1:]
         assert entry["mean_activation"] == pytest.approx(float(post.mean()), rel=1e-6)
         assert entry["burn_in_steps"] == arrays["burn_in_step"].tolist()
+        # Modes and Vendi over the window blocks of the unit's 8 chains, in the manifest and
+        # in the npz's diagnostics; null for a unit with a chain whose window never filled.
+        [diag] = params["diagnostics"]
+        assert (entry["modes"], entry["vendi"]) == (diag["modes"], diag["vendi"])
+        # (A chain burned in after step b keeps 120 - b samples, the window 50.)
+        full = all(0 <= b <= 120 - 50 for b in entry["burn_in_steps"])
+        assert (entry["modes"] is not None) == full
         # The PNG: window means over the last samples, 8 columns of 28 px and 2 px gaps.
         with Image.open(local / entry["png"]) as image:
             assert image.size == (8 * 30 + 2, 2 * 30 + 2)
     # Different units give different images.
     assert not np.array_equal(unit_arrays(local, 0)["final"], unit_arrays(local, 1)["final"])
+
+
+def test_each_units_modes_and_vendi_are_its_own_chains_in_any_batch() -> None:
+    # Fixed burn-in and a window of 16: every chain's window fills within 60 steps.
+    settings = Settings(chains=3, steps=60, step_size=0.05, window=16, burn_in=10, seed=2)
+    job = Job(str(DEFAULT_CHECKPOINT), "fc3", [], settings)
+    renderer = Renderer(job)
+    together = {r.entry["unit"]: r.entry for r in renderer.render([2, 3])}
+    alone = renderer.render([3])[0].entry
+    for entry in (*together.values(), alone):
+        assert isinstance(entry["modes"], int) and 1 <= entry["modes"] <= 3 * BLOCKS
+        assert isinstance(entry["vendi"], float) and 1.0 <= entry["vendi"] <= 3 * BLOCKS
+    assert (together[3]["modes"], together[3]["vendi"]) == pytest.approx(
+        (alone["modes"], alone["vendi"])
+    )
+    assert together[2]["vendi"] != together[3]["vendi"]
 
 
 def test_a_units_result_does_not_depend_on_its_batch(local: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The moving window and the running mean over known values: exact means after wrap-around,
-masks, a live resize, resets, the window's re-sum cadence and the running mean's float64 fold."""
+masks, a live resize, resets, the window's re-sum cadence and the running mean's float64 fold;
+the window's block means in time order, NaN for a chain whose window is not full."""
 
 from __future__ import annotations
 
@@ -161,3 +162,47 @@ def test_a_masked_restart_with_recording_masks_counts_only_kept_samples() -> Non
     window.add(batch(5), torch.tensor([True, True]))
     window.add(batch(6), torch.tensor([True, True]))
     assert per_chain(window.mean(batch(-1))) == [5.5, 5.5]
+
+
+def block_values(window: MovingWindow, blocks: int) -> list[list[float]]:
+    """Per block, oldest first, each chain's value."""
+    out = window.block_means(blocks)
+    assert out.shape == (blocks, *SHAPE)
+    return [per_chain(b) for b in out]
+
+
+def test_block_means_are_the_windows_blocks_in_time_order_also_after_the_ring_wrapped() -> None:
+    window = MovingWindow(8, SHAPE, CPU)
+    for t in range(13):  # sample t = t (chain 1: 10 t): the ring wrapped, holds 5..12
+        window.add(batch(t, 10 * t), None)
+    # Blocks of 2, oldest first: (5 + 6) / 2, (7 + 8) / 2, ...
+    assert block_values(window, 4) == [[5.5, 55.0], [7.5, 75.0], [9.5, 95.0], [11.5, 115.0]]
+    assert block_values(window, 1) == [[8.5, 85.0]]  # the window mean
+    assert torch.equal(window.block_means(1)[0], window.mean(batch(-1)))
+    # 8 samples in 3 blocks of 2: the oldest 2 (5 and 6) are left out.
+    assert block_values(window, 3) == [[7.5, 75.0], [9.5, 95.0], [11.5, 115.0]]
+    assert block_values(window, 8) == [[float(t), 10.0 * t] for t in range(5, 13)]
+
+
+def test_block_means_are_nan_for_a_chain_whose_window_is_not_full() -> None:
+    window = MovingWindow(4, SHAPE, CPU)
+    for t in range(1, 4):  # chain 1 still burns in at t = 1 and 2
+        window.add(batch(t, 100 + t), torch.tensor([True, t >= 3]))
+    assert torch.isnan(window.block_means(2)).all()  # 3 and 1 of 4: no chain is full yet
+    window.add(batch(4, 104), None)
+    means = window.block_means(2)
+    assert per_chain(means[:, 0]) == [1.5, 3.5]  # chain 0: (1 + 2) / 2, (3 + 4) / 2
+    assert torch.isnan(means[:, 1]).all()  # chain 1 kept 2 of 4
+    for t in (5, 6):
+        window.add(batch(t, 100 + t), None)
+    assert block_values(window, 2) == [[3.5, 103.5], [5.5, 105.5]]
+    window.reset(torch.tensor([1]))  # chain 1 starts again; its old slots are never read
+    for t in range(7, 10):
+        window.add(batch(t, 200 + t), None)
+    means = window.block_means(2)
+    assert per_chain(means[:, 0]) == [6.5, 8.5] and torch.isnan(means[:, 1]).all()
+    window.add(batch(10, 210), None)
+    assert block_values(window, 2) == [[7.5, 207.5], [9.5, 209.5]]
+    assert torch.isnan(window.block_means(5)).all()  # blocks of 4 // 5 = 0 samples: none
+    with pytest.raises(ValueError, match="blocks must be at least 1, got 0"):
+        window.block_means(0)

@@ -2,7 +2,8 @@
 
 The page loads and draws frames that keep changing, the temperature slider changes the
 server's parameters and the header of the frames that follow, the target picker switches
-units, its filter narrows the layers and Enter picks one, the compare view shows two panels,
+units, its filter narrows the layers and Enter picks one, the compare view shows two panels
+(with each unit's modes and Vendi score, and both models' side by side),
 every control has a label; a screenshot is saved to test-artifacts/dashboard.png. A 3x224x224
 RGB network streams its grid, and the view toggle switches it between the paper's symmetric
 scale and the input space.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -392,6 +394,25 @@ def test_compare_view_shows_two_panels(served: Served, page: Any) -> None:
     )
     step = page.evaluate("window.ldam.header.step")
     page.wait_for_function(f"window.ldam.header.step >= {step + 150}", timeout=60_000)
+    # Under each unit its modes and Vendi score ("—" until every chain's window is full), and
+    # under the second panel both models' side by side with the difference (compare − main).
+    page.wait_for_function(
+        "document.querySelectorAll('#panels .panel:nth-child(2) .unit-compare').length === 10",
+        timeout=60_000,
+    )
+    for figure in page.locator("#panels .panel").all():
+        cells = figure.locator(".unit-diag").all_text_contents()
+        assert len(cells) == 10 and all(
+            re.search(r"modes (\d+|—) · V (\d+\.\d|—)$", c) for c in cells
+        ), cells
+    pairs = page.locator("#panels .panel:nth-child(2) .unit-compare").all_text_contents()
+    number = r"(\d+|—)"
+    for pair in pairs:
+        assert re.fullmatch(
+            rf"modes {number}→{number} \(([+−]?\d+|—)\)\nV (\d+\.\d|—)→(\d+\.\d|—) \(([+−]?\d+\.\d|—)\)",
+            pair,
+        ), pair
+    assert page.locator("#panels .panel:nth-child(1) .unit-compare").count() == 0
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

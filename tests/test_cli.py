@@ -15,10 +15,12 @@ from PIL import Image
 from torch import nn
 
 from ldam.cli.main import main
+from ldam.cli.sample import print_summary
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.loading import load_checkpoint
 from ldam.models.saving import export_checkpoint
 from ldam.sampling.diagnostics import unit_diagnostics
+from ldam.sampling.diversity import BLOCKS
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
@@ -117,12 +119,35 @@ def test_sample_diagnostics_are_the_one_per_unit_functions(sampled: tuple[Path, 
     data = np.load(sampled[0])
     params = json.loads(str(data["params"]))
     expected = unit_diagnostics(data["activation"], data["burn_in_step"], list(range(10)) * 2)
+    # Beside R-hat and ESS, each unit's modes and Vendi score over its 2 chains' window blocks
+    # (the window of 50 filled: 100 kept samples per chain).
+    diverse = [(d.pop("modes"), d.pop("vendi")) for d in params["diagnostics"]]
     assert params["diagnostics"] == json.loads(json.dumps(expected))
+    for modes, vendi in diverse:
+        assert isinstance(modes, int) and 1 <= modes <= 2 * BLOCKS
+        assert isinstance(vendi, float) and 1.0 <= vendi <= 2 * BLOCKS
     # Burn-in 20 of 120 steps: samples after step 20 count, reported at steps 22..120.
     assert [d["draws"] for d in params["diagnostics"]] == [99] * 10
     assert (
         params["diagnostics"][3]["chains"] == [3, 13] and params["diagnostics"][3]["note"] is None
     )
+
+
+def test_sample_summary_has_each_units_mixing_and_diversity(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    diagnostics = [
+        {"unit": 3, "chains": [0, 1], "draws": 99, "rhat": 1.2345, "ess": 41.6, "note": None}
+        | {"modes": 2, "vendi": 3.44},
+        {"unit": 4, "chains": [2, 3], "draws": 0, "rhat": None, "ess": None}
+        | {"note": "not every chain of this unit burned in", "modes": None, "vendi": None},
+    ]
+    params = {"steps": 120, "chains": 4, "steps_per_second": 50.0, "diagnostics": diagnostics}
+    print_summary(params, [20, 20, -1, 20], [0, 0, 0, 0], Path("run.npz"), None)
+    assert capsys.readouterr().err.splitlines()[2:] == [
+        "unit 3: split R-hat 1.234, ESS 42 of 2 x 99 draws; 2 modes, Vendi 3.4",
+        "unit 4: not every chain of this unit burned in; modes and Vendi: the window never filled",
+    ]
 
 
 def test_sample_raises_the_target_activation(sampled: tuple[Path, Path]) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from ldam.sampling import diagnostics
 from ldam.sampling.diagnostics import MIN_DRAWS, effective_sample_size, split_rhat
+from ldam.sampling.diversity import BLOCKS, unit_diversity
 from ldam.wire.events import SetParams
 from ldam.wire.params import SamplerParams
 from ldam.worker.live_diagnostics import (
@@ -147,8 +148,9 @@ def test_verdict_thresholds() -> None:
 def test_the_worker_reports_the_diagnostics_of_its_own_chains() -> None:
     # A real LeNet, 8 chains over fc3:0-3, warm enough to burn in within a hundred steps.
     folder = lenet_folder()
+    # A window of 40 (8 blocks of 5) fills within the run, so the modes and Vendi are due.
     params = SamplerParams(
-        layout="range", unit=0, unit_end=3, chains=8, temperature=1.0, l2_weight=1.0
+        layout="range", unit=0, unit_end=3, chains=8, temperature=1.0, l2_weight=1.0, window=40
     )
     with in_process_worker(params, folder / PAIR[0], folder) as worker:
         sampler = worker.panels[0].sampler
@@ -172,6 +174,14 @@ def test_the_worker_reports_the_diagnostics_of_its_own_chains() -> None:
             assert entry["rhat"] == pytest.approx(split_rhat(kept), rel=1e-9)
             assert entry["ess"] == pytest.approx(effective_sample_size(kept), rel=1e-9)
             assert entry["state"] == verdict(entry["rhat"], entry["ess"], len(idx))
+            # Its modes and Vendi score are those of its chains' window blocks.
+            assert isinstance(entry["modes"], int) and 1 <= entry["modes"] <= len(idx) * BLOCKS
+            assert isinstance(entry["vendi"], float)
+            assert 1.0 <= entry["vendi"] <= len(idx) * BLOCKS
+        blocks = sampler.window_blocks(BLOCKS)
+        assert not blocks.isnan().any()
+        for entry, mine in zip(panel["units"], unit_diversity(blocks, units), strict=True):
+            assert (entry["modes"], entry["vendi"]) == (mine["modes"], mine["vendi"])
         # A sweep's rows run different settings: nothing is compared, and the page says why.
         sweep = {**worker.params.model_dump(), "layout": "sweep", "sweep_values": [0.5, 1.0]}
         worker.handle(SetParams(worker.version + 1, sweep, dict(worker.sources)))

@@ -54,7 +54,7 @@ const big = document.getElementById("big");
 const fmt = (v, d) => (v === null || v === undefined ? "n/a" : Number(v).toFixed(d));
 function caption(u) {{
   if (u.dead) return `unit ${{u.unit}} · dead: no gradient at any start`;
-  return `unit ${{u.unit}} · activation ${{fmt(u.mean_activation, 3)}} · scale ${{fmt(u.scale, 3)}} · R-hat ${{fmt(u.rhat, 2)}} · ESS ${{fmt(u.ess, 0)}}`;
+  return `unit ${{u.unit}} · activation ${{fmt(u.mean_activation, 3)}} · scale ${{fmt(u.scale, 3)}} · R-hat ${{fmt(u.rhat, 2)}} · ESS ${{fmt(u.ess, 0)}} · modes ${{u.modes ?? "n/a"}} · Vendi ${{fmt(u.vendi, 1)}}`;
 }}
 function order(key) {{
   const units = atlas.units.slice();

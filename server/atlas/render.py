@@ -22,6 +22,7 @@ from ldam.atlas.files import atomic_write, unit_files
 from ldam.atlas.plan import Job, unit_seed
 from ldam.models.loading import load_checkpoint
 from ldam.sampling.diagnostics import unit_diagnostics
+from ldam.sampling.diversity import BLOCKS, unit_diversity
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.images import display_grid, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
@@ -116,12 +117,15 @@ class Renderer:
         final = sampler.x.detach().float().cpu().numpy()
         mean = sampler.mean().detach().float().cpu().numpy()
         window_mean = sampler.window_mean().detach().float().cpu().numpy()
+        blocks = sampler.window_blocks(BLOCKS)
         burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
         resets = sampler.resets.cpu().numpy().astype(np.int64)
         tuning = sampler.unit_tuning()
         entries = []
         for g, unit in enumerate(units):
             rows = slice(g * k, (g + 1) * k)
+            # The unit's modes and Vendi score over its chains' window blocks.
+            (diverse,) = unit_diversity(blocks[:, rows], [unit] * k)
             entries.append(
                 self._write_unit(
                     unit,
@@ -135,6 +139,7 @@ class Renderer:
                     resets[rows],
                     seconds / len(units),
                     tuning[unit],
+                    diverse,
                 )
             )
         return entries
@@ -152,6 +157,7 @@ class Renderer:
         resets: np.ndarray,
         seconds: float,
         tuning: dict[str, Any],
+        diverse: dict[str, Any],
     ) -> Rendered:
         s = self.job.settings
         all_in = burned_in.all(axis=1)
@@ -160,6 +166,7 @@ class Renderer:
         shape = tuple(self.loaded.input_shape)
         samples = np.stack(kept) if kept else np.zeros((0, s.chains, *shape), np.float32)
         (diag,) = unit_diagnostics(activation, burn_in_step, [unit] * s.chains)
+        diag["modes"], diag["vendi"] = diverse["modes"], diverse["vendi"]
         params = {
             "checkpoint": str(Path(self.job.checkpoint).resolve()),
             "format": self.loaded.format,
@@ -204,6 +211,10 @@ class Renderer:
             "mean_activation": float(np.mean(post)),
             "rhat": _finite(diag.get("rhat")),
             "ess": _finite(diag.get("ess")),
+            # How many different images its chains hold (`ldam.sampling.diversity`; null:
+            # a chain's window never filled).
+            "modes": diverse["modes"],
+            "vendi": diverse["vendi"],
             "burn_in_steps": burned_steps,
             "burned_in_chains": sum(1 for b in burned_steps if b >= 0),
             "record_from_step": record_from,

@@ -43,6 +43,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ldam.cli.progress import Progress
     from ldam.sampling.diagnostics import unit_diagnostics
+    from ldam.sampling.diversity import BLOCKS, unit_diversity
     from ldam.sampling.energy import ActivationTerm, L2Term
     from ldam.sampling.recorder import Recorder
     from ldam.sampling.sampler import Sampler, SamplerConfig
@@ -129,6 +130,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     samples = recording.samples.numpy()
     burn_in_step = sampler.burn_in_step.cpu().numpy().astype(np.int64)
     diagnostics = unit_diagnostics(activation, burn_in_step, target.units_per_chain)
+    # Each unit's modes and Vendi score over its chains' window blocks (None: a chain's window
+    # never filled).
+    blocks = sampler.window_blocks(BLOCKS)
+    for entry, diverse in zip(
+        diagnostics, unit_diversity(blocks, target.units_per_chain), strict=True
+    ):
+        entry["modes"], entry["vendi"] = diverse["modes"], diverse["vendi"]
     params = {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "format": loaded.format,
@@ -184,7 +192,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def print_summary(
     params: dict[str, Any], burn_in_step: Any, resets: Any, out: Path, png: str | None
 ) -> None:
-    """One short report on stderr: speed, burn-in, resets, mixing."""
+    """One short report on stderr: speed, burn-in, resets, mixing and diversity per unit."""
     rate = params.get("steps_per_second") or 0.0
     lines = [
         f"wrote {out} ({params['steps']} steps x {params['chains']} chains, {rate:,.1f} steps/s)"
@@ -211,5 +219,9 @@ def print_summary(
             accepted = " ".join("-" if a is None else f"{a:.2f}" for a in swaps)
             trips = tuning[str(d["unit"])]["round_trips"]
             line += f"; swap acceptance per pair {accepted}; {trips} round trips"
+        if d.get("modes") is None:
+            line += "; modes and Vendi: the window never filled"
+        else:
+            line += f"; {d['modes']} modes, Vendi {d['vendi']:.1f}"
         lines.append(line)
     sys.stderr.write("\n".join(lines) + "\n")

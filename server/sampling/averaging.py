@@ -154,6 +154,41 @@ class MovingWindow:
         count = _per_chain(self._count, empty)
         return torch.where(count > 0, self._sum / count.clamp(min=1), empty)
 
+    def block_means(self, blocks: int) -> Tensor:
+        """`[blocks, N, C, H, W]`: each chain's window cut into `blocks` consecutive blocks of
+        L = size // blocks samples, oldest first, and the mean of each block (the oldest
+        `size mod blocks` samples are left out, so the blocks are equally long).
+
+        Only a chain whose window is full (`count` = `size`) has blocks; the others' are NaN,
+        so every block of every chain is the mean of the same number of samples (a young
+        chain's shorter blocks would be noisier, and look more diverse, than the rest). A
+        chain keeps every sample from its burn-in to its next restart (`BurnIn`), so a full
+        chain's kept samples are exactly the last `size` adds, and no slot from before a
+        restart is read. All NaN when `size` < `blocks`. Reads the ring once, with one host
+        read of the counts.
+        """
+        if blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {blocks}")
+        k = self._ring.shape[0]
+        length = k // blocks
+        out = torch.full(
+            (blocks, *self._shape), torch.nan, dtype=self._ring.dtype, device=self._device
+        )
+        full = self._count == k
+        if length == 0 or not bool(full.any()):
+            return out
+        for b in range(blocks):
+            # Adds first .. first + length - 1, in slots first % k on: one or two runs of the
+            # ring (it wraps at most once, since blocks * length <= k).
+            first = self._adds - (blocks - b) * length
+            start = first % k
+            run = min(length, k - start)
+            total = self._ring[start : start + run].sum(dim=0)
+            if run < length:
+                total += self._ring[: length - run].sum(dim=0)
+            out[b] = torch.where(_per_chain(full, total), total / length, out[b])
+        return out
+
 
 class RunningMean:
     """The mean of all of each chain's kept samples since its last reset.

@@ -1083,6 +1083,11 @@ class Sampler:
             self.scale = self._tempered_scale()
         return parts.total(x, self.scale), parts.activation, parts.values
 
+    def window_blocks(self, blocks: int) -> Tensor:
+        """`[blocks, N, C, H, W]`: each chain's window cut into `blocks` consecutive blocks,
+        oldest first, and their means (`MovingWindow.block_means`; NaN for a young chain)."""
+        return self._window.block_means(blocks)
+
 
 def _resolve_window(
     config: SamplerConfig, input_shape: Sequence[int]

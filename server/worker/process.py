@@ -11,7 +11,8 @@ process of the dashboard that imports torch. Its loop, top to bottom:
 3. at most `frame_rate` times a second (and right after a change, so a slider's effect shows
    at once): one frame through the publisher (latest wins);
 4. `metrics_rate` times a second: activations, speed, burn-in, resets, D's figures, and the
-   live diagnostics of every unit (`ldam.worker.live_diagnostics`).
+   live diagnostics of every unit (`ldam.worker.live_diagnostics`, and the modes and Vendi
+   score of `ldam.sampling.diversity`).
 
 With no browser connected for `WorkerConfig.idle_pause_s` the loop stops stepping (the chains,
 D and every setting are kept) and only answers commands and sends metrics, until a browser
@@ -38,6 +39,7 @@ import torch
 
 from ldam.errors import UserError
 from ldam.sampling.device import pick_device
+from ldam.sampling.diversity import BLOCKS, unit_diversity
 from ldam.wire.events import (
     Command,
     Reset,
@@ -351,7 +353,8 @@ class Worker:
 
     def live_diagnostics(self) -> list[dict[str, Any]]:
         """Per panel: ``units``, each unit's split R-hat, ESS and state over its chains
-        (`ldam.worker.live_diagnostics.unit_diagnostics`), and a ``note`` when the layout
+        (`ldam.worker.live_diagnostics.unit_diagnostics`), its ``modes`` and ``vendi``
+        (`ldam.sampling.diversity.unit_diversity`), and a ``note`` when the layout
         has none; computed again only after new steps, at most every `DIAGNOSTICS_EVERY_S`
         (a rebuild, swap or reset makes the next call compute)."""
         now = time.monotonic()
@@ -372,9 +375,16 @@ class Worker:
             # Each unit's own scale and step (`ldam.sampling.scale`) beside its activation in
             # the network's own units (the mean over its chains of the last step).
             tuning = panel.sampler.unit_tuning()
+            # How many different images each unit's chains hold (`ldam.sampling.diversity`):
+            # None while a chain's window is not full.
+            diverse = {
+                d["unit"]: d for d in unit_diversity(panel.sampler.window_blocks(BLOCKS), units)
+            }
             last = panel.last_activation
             for entry in entries:
                 entry.update(tuning.get(entry["unit"], {}))
+                entry["modes"] = diverse[entry["unit"]]["modes"]
+                entry["vendi"] = diverse[entry["unit"]]["vendi"]
                 if last is not None:
                     mine = [i for i, u in enumerate(units) if u == entry["unit"]]
                     entry["activation"] = float(last[mine].mean())
