@@ -3,17 +3,19 @@ means stay informative? One row per setting, the frontier between the two.
 
 Each row samples units `fc3:0-9` of the plain LeNet with `--chains` chains per unit for
 `--steps` steps (all units in one batch, grid order, as `ldam sample` lays them out) at the
-settings of `ldam sample` (`ldam.wire.settings.defaults("sample")`) changed by the row's own
-(T, lambda, replicas, ladder end). The columns:
+settings of `ldam sample`, changed by the row's own (T, lambda, replicas, ladder end and
+discriminator weight w; with w > 0 `ldam sample` trains D on the bundled digits as it runs).
+Each row is an `ldam sample` run in this process, read back from its npz. The columns:
 
 - **mixing**: how many of the 10 units mix: split R-hat < 1.1 and ESS >= 10 per chain over the
   kept draws of the activation (`ldam.sampling.diagnostics.unit_diagnostics`), the issue's bar.
 - **R-hat med / max** over the units.
 - **classified**: the share of window means (one per chain, the image the dashboard shows) that
-  an independent digit classifier labels as the unit's class. The classifier is an MLP
-  (784-256-10) trained here on the bundled training digits, normalized as the LeNet expects;
-  it is not the sampled network and shares no weights with it (its held-out accuracy is
-  printed).
+  an independent digit classifier labels as the unit's class; **of run means**, the same for
+  the mean of all of a chain's kept samples. The classifier is an MLP (784-256-10) trained here
+  on the bundled training digits; it is not the sampled network and shares no weights with it
+  (its held-out accuracy is printed). Digits and samples are each standardized per image
+  (mean 0, std 1 over its pixels), as the page shows them at their own contrast.
 - **swap acc**: the mean over units of the frozen ladder's lowest per-pair swap acceptance,
   and **trips/chain**, round trips per chain since the ladder froze.
 - **s**: the seconds of the row's sampling.
@@ -25,6 +27,10 @@ settings of `ldam sample` (`ldam.wire.settings.defaults("sample")`) changed by t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +39,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from ldam.cli.main import main as ldam_main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.data import load_mnist, normalize_mnist, split_indices
-from ldam.models.loading import LoadedModel, load_checkpoint
-from ldam.sampling.diagnostics import unit_diagnostics
-from ldam.sampling.energy import ActivationTerm, L2Term
-from ldam.sampling.sampler import Sampler
-from ldam.sampling.settings import SamplerConfig
-from ldam.sampling.targets import Target
-from ldam.wire.settings import defaults, for_sampler
+from ldam.models.loading import load_checkpoint
 
 # The rows run when none are given: (T, lambda, replicas, ladder end).
 DEFAULT_ROWS = "0.01,0.05,0,0.02;0.01,0.05,7,0.02;0.03,0.05,7,0.02;0.1,0.1,7,0.02"
+
+
+def standardize(images: torch.Tensor) -> torch.Tensor:
+    """Each image `[N, ...]` flattened and shifted and scaled to mean 0 and standard deviation
+    1 over its pixels: what the page shows is each grid's own contrast, so the judge should
+    not depend on a sample's brightness or contrast (a sample's background sits at 0, a
+    normalized digit's at -0.42)."""
+    flat = images.flatten(1)
+    return (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp(min=1e-8)
 
 
 def train_classifier(seed: int = 0) -> tuple[nn.Module, float]:
@@ -53,7 +63,7 @@ def train_classifier(seed: int = 0) -> tuple[nn.Module, float]:
     loaded = load_checkpoint(DEFAULT_CHECKPOINT)
     mean, std = loaded.normalization or ([0.0], [1.0])
     images, labels = load_mnist()
-    digits = normalize_mnist(images, mean[0], std[0]).flatten(1)
+    digits = standardize(normalize_mnist(images, mean[0], std[0]))
     train, test = split_indices()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -83,47 +93,69 @@ class Row:
     l2_weight: float
     replicas: int
     ladder_end: float
+    disc_weight: float = 0.0
     mixing: int = 0
     units: int = 0
     rhat: list[float] = field(default_factory=list)
     classified: float = float("nan")
+    classified_mean: float = float("nan")
     swap: float | None = None
     trips: float | None = None
     seconds: float = 0.0
     window_means: np.ndarray | None = None
+    diagnostics: list[dict] = field(default_factory=list)
     units_per_chain: list[int] = field(default_factory=list)
 
 
 def sample_row(
-    loaded: LoadedModel,
+    checkpoint: Path,
     units: list[int],
     chains: int,
     steps: int,
     row: Row,
     classifier: nn.Module,
+    folder: Path,
     seed: int = 0,
 ) -> Row:
-    """Sample `chains` chains of each of `units` of fc3 at the row's settings; fill its figures."""
-    settings = for_sampler(defaults("sample"))
-    settings.update(
-        temperature=row.temperature,
-        l2_weight=row.l2_weight,
-        replicas=row.replicas,
-        ladder_end=row.ladder_end,
-        seed=seed,
-    )
-    n = chains * len(units)
-    target = Target(loaded.module, f"fc3:{units[0]}-{units[-1]}", n, batch_size=loaded.batch_size)
-    config = SamplerConfig(chains=n, **settings)
-    sampler = Sampler([ActivationTerm(target), L2Term()], loaded.input_shape, config)
-    activation = np.empty((steps, n), dtype=np.float64)
+    """Run `ldam sample` (in this process) on `chains` chains of each of `units` of fc3 at the
+    row's settings, everything else at its defaults; fill the row's figures from its npz."""
+    name = f"{checkpoint.stem}-{row.temperature}-{row.l2_weight}-{row.replicas}-{row.disc_weight}"
+    out = folder / f"{name}.npz"
+    argv = [
+        "sample",
+        str(checkpoint),
+        "--target",
+        f"fc3:{units[0]}-{units[-1]}",
+        "--chains",
+        str(chains * len(units)),
+        "--steps",
+        str(steps),
+        "--temperature",
+        str(row.temperature),
+        "--l2-weight",
+        str(row.l2_weight),
+        "--replicas",
+        str(row.replicas),
+        "--ladder-end",
+        str(row.ladder_end),
+        "--disc-weight",
+        str(row.disc_weight),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     started = time.perf_counter()
-    for t in range(steps):
-        info = sampler.step()
-        activation[t] = info.activation.detach().double().numpy()
+    with contextlib.redirect_stderr(io.StringIO()):
+        code = ldam_main(argv)
     row.seconds = time.perf_counter() - started
-    burn = sampler.burn_in_step.tolist()
-    diagnostics = unit_diagnostics(activation, burn, target.units_per_chain)
+    if code != 0:
+        raise SystemExit(f"ldam {' '.join(argv)} failed with exit {code}")
+    with np.load(out) as npz:
+        params = json.loads(str(npz["params"]))
+        window_means = torch.from_numpy(npz["window_mean"].astype(np.float32))
+        run_means = torch.from_numpy(npz["mean"].astype(np.float32))
+    diagnostics = row.diagnostics = params["diagnostics"]
     row.units = len(diagnostics)
     for d in diagnostics:
         rhat, ess = d["rhat"], d["ess"]
@@ -131,29 +163,34 @@ def sample_row(
             row.rhat.append(float(rhat))
         if rhat is not None and rhat < 1.1 and ess is not None and ess >= 10 * len(d["chains"]):
             row.mixing += 1
-    means = sampler.window_mean().detach()
-    row.window_means = means.numpy()
-    row.units_per_chain = list(target.units_per_chain)
+    row.window_means = window_means.numpy()
+    row.units_per_chain = list(params["units_per_chain"])
+    truth = torch.tensor(row.units_per_chain)
     with torch.no_grad():
-        labels = classifier(means.flatten(1)).argmax(1)
-    row.classified = float((labels == torch.tensor(target.units_per_chain)).float().mean())
-    tuning = sampler.unit_tuning()
+        row.classified = float(
+            (classifier(standardize(window_means)).argmax(1) == truth).float().mean()
+        )
+        row.classified_mean = float(
+            (classifier(standardize(run_means)).argmax(1) == truth).float().mean()
+        )
+    tuning = params["tuning"].values()
     acc = [
         min(a for a in t["swap_acceptance"] if a is not None)
-        for t in tuning.values()
-        if t.get("swap_acceptance")
+        for t in tuning
+        if any(a is not None for a in t.get("swap_acceptance") or [])
     ]
     if acc:
         row.swap = float(np.mean(acc))
-        row.trips = sum(t["round_trips"] for t in tuning.values()) / n
+        row.trips = sum(t["round_trips"] for t in tuning) / (chains * len(units))
     return row
 
 
 def table(rows: list[Row], chains: int, steps: int) -> str:
     """The rows as a Markdown table."""
     head = (
-        f"| T | lambda | replicas | ladder end | mixing (of {rows[0].units}) | R-hat med / max | "
-        "classified | swap acc | trips/chain | s |\n|---|---|---|---|---|---|---|---|---|---|"
+        f"| T | lambda | replicas | ladder end | w | mixing (of {rows[0].units}) | R-hat med / max | "
+        "classified | of run means | swap acc | trips/chain | s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -162,10 +199,48 @@ def table(rows: list[Row], chains: int, steps: int) -> str:
         trips = f"{r.trips:.1f}" if r.trips is not None else "-"
         lines.append(
             f"| {r.temperature:g} | {r.l2_weight:g} | {r.replicas} | "
-            f"{r.ladder_end:g} | {r.mixing} | {med} | {r.classified:.0%} | {swap} | {trips} | "
+            f"{r.ladder_end:g} | {r.disc_weight:g} | {r.mixing} | {med} | {r.classified:.0%} | "
+            f"{r.classified_mean:.0%} | {swap} | {trips} | "
             f"{r.seconds:.0f} |"
         )
     lines.append(f"\n{chains} chains per unit, {steps} steps.")
+    return "\n".join(lines)
+
+
+def compare_table(plain: Row, averaged: Row) -> str:
+    """Section 5.2 as numbers: per unit, the plain and the parameter-averaged model's split
+    R-hat, modes and Vendi score, and the differences (averaged - plain), with their means."""
+    lines = [
+        "| unit | R-hat plain / averaged | modes plain / averaged (diff) "
+        "| Vendi plain / averaged (diff) |",
+        "|---|---|---|---|",
+    ]
+    other = {d["unit"]: d for d in averaged.diagnostics}
+    dm, dv = [], []
+
+    def f(v: float | None, digits: int) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    for a in plain.diagnostics:
+        b = other[a["unit"]]
+        diff_m = b["modes"] - a["modes"] if None not in (a["modes"], b["modes"]) else None
+        diff_v = b["vendi"] - a["vendi"] if None not in (a["vendi"], b["vendi"]) else None
+        if diff_m is not None:
+            dm.append(diff_m)
+        if diff_v is not None:
+            dv.append(diff_v)
+        lines.append(
+            f"| {a['unit']} | {f(a['rhat'], 2)} / {f(b['rhat'], 2)} | "
+            f"{a['modes']} / {b['modes']} ({'-' if diff_m is None else f'{diff_m:+d}'}) | "
+            f"{f(a['vendi'], 2)} / {f(b['vendi'], 2)} ({'-' if diff_v is None else f'{diff_v:+.2f}'}) |"
+        )
+    mean = lambda key: np.mean([d[key] for d in plain.diagnostics if d[key] is not None])  # noqa: E731
+    mean_b = lambda key: np.mean([d[key] for d in averaged.diagnostics if d[key] is not None])  # noqa: E731
+    lines.append(
+        f"| mean | {mean('rhat'):.2f} / {mean_b('rhat'):.2f} | {mean('modes'):.2f} / "
+        f"{mean_b('modes'):.2f} ({np.mean(dm):+.2f}) | {mean('vendi'):.2f} / "
+        f"{mean_b('vendi'):.2f} ({np.mean(dv):+.2f} +- {np.std(dv, ddof=1) / np.sqrt(len(dv)):.2f}) |"
+    )
     return "\n".join(lines)
 
 
@@ -173,25 +248,64 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chains", type=int, default=40, help="chains per unit")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--rows", default=DEFAULT_ROWS, help="T,lambda,replicas,end;...")
+    parser.add_argument(
+        "--rows", default=DEFAULT_ROWS, help="T,lambda,replicas,end[,disc weight];..."
+    )
     parser.add_argument("--units", default="0-9")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--save", default=None, help="an npz of every row's window means")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="a second checkpoint (the parameter-averaged LeNet): every row also runs on it, "
+        "and a per-unit table of both models' modes and Vendi follows (section 5.2)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     lo, hi = (int(v) for v in args.units.split("-"))
     units = list(range(lo, hi + 1))
     classifier, accuracy = train_classifier()
     print(f"classifier: MLP 784-256-10, held-out accuracy {accuracy:.1%}", flush=True)
-    loaded = load_checkpoint(Path(args.checkpoint))
     rows = []
-    for spec in args.rows.split(";"):
-        t, lam, k, end = spec.split(",")
-        row = Row(float(t), float(lam), int(k), float(end))
-        sample_row(loaded, units, args.chains, args.steps, row, classifier)
-        rows.append(row)
-        print(table([row], args.chains, args.steps).splitlines()[2], flush=True)
+    compared: list[tuple[Row, Row]] = []
+    with tempfile.TemporaryDirectory(prefix="ldam-explore-") as folder:
+        for spec in args.rows.split(";"):
+            t, lam, k, end, *w = spec.split(",")
+            row = Row(float(t), float(lam), int(k), float(end), float(w[0]) if w else 0.0)
+            sample_row(
+                Path(args.checkpoint),
+                units,
+                args.chains,
+                args.steps,
+                row,
+                classifier,
+                Path(folder),
+            )
+            rows.append(row)
+            print(table([row], args.chains, args.steps).splitlines()[2], flush=True)
+            if args.compare:
+                other = Row(
+                    row.temperature, row.l2_weight, row.replicas, row.ladder_end, row.disc_weight
+                )
+                sample_row(
+                    Path(args.compare),
+                    units,
+                    args.chains,
+                    args.steps,
+                    other,
+                    classifier,
+                    Path(folder),
+                )
+                compared.append((row, other))
+                print(table([other], args.chains, args.steps).splitlines()[2] + " (compare)")
+                print(compare_table(row, other), flush=True)
     print(table(rows, args.chains, args.steps))
+    for plain, averaged in compared:
+        print(
+            f"\nSection 5.2 at T {plain.temperature:g}, lambda {plain.l2_weight:g}, "
+            f"{plain.replicas} replicas, w {plain.disc_weight:g}:"
+        )
+        print(compare_table(plain, averaged))
     if args.save:
         np.savez(
             args.save,

@@ -112,13 +112,22 @@ export class Diagnostics {
           cell.className = "unit-diag";
           diag.append(cell);
         }
+        // Replica exchange: the lowest per-pair swap acceptance and the round trips.
+        const swaps = (u.swap_acceptance ?? []).filter((a) => a !== null);
+        const exchange = swaps.length
+          ? `\nswap ${fixed(Math.min(...swaps), 2)} · trips ${u.round_trips}${u.adapting ? "…" : ""}`
+          : "";
         const text = `R̂ ${fixed(u.rhat, 2)}\nESS ${fixed(u.ess, 0)}\n${SHORT[u.state] ?? u.state}` +
-          `\nmodes ${u.modes ?? "—"} · V ${fixed(u.vendi, 1)}`;
+          `\nmodes ${u.modes ?? "—"} · V ${fixed(u.vendi, 1)}${exchange}`;
         if (cell.textContent !== text) cell.textContent = text;
         cell.dataset.state = SHORT[u.state] ?? "other";
         const tuning = u.scale === undefined ? "" :
           `; activation ${fixed(u.activation, 3)}, own scale ${u.scale === null ? "none (absolute)" : fixed(u.scale, 4)}` +
-          `, step ${fixed(u.step_size, 4)}${u.adapting ? " (adapting)" : ""}${u.dead ? "; dead unit" : ""}`;
+          `, step ${fixed(u.step_size, 4)}${u.adapting ? " (adapting)" : ""}${u.dead ? "; dead unit" : ""}` +
+          (swaps.length
+            ? `; replica swaps accepted per pair (cold first) ${u.swap_acceptance.map((a) => fixed(a, 2)).join(" ")}, ` +
+              `${u.round_trips} round trips, ladder ${u.ladder.map((b) => fixed(b, 3)).join(" ")}`
+            : "");
         const diverse = u.modes === null || u.modes === undefined
           ? "modes and Vendi once every chain's window is full"
           : `${u.modes} modes, Vendi ${fixed(u.vendi, 2)} (effective distinct window blocks)`;

@@ -80,6 +80,14 @@ class Case:
     input_shape: tuple[int, int, int]
     target: str
     chains: int
+    # ldam's hidden replicas per chain (replica exchange); the eager loop and Lucent then run
+    # chains * (replicas + 1) plain chains, the batch the replicas cost.
+    replicas: int = 0
+
+    @property
+    def rows(self) -> int:
+        """The batch every loop evaluates per step."""
+        return self.chains * (self.replicas + 1)
 
 
 def _lenet() -> nn.Module:
@@ -124,6 +132,14 @@ ALL_CASES: dict[str, Case] = {
     # For the GPU: enough chains that the device, not the launch of each op, sets the pace.
     "lenet-1024": Case("LeNet 1x28x28, 1024 chains", _lenet, (1, 28, 28), "fc3:3", 1024),
     # An inner conv channel: the unit Lucent targets natively.
+    "lenet-16-rx7": Case(
+        "LeNet, 16 chains with 7 replicas each, against 128 plain chains",
+        _lenet,
+        (1, 28, 28),
+        "fc3:3",
+        16,
+        replicas=7,
+    ),
     "resnet18-64": Case(
         "resnet18 (random) 3x64x64, 16 chains",
         _torchvision("resnet18"),
@@ -239,7 +255,7 @@ def export_for_ldam(model: nn.Module, input_shape: tuple[int, int, int], path: P
     return export_checkpoint(model, path, input_shape)
 
 
-def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
+def ldam_sampler(path: Path, target: str, chains: int, device: str, replicas: int = 0) -> Any:
     """The sampler `ldam sample PATH --target TARGET --chains N` runs, at its defaults (the
     settings model's, `ldam.wire.settings`), past the steps that adapt its step size: the
     rows time sampling after burn-in."""
@@ -255,6 +271,7 @@ def ldam_sampler(path: Path, target: str, chains: int, device: str) -> Any:
     settings = for_sampler(defaults("sample"))
     # A speed row needs no scale: a unit with no gradient at its starts (the zero-initialized
     # head of a random-weight torchvision ViT) gets sigma 1 instead of a refusal.
+    settings["replicas"] = replicas
     config = SamplerConfig(chains=chains, device=device, dead_scale=1.0, **settings)
     sampler = Sampler([ActivationTerm(unit), L2Term()], loaded.input_shape, config)
     for _ in range(config.adapt_steps if config.step_size is None else 0):
@@ -408,7 +425,7 @@ def lucent_run(
         return None, f"n/a: Lucent has no layer {name!r}"
     c, h, w = case.input_shape
     fixed = (h, w) if min(h, w) < LUCENT_NATIVE_SIZE else None
-    return LucentRun(lucent, model, name, unit, (case.chains, c, h, w), device, fixed), ""
+    return LucentRun(lucent, model, name, unit, (case.rows, c, h, w), device, fixed), ""
 
 
 # ----------------------------------------------------------------------------- one row
@@ -438,13 +455,13 @@ def run_case(case: Case, device: str, rounds: int, seconds: float, lucent: Lucen
         p.requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="ldam-bench-") as folder:
         path = export_for_ldam(model, case.input_shape, Path(folder) / "model.pt2")
-        sampler = ldam_sampler(path, case.target, case.chains, device)
+        sampler = ldam_sampler(path, case.target, case.chains, device, case.replicas)
     model = model.to(device)
 
     # Lucent gets its own pristine copy: the eager loop's hook must not ride along.
     run, note = lucent_run(lucent, copy.deepcopy(model), case, device)
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn((case.chains, *case.input_shape), generator=gen, device=device)
+    x = torch.randn((case.rows, *case.input_shape), generator=gen, device=device)
     eager = eager_step(model, case.target, x)
 
     def ldam() -> None:
