@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--units", default="0-9")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed")
     parser.add_argument("--save", default=None, help="an npz of every row's window means")
     parser.add_argument(
         "--compare",
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 row,
                 classifier,
                 Path(folder),
+                args.seed,
             )
             rows.append(row)
             print(table([row], args.chains, args.steps).splitlines()[2], flush=True)
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                     other,
                     classifier,
                     Path(folder),
+                    args.seed,
                 )
                 compared.append((row, other))
                 print(table([other], args.chains, args.steps).splitlines()[2] + " (compare)")

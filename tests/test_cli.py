@@ -217,6 +217,15 @@ def test_inspect_lists_layers() -> None:
             "ldam: The folder for --out does not exist: /nonexistent/dir.\n",
         ),
         (["sample", str(DEFAULT_CHECKPOINT), "--target", "nolayer:3"], None),
+        (
+            ["sample", str(DEFAULT_CHECKPOINT), "--chains", "256", "--replicas", "40"],
+            "ldam: 256 chains with 40 replicas each make 10496 rows, more than the 8192 one "
+            "batch may hold; use fewer replicas or chains.\n",
+        ),
+        (
+            ["sample", str(DEFAULT_CHECKPOINT), "--ladder-end", "0"],
+            "ldam: ladder_end must be in (0, 1], got 0.\n",
+        ),
         (["inspect", str(ROOT / "README.md")], None),
     ],
 )

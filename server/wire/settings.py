@@ -308,12 +308,16 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "temperature",
             "float",
-            0.01,
+            0.1,
             "T: the noise of the Langevin step; 0 is plain gradient ascent",
             low=0,
             high=100,
             scope="per_chain",
             slider=Slider(1e-4, 10, "log"),
+            # With replica exchange (`replicas`) T 0.1 and lambda 0.1 let the bundled LeNet's
+            # output units mix (BENCHMARKS.md, issue 19); the atlas, which runs no replicas by
+            # default, keeps the cold 0.01 of issue 18, and the library the paper's.
+            surface_defaults={"config": 0.01, "atlas": 0.01},
         ),
         Setting(
             "step_size",
@@ -376,12 +380,16 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "replicas",
             "int",
-            0,
+            6,
             "K: hidden replicas per shown chain at hotter rungs of the activation, swapped with "
             "their neighbours every step so the chains explore every mode; 0: off",
             unit="replicas",
             low=0,
             high=MAX_REPLICAS,
+            slider=Slider(0, 16, "linear", 1),
+            # Each replica costs a chain's step: on by default where one unit or a front page
+            # is sampled, off for the atlas's many units and in the library.
+            surface_defaults={"config": 0, "atlas": 0},
         ),
         Setting(
             "ladder_end",
@@ -392,6 +400,7 @@ SETTINGS: dict[str, Setting] = {
             low=0,
             low_open=True,
             high=1,
+            slider=Slider(1e-3, 1, "log"),
         ),
         Setting(
             "ladder_steps",
@@ -407,17 +416,18 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "l2_weight",
             "float",
-            0.05,
+            0.1,
             "lambda: the weight of the L2 prior",
             low=0,
             high=100,
             scope="per_chain",
             aliases=("--l2",),
             slider=Slider(1e-4, 10, "log"),
-            # In the unit's own scale (`energy_scale` unit) 0.05 lets every layer of the
-            # bundled LeNet reach its top percentile (BENCHMARKS.md, issue 18); the library's
-            # `SamplerConfig` keeps the paper's 0.1 with the paper's absolute scale.
-            surface_defaults={"config": 0.1},
+            # In the unit's own scale (`energy_scale` unit) the atlas's 0.05 lets every layer of
+            # the bundled LeNet reach its top percentile at T 0.01 (BENCHMARKS.md, issue 18);
+            # with replicas 0.1 (issue 19); the library's `SamplerConfig` keeps the paper's 0.1
+            # with the paper's absolute scale.
+            surface_defaults={"atlas": 0.05},
         ),
         Setting(
             "disc_weight",
