@@ -167,18 +167,19 @@ def test_a_224_rgb_network_streams_and_the_view_switches(tmp_path: Path) -> None
     try:
         served.wait_ready()
         with dashboard(served) as page:
-            # The default window (200 steps of 20 chains) would need 2297 MiB: it was fitted.
+            # The default window (200 steps of 20 chains) would need 2297 MiB: it was fitted,
+            # beside the 6 replicas of each chain (6 images each: 689 MiB).
             assert page.locator("#window-note").is_visible()
             assert page.locator("#window-note").text_content() == (
-                "The averaging window is 89 steps instead of 200, the most that fits the "
-                "1024 MiB budget for 20 chains of shape (3, 224, 224); fewer chains allow a "
-                "longer one."
+                "The averaging window is 53 steps instead of 200, the most that fits the "
+                "1024 MiB budget for 20 chains of shape (3, 224, 224) with 6 replicas each; "
+                "fewer chains or replicas allow a longer one."
             )
             # The parameters keep "auto"; the slider shows the window in force.
             assert served.state()["params"]["window"] is None
             assert page.locator("#window_auto").is_checked()
             page.wait_for_function(
-                "document.getElementById('window-value').textContent === '89'", timeout=30_000
+                "document.getElementById('window-value').textContent === '53'", timeout=30_000
             )
             # The picker groups the network's stages.
             groups = page.evaluate(

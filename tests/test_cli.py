@@ -67,6 +67,8 @@ def sampled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "0.1",
             "--window",
             "50",
+            "--replicas",
+            "0",
             "--record-every",
             "10",
             "--seed",
@@ -326,24 +328,26 @@ def per_step_reference(
 
 
 def test_sample_npz_is_the_per_step_loops_for_a_fixed_seed(tmp_path: Path) -> None:
-    # Auto burn-in ends at step 98 of 300 here, in the middle of a recorder block, so the
-    # samples come from its staging; the npz must be what the per-step loop wrote, bit for bit.
+    # At the defaults (6 replicas per chain; with this fixed step the ladder adapts in the
+    # first 400 steps, and nothing is kept meanwhile) auto burn-in ends inside a recorder block,
+    # so the samples come from its staging; the npz must be what the per-step loop wrote, bit
+    # for bit.
     out = tmp_path / "run.npz"
-    argv = ["--target", "fc3:1", "--chains", "4", "--steps", "300", "--temperature", "1.0"]
+    argv = ["--target", "fc3:1", "--chains", "4", "--steps", "800", "--temperature", "1.0"]
     argv += ["--step-size", "0.1", "--window", "50", "--record-every", "7", "--seed", "3"]
     assert (
         main(["sample", str(DEFAULT_CHECKPOINT), *argv, "--device", "cpu", "--out", str(out)]) == 0
     )
     data = np.load(out)
     # The CLI's defaults for everything else (`ldam sample`'s in the settings model: the
-    # unit's own scale, L2 0.05, momentum 0, auto burn-in, no clamp).
+    # unit's own scale, L2 0.1, momentum 0, auto burn-in, no clamp, 6 replicas).
     sample = for_sampler(defaults("sample"))
     sample.update(temperature=1.0, step_size=0.1, window=50, seed=3)
     config = SamplerConfig(chains=4, device="cpu", **sample)
-    expected, record_from = per_step_reference("fc3:1", config, 300, 7)
-    assert record_from is not None and 64 < record_from < 290
+    expected, record_from = per_step_reference("fc3:1", config, 800, 7)
+    assert config.replicas == 6 and record_from is not None and 390 < record_from < 790
     assert json.loads(str(data["params"]))["record_from_step"] == record_from
-    assert data["samples"].shape[0] == len(range(record_from, 300, 7))
+    assert data["samples"].shape[0] == len(range(record_from, 800, 7))
     for key, value in expected.items():
         assert data[key].dtype == value.dtype, key
         assert np.array_equal(data[key], value), key

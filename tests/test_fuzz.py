@@ -288,7 +288,9 @@ def test_fuzz_control_messages(server: LiveServer) -> None:
     print(f"after the fuzz: {len(frames)} frames in 3 s, parameter version {end_state['version']}")
     assert len(frames) >= 3 and frames[-1]["seq"] > frames[0]["seq"]
     assert end_state["status"]["worker"] == "running"
-    assert end_state["status"]["restarts"] == start_state["status"]["restarts"]
+    assert end_state["status"]["restarts"] == start_state["status"]["restarts"], server.output()[
+        -4000:
+    ]
     assert end_state["status"]["pid"] == start_state["status"]["pid"]
     log = server.output()
     assert "Traceback" not in log and "Exception" not in log and " 500" not in log, log[-3000:]

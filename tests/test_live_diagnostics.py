@@ -150,7 +150,14 @@ def test_the_worker_reports_the_diagnostics_of_its_own_chains() -> None:
     folder = lenet_folder()
     # A window of 40 (8 blocks of 5) fills within the run, so the modes and Vendi are due.
     params = SamplerParams(
-        layout="range", unit=0, unit_end=3, chains=8, temperature=1.0, l2_weight=1.0, window=40
+        layout="range",
+        unit=0,
+        unit_end=3,
+        chains=8,
+        temperature=1.0,
+        l2_weight=1.0,
+        window=40,
+        replicas=0,
     )
     with in_process_worker(params, folder / PAIR[0], folder) as worker:
         sampler = worker.panels[0].sampler

@@ -159,7 +159,9 @@ def test_a_sweep_is_checked_against_the_swept_settings_bounds() -> None:
         "sweep_values",
     )
     # The same values are fine for a setting whose range holds them.
-    ok = SamplerParams(layout="sweep", sweep_param="temperature", sweep_values=[0, 2.5, 5])
+    ok = SamplerParams(
+        layout="sweep", sweep_param="temperature", sweep_values=[0, 2.5, 5], replicas=0
+    )
     assert ok.sweep_rows() == [0, 2.5, 5]
 
 

@@ -8,11 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from ldam.sampling.diagnostics import effective_sample_size
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError
 from ldam.sampling.tempering import ReplicaExchange, respace, swap_log_accept
+from ldam.wire.params import SamplerParams, invalid
 from tests.chains import linear_unit, run, stationary_variance
 
 
@@ -181,8 +183,8 @@ def test_replicas_recover_both_weights_of_a_double_well_where_plain_langevin_can
         (
             {"replicas": 2, "temperature": 0.0},
             "replicas",
-            "Replica exchange needs a temperature above 0 on every chain; set replicas to 0 or "
-            "raise the temperature.",
+            "replicas need a temperature above 0 on every chain; set replicas to 0 or raise "
+            "the temperature.",
         ),
     ],
 )
@@ -203,3 +205,20 @@ def test_replicas_that_do_not_fit_the_memory_budget_are_refused() -> None:
         "64 replicas of 20 chains of shape (3, 224, 224) need 4410 MiB beside the window's "
         "115 MiB, more than the 1024 MiB limit; use fewer replicas or chains."
     )
+
+
+def test_the_dashboard_refuses_a_temperature_of_0_with_replicas_in_the_same_words() -> None:
+    # The page's parameters check the rule before the worker sees it: a live temperature of 0
+    # (or a temperature sweep through 0) with replicas on is refused, never a worker crash.
+    sentence = (
+        "replicas need a temperature above 0 on every chain; set replicas to 0 or raise the "
+        "temperature."
+    )
+    for bad in (
+        {"temperature": 0.0},
+        {"layout": "sweep", "sweep_param": "temperature", "sweep_values": [0.1, 0.0]},
+    ):
+        with pytest.raises(ValidationError) as err:
+            SamplerParams(**bad)
+        assert invalid(err.value) == (sentence, "replicas")
+    assert SamplerParams(temperature=0.0, replicas=0).temperature == 0.0

@@ -242,6 +242,7 @@ def test_sweep_sets_one_value_per_row() -> None:
             "unit_end": 6,
             "sweep_param": "temperature",
             "sweep_values": [0.0, 0.25],
+            "replicas": 0,  # T 0 has no replica exchange
         }
     )
     try:
@@ -323,7 +324,8 @@ def test_fitted_window_is_the_most_that_fits() -> None:
 
 def test_a_224_model_gets_a_fitted_window_and_a_chosen_one_is_refused() -> None:
     # The dashboard's defaults (20 chains, window 200) on a 3x224x224 network need 2297 MiB.
-    h = Harness({}, checkpoint=rgb224_checkpoint())
+    # Without replicas: their memory shortens the fitted window further (`replica_bytes`).
+    h = Harness({"replicas": 0}, checkpoint=rgb224_checkpoint())
     try:
         sampler = h.worker.panels[0].sampler
         # window=None (auto, the default) is fitted; the parameters keep "auto".
@@ -474,7 +476,7 @@ def test_trust_covers_only_the_operators_files(tmp_path: Path) -> None:
 
 
 def test_each_unit_reports_its_own_scale_and_adapted_step_beside_its_activation() -> None:
-    h = Harness({"layout": "range", "unit": 2, "unit_end": 3, "chains": 4})
+    h = Harness({"layout": "range", "unit": 2, "unit_end": 3, "chains": 4, "replicas": 0})
     try:
         sampler = h.worker.panels[0].sampler
         assert h.worker.params.step_size is None and h.worker.params.energy_scale == "unit"

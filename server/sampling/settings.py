@@ -25,6 +25,7 @@ from ldam.wire.settings import (
     PER_CHAIN_SETTINGS,
     SETTINGS,
     SettingError,
+    check_replica_temperature,
 )
 
 # Images each hidden replica keeps beside the window: state, velocity, noise, spare start,
@@ -218,12 +219,10 @@ class SamplerConfig:
             raise SamplerError(str(err), err.field) from None
         check_rows(self.chains, self.replicas)
         temps = self.temperature if isinstance(self.temperature, list) else [self.temperature]
-        if self.replicas and min(temps) <= 0:
-            raise SamplerError(
-                "Replica exchange needs a temperature above 0 on every chain; set replicas to 0 "
-                "or raise the temperature.",
-                "replicas",
-            )
+        try:
+            check_replica_temperature(self.replicas, temps)
+        except SettingError as err:
+            raise SamplerError(str(err), err.field) from None
         if self.burn_in_threshold is not None:
             self.burn_in_threshold = _threshold(self.burn_in_threshold, self.chains)
         if self.scale is not None:
@@ -306,6 +305,13 @@ def fitted_window(
     window = max(1, min(wanted, budget // per_step))
     if window >= wanted:
         return wanted, None
+    if replicas:
+        return window, (
+            f"The averaging window is {window} steps instead of {wanted}, the most that fits the "
+            f"{WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB budget for {chains} chains of shape "
+            f"{tuple(input_shape)} with {replicas} replicas each; fewer chains or replicas "
+            "allow a longer one."
+        )
     return window, (
         f"The averaging window is {window} steps instead of {wanted}, the most that fits the "
         f"{WINDOW_MEMORY_LIMIT_BYTES // 2**20} MiB budget for {chains} chains of shape "

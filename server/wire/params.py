@@ -24,12 +24,20 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from ldam.errors import UserError
 from ldam.wire.limits import MAX_RANGE_UNITS, MAX_SWEEP_VALUES
-from ldam.wire.settings import PER_CHAIN_SETTINGS, SETTINGS, Setting, SettingError, on
+from ldam.wire.settings import (
+    PER_CHAIN_SETTINGS,
+    SETTINGS,
+    Setting,
+    SettingError,
+    check_replica_temperature,
+    on,
+)
 
 
 def grid_columns(chains: int, units: int) -> int:
@@ -156,6 +164,18 @@ class _ParamsBase(BaseModel):
                 text = str(err).replace(f"{name} must", f"Sweep values of {name} must", 1)
                 raise PydanticCustomError("setting", text) from None
         return values
+
+    @model_validator(mode="after")
+    def _replicas_need_heat(self) -> Any:
+        # Every chain's temperature: the one value, or a temperature sweep's rows.
+        temperatures = [getattr(self, "temperature", 1.0)]
+        if self.layout == "sweep" and self.sweep_param == "temperature":
+            temperatures = list(self.sweep_values)
+        try:
+            check_replica_temperature(getattr(self, "replicas", 0), temperatures)
+        except SettingError as err:
+            raise PydanticCustomError("setting", str(err)) from None
+        return self
 
     def grid(self) -> tuple[list[int], int]:
         """The unit of every chain (row-major over the grid) and the number of columns.

@@ -552,6 +552,18 @@ PER_CHAIN_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.scope == "p
 AUTO_WINDOW_STEPS = 200
 
 
+def check_replica_temperature(replicas: int, temperatures: Sequence[float]) -> None:
+    """The one rule between two settings of replica exchange: a swap's test divides by T, so
+    with `replicas` > 0 every chain's temperature must be above 0 (`SettingError`, field
+    ``replicas``, on every surface)."""
+    if replicas and min(temperatures) <= 0:
+        raise SettingError(
+            "replicas need a temperature above 0 on every chain; set replicas to 0 or raise "
+            "the temperature.",
+            "replicas",
+        )
+
+
 def on(surface: Surface) -> dict[str, Setting]:
     """The settings that appear on `surface`, in the model's order."""
     return {name: s for name, s in SETTINGS.items() if surface in s.surfaces}
