@@ -45,3 +45,17 @@ def stationary_variance(step: float, lam: float, momentum: float, temperature: f
     q = 2 * (1 - momentum) * step * temperature * np.ones((2, 2))
     p = np.linalg.solve(np.eye(4) - np.kron(a, a), q.reshape(-1)).reshape(2, 2)
     return float(p[0, 0])
+
+
+def assert_gaussian_draws(draws: np.ndarray, means: list[float], var: float) -> None:
+    """Each pixel's draws `[pixel, chain, n]` have mean `means[pixel]` and variance `var`
+    within 5 standard errors (the errors from each series' effective sample size)."""
+    from ldam.sampling.diagnostics import effective_sample_size
+
+    for pixel, mean_target in enumerate(means):
+        d = draws[pixel].astype(np.float64)
+        ess = effective_sample_size(d)
+        assert abs(d.mean() - mean_target) < 5 * np.sqrt(var / ess)
+        sq = (d - mean_target) ** 2
+        ess_sq = effective_sample_size(sq)
+        assert abs(sq.mean() - var) < 5 * sq.std() / np.sqrt(ess_sq)
