@@ -234,8 +234,13 @@ def compare_table(plain: Row, averaged: Row) -> str:
             f"{a['modes']} / {b['modes']} ({'-' if diff_m is None else f'{diff_m:+d}'}) | "
             f"{f(a['vendi'], 2)} / {f(b['vendi'], 2)} ({'-' if diff_v is None else f'{diff_v:+.2f}'}) |"
         )
-    mean = lambda key: np.mean([d[key] for d in plain.diagnostics if d[key] is not None])  # noqa: E731
-    mean_b = lambda key: np.mean([d[key] for d in averaged.diagnostics if d[key] is not None])  # noqa: E731
+
+    def mean(key: str, row: Row = plain) -> float:
+        return float(np.mean([d[key] for d in row.diagnostics if d[key] is not None]))
+
+    def mean_b(key: str) -> float:
+        return mean(key, averaged)
+
     lines.append(
         f"| mean | {mean('rhat'):.2f} / {mean_b('rhat'):.2f} | {mean('modes'):.2f} / "
         f"{mean_b('modes'):.2f} ({np.mean(dm):+.2f}) | {mean('vendi'):.2f} / "

@@ -4,17 +4,14 @@ closed forms first, then bit-identity of the frozen chain, then the bad inputs."
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from ldam.cli.main import main
 from ldam.models.loading import load_checkpoint
 from ldam.models.saving import export_checkpoint
-from ldam.sampling.diagnostics import effective_sample_size
 from ldam.sampling.energy import ActivationTerm, L2Term
 from ldam.sampling.sampler import Sampler, SamplerConfig, SamplerError
 from ldam.sampling.scale import (
@@ -23,7 +20,7 @@ from ldam.sampling.scale import (
     group_mean,
     mala_log_accept,
 )
-from tests.chains import linear_unit, run, stationary_variance
+from tests.chains import assert_gaussian_draws, linear_unit, run, stationary_variance
 
 
 def test_groups_and_their_means() -> None:
@@ -83,14 +80,7 @@ def test_a_linear_unit_samples_the_exact_gaussian_of_its_own_scale(
     draws = torch.stack(run(sampler, recorded)).flatten(1).T.numpy()
     draws = draws.reshape(chains, 4, recorded).transpose(1, 0, 2)  # [pixel, chain, n]
     var = stationary_variance(step, lam, 0.0, temperature)
-    for pixel in range(4):
-        d = draws[pixel].astype(np.float64)
-        mean_target = float(w[pixel]) / (norm * lam)
-        ess = effective_sample_size(d)
-        assert abs(d.mean() - mean_target) < 5 * math.sqrt(var / ess)
-        sq = (d - mean_target) ** 2
-        ess_sq = effective_sample_size(sq)
-        assert abs(sq.mean() - var) < 5 * sq.std() / math.sqrt(ess_sq)
+    assert_gaussian_draws(draws, [float(v) / (norm * lam) for v in w], var)
 
 
 def test_the_frozen_scale_and_step_give_the_chains_set_by_hand_bit_for_bit() -> None:

@@ -210,15 +210,15 @@ class Direction:
         """Follow a permutation `perm [N]` of the rows of `x` (applied to `x` in place by the
         caller: row r now holds what row perm[r] held): every per-row piece moves along."""
 
-        def move(t: Scalar) -> Scalar:
+        def move(t: Scalar | None) -> Scalar | None:
             return (
                 t.index_select(0, perm)
                 if isinstance(t, Tensor) and t.dim() and t.shape[0] > 1
                 else t
             )
 
-        self.g_act = move(self.g_act) if self.g_act is not None else None  # type: ignore[assignment]
-        self.g_disc = move(self.g_disc) if self.g_disc is not None else None  # type: ignore[assignment]
+        self.g_act = move(self.g_act)  # type: ignore[arg-type,assignment]
+        self.g_disc = move(self.g_disc)  # type: ignore[arg-type,assignment]
         self.disc_weight = move(self.disc_weight)
         self.regs = [(g if g is x else move(g), move(w)) for g, w in self.regs]  # type: ignore[misc]
         self.activation = move(self.activation)  # type: ignore[assignment]
@@ -528,14 +528,7 @@ class Sampler:
         self._sigma: Scalar = self._measure_scale(config)  # per row, untempered
         self.exchange: ReplicaExchange | None = None
         if k:
-            keys = list(
-                zip(
-                    self._unit_keys(),
-                    _per_chain_list(config.temperature, n),
-                    _per_chain_list(config.l2_weight, n),
-                    strict=True,
-                )
-            )
+            keys = self._chain_keys()
             groups, count = chain_groups(keys)
             self._exchange_units = [key[0] for key in dict.fromkeys(keys)]
             gen = torch.Generator(device=dev).manual_seed(derived_seeds(config.seed)[3] ^ 0x5EED)
@@ -578,8 +571,7 @@ class Sampler:
         """Each row's activation scale: sigma over its rung's beta (sigma without replicas)."""
         if self.exchange is None:
             return self._sigma
-        betas = self.exchange.row_betas().to(self._x.dtype)
-        return self._sigma / betas if isinstance(self._sigma, Tensor) else self._sigma / betas
+        return self._sigma / self.exchange.row_betas().to(self._x.dtype)
 
     def _apply_config(self, config: SamplerConfig) -> None:
         """Turn settings into floats or per-row device tensors once, not every step."""
@@ -594,6 +586,10 @@ class Sampler:
             )
             for name in PER_CHAIN_SETTINGS
         }
+        if self.replicas:  # the swaps' T per chain, made once here rather than every step
+            self._chain_temperature = torch.as_tensor(
+                _per_chain_list(config.temperature, config.chains), device=self._x.device
+            )
         if self._row_step is not None:  # adapted per rung: the config holds the cold rung's
             self._p["step_size"] = self._row_step
         if self._step_auto and not isinstance(self._p["step_size"], Tensor):
@@ -754,6 +750,20 @@ class Sampler:
         self._copy_host_resets = self._host_resets
 
     # ----------------------------------------------------- scale and step adaptation
+    def _chain_keys(self) -> list[tuple[int, float, float]]:
+        """Each chain's (unit, T, lambda): chains with equal keys share an adapted step and a
+        ladder."""
+        n = self.config.chains
+        return [
+            (u, float(t), float(lam))
+            for u, t, lam in zip(
+                self._unit_keys(),
+                _per_chain_list(self.config.temperature, n),
+                _per_chain_list(self.config.l2_weight, n),
+                strict=True,
+            )
+        ]
+
     def _row_keys(self) -> list[int]:
         """Each row's unit (its chain's, on every rung)."""
         return [u for u in self._unit_keys() for _ in range(self.replicas + 1)]
@@ -827,20 +837,12 @@ class Sampler:
         if why is not None:
             self._freeze(start, None, why)
             return
-        n, k1 = self.config.chains, self.replicas + 1
         # One step per unit and settings, and with replicas per rung: a hot rung's energy is
         # flatter than the cold one's and takes a longer step.
         keys = [
-            (u, float(t), float(lam_i), *((rung,) if self.replicas else ()))
-            for i, (u, t, lam_i) in enumerate(
-                zip(
-                    self._unit_keys(),
-                    _per_chain_list(self.config.temperature, n),
-                    _per_chain_list(self.config.l2_weight, n),
-                    strict=True,
-                )
-            )
-            for rung in range(k1)
+            (*key, *((rung,) if self.replicas else ()))
+            for key in self._chain_keys()
+            for rung in range(self.replicas + 1)
         ]
         groups, count = chain_groups(keys)
         g, activation, values = update_direction(
@@ -1068,14 +1070,8 @@ class Sampler:
         exchange = self.exchange
         assert exchange is not None
         parts = direction_parts(self.terms, x, self._p, self._zero, self.config.normalize)
-        temperature = self._p["temperature"]
-        chain_t = (
-            self._shown(temperature)
-            if isinstance(temperature, Tensor)
-            else torch.full((self.config.chains,), float(temperature), device=x.device)
-        )
         adapting = exchange.adapting
-        perm = exchange.swap(parts.activation / self._sigma, chain_t)
+        perm = exchange.swap(parts.activation / self._sigma, self._chain_temperature)
         with torch.no_grad():
             x.copy_(x.index_select(0, perm))
         parts.permute(perm, x)

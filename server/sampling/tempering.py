@@ -142,6 +142,10 @@ class ReplicaExchange:
         self._state = torch.zeros(chains, replicas + 1, dtype=torch.long, device=device)
         self._trips = torch.zeros(count, dtype=torch.long, device=device)
         self._uniform = torch.empty(chains, replicas, device=device)
+        # The identity order of a chain's rungs, and each chain's first row: a swap's
+        # permutation is built from them every step.
+        self._identity = torch.arange(replicas + 1, device=device).repeat(chains, 1)
+        self._first_row = torch.arange(chains, device=device).view(chains, 1) * (replicas + 1)
 
     @property
     def adapting(self) -> bool:
@@ -168,7 +172,7 @@ class ReplicaExchange:
         n, k = self.chains, self.replicas
         parity = self.attempts % 2
         self.attempts += 1
-        order = torch.arange(k + 1, device=self.device).repeat(n, 1)
+        order = self._identity.clone()
         if k - parity >= 1:
             pairs = self._pairs[parity::2]
             gv = g.view(n, k + 1).double()
@@ -194,8 +198,7 @@ class ReplicaExchange:
             self._track(order)
         if self._round_ends and self.attempts in self._round_ends:
             self._respace()
-        base = torch.arange(n, device=self.device).view(n, 1) * (k + 1)
-        return (base + order).reshape(-1)
+        return (self._first_row + order).reshape(-1)
 
     def _track(self, order: Tensor) -> None:
         """Move the replica labels with the swap and count finished round trips."""
