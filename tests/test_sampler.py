@@ -468,7 +468,7 @@ def test_bad_sampler_input_is_one_sentence() -> None:
         (
             lambda: sampler.set(heat=3),
             "Unknown setting 'heat'; live settings are temperature, "
-            "step_size, step_decay, momentum, l2_weight, disc_weight, normalize, window, clamp.",
+            "step_size, step_decay, momentum, l2_weight, disc_weight, normalize, prior_decay, window, clamp.",
         ),
         (lambda: sampler.set(temperature=-2.0), "temperature must be in [0, 100], got -2."),
         (

@@ -170,3 +170,39 @@ def test_small_or_flat_inputs_are_refused(shape: tuple[int, ...], got: str) -> N
     with pytest.raises(TransformError):
         transforms(2, shape)  # type: ignore[arg-type]
     check_transforms((3, 8, 8))
+
+
+def test_a_sampler_with_transforms_samples_the_mean_over_transforms() -> None:
+    """One random tau per chain and step is an unbiased gradient of f-bar(x) = E f(tau x): for
+    a linear unit f = w.x that is w-bar.x with w-bar = E[tau^T w], so under L2 the chains'
+    mean is w-bar / lambda (a blurred w), not w / lambda."""
+    from ldam.sampling.energy import ActivationTerm, L2Term
+    from ldam.sampling.sampler import Sampler, SamplerConfig
+
+    shape, lam = (1, 16, 16), 1.0
+    w = torch.zeros(shape)
+    w[0, 4:12, 7:9] = 1.0  # a bar: shifts, zooms and turns smear its edges
+    cfg = SamplerConfig(
+        chains=256, temperature=0.05, step_size=0.1, l2_weight=lam, transforms="on", burn_in=0
+    )
+    sampler = Sampler([ActivationTerm(lambda x: (x * w).flatten(1).sum(1)), L2Term()], shape, cfg)
+    total = torch.zeros(shape, dtype=torch.float64)
+    for i in range(300):
+        sampler.step()
+        if i >= 100:
+            total += sampler.x.double().mean(0)
+    mean = total / 200
+    tau = transforms(20000, shape, seed=5)
+    tau.draw()
+    leaf = torch.zeros(20000, *shape, dtype=torch.float64, requires_grad=True)
+    (tau(leaf) * w.double()).sum().backward()
+    w_bar = leaf.grad.mean(0)
+    assert float((mean - w_bar / lam).abs().max()) < 0.03
+    assert float((w_bar - w.double()).abs().max()) > 0.2
+    with pytest.raises(TransformError) as err:
+        Sampler([L2Term()], (1, 4, 6), SamplerConfig(transforms="on"))
+    assert (
+        str(err.value)
+        == "transforms need images of at least 8x8 pixels, got 4x6; set transforms off."
+    )
+    assert err.value.field == "transforms"

@@ -151,6 +151,34 @@ class DiscriminatorTerm(Term):
         return F.logsigmoid(logits)
 
 
+class ImageTerm(Term):
+    """A term of the image `x = to_image(z)` evaluated at the chains' coordinates z: the
+    wrapper the sampler puts around every term but the prior when it samples in other
+    coordinates than pixels (the spectral prior's `z = L^{-1} x`, transforms' random `tau`).
+    Its gradient is `J^T grad_x E` by autograd through `to_image`. The wrapped term stays the
+    one the caller holds and may change (a warm swap sets its `activation_fn`)."""
+
+    def __init__(self, term: Term, to_image: Callable[[Tensor], Tensor]) -> None:
+        self.term, self.to_image = term, to_image
+        self.name, self.group, self.weight_param = term.name, term.group, term.weight_param
+
+    @property
+    def activation_fn(self) -> Callable[[Tensor], Tensor] | None:
+        """The wrapped term's activation function, where it has one."""
+        return getattr(self.term, "activation_fn", None)
+
+    def active(self) -> bool:
+        """The wrapped term's."""
+        return self.term.active()
+
+    def value(self, x: Tensor) -> Tensor:
+        """The wrapped term at the image of the coordinates `x [N, C, H, W]`."""
+        return self.term.value(self.to_image(x))
+
+    def __repr__(self) -> str:
+        return f"ImageTerm({self.term!r})"
+
+
 def autograd_value_and_grad(term: Term, x: Tensor) -> tuple[Tensor, Tensor]:
     """A term's per-chain value `[N]` (detached) and `d(sum_i E_i)/dx [N, C, H, W]`.
 

@@ -54,9 +54,9 @@ import torch
 from torch import Tensor
 
 from ldam.errors import UserError
+from ldam.wire.settings import PRIORS
 
-# The priors a sampler may use (the `prior` setting).
-PRIORS = ("white", "spectral")
+__all__ = ["PRIORS", "PriorError", "SpectralBasis", "amplitude", "high_frequency_share"]
 # Lucid's colour decorrelation matrix (the square root of the colour covariance of ImageNet),
 # rows the RGB outputs, columns the decorrelated components; normalized in `colour_matrix`.
 COLOUR_CORRELATION = (
@@ -95,7 +95,7 @@ def colour_matrix() -> Tensor:
     return c * (math.sqrt(3.0) / torch.linalg.matrix_norm(c))
 
 
-def check_prior(prior: str, decay: float, input_shape: Sequence[int]) -> None:
+def check_prior(prior: str, input_shape: Sequence[int]) -> None:
     """Refuse a spectral prior on inputs with no spatial axes (`PriorError`, field `prior`)."""
     if prior == "spectral" and (len(input_shape) != 3 or min(input_shape[1:]) < 2):
         raise PriorError(
@@ -132,24 +132,42 @@ class SpectralBasis:
     def __init__(
         self,
         input_shape: Sequence[int],
-        decay: float,
+        decay: float | Sequence[float],
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        check_prior("spectral", decay, input_shape)
+        check_prior("spectral", input_shape)
         channels, height, width = (int(v) for v in input_shape)
         self.shape = (channels, height, width)
-        self.decay = float(decay)
-        self.s = amplitude(height, width, decay).to(device=device, dtype=dtype)
+        self.device, self.dtype = torch.device(device), dtype
         self.colour = colour_matrix().to(device=device, dtype=dtype) if channels == 3 else None
         self._colour_inverse = (
             torch.linalg.inv(colour_matrix()).to(device=device, dtype=dtype)
             if channels == 3
             else None
         )
+        self.set_decay(decay)
+
+    def set_decay(self, decay: float | Sequence[float]) -> None:
+        """Use `decay` alpha: one for every image, or one per row of the batches to come (the
+        filter `s` is then `[rows, 1, H, W // 2 + 1]`, built once per distinct alpha)."""
+        h, w = self.shape[1:]
+        decays = [float(decay)] if isinstance(decay, (int, float)) else [float(d) for d in decay]
+        if all(d == decays[0] for d in decays):  # one filter broadcast over every row
+            decays = decays[:1]
+        tables = {d: amplitude(h, w, d) for d in dict.fromkeys(decays)}
+        s = torch.stack([tables[d] for d in decays]).unsqueeze(1)
+        self.decay: float | list[float] = decays[0] if len(decays) == 1 else decays
+        self.s = s.to(device=self.device, dtype=self.dtype)
+
+    def _gain(self, rows: slice | None) -> Tensor:
+        """The filter `s` for a batch: every row's, or those of `rows` (a slice of the rows
+        `set_decay` was given, e.g. the shown chains among replicas)."""
+        s = self.s
+        return s if rows is None or s.shape[0] == 1 else s[rows]
 
     def _filter(self, x: Tensor, gain: Tensor) -> Tensor:
-        """Each channel of `x` filtered by the real half-plane `gain [H, W // 2 + 1]`."""
+        """Each channel of `x` filtered by the real half-plane `gain [.., H, W // 2 + 1]`."""
         h, w = self.shape[1:]
         spectrum = torch.fft.rfft2(x, norm="ortho")
         return torch.fft.irfft2(spectrum * gain, s=(h, w), norm="ortho")
@@ -161,21 +179,21 @@ class SpectralBasis:
             return x
         return torch.einsum("oc,nchw->nohw", matrix, x)
 
-    def synthesize(self, z: Tensor) -> Tensor:
+    def synthesize(self, z: Tensor, rows: slice | None = None) -> Tensor:
         """`x = L z = C S z`."""
-        return self._mix(self._filter(z, self.s), self.colour)
+        return self._mix(self._filter(z, self._gain(rows)), self.colour)
 
-    def adjoint(self, g: Tensor) -> Tensor:
+    def adjoint(self, g: Tensor, rows: slice | None = None) -> Tensor:
         """`L^T g = S C^T g`."""
         colour_t = self.colour.t() if self.colour is not None else None
-        return self._filter(self._mix(g, colour_t), self.s)
+        return self._filter(self._mix(g, colour_t), self._gain(rows))
 
-    def analyze(self, x: Tensor) -> Tensor:
+    def analyze(self, x: Tensor, rows: slice | None = None) -> Tensor:
         """`z = L^{-1} x = S^{-1} C^{-1} x`."""
-        return self._filter(self._mix(x, self._colour_inverse), 1.0 / self.s)
+        return self._filter(self._mix(x, self._colour_inverse), 1.0 / self._gain(rows))
 
     def __call__(self, z: Tensor) -> Tensor:
-        """`L z`, differentiable in `z`."""
+        """`L z`, differentiable in `z` (every row's filter)."""
         return _Synthesize.apply(z, self)  # type: ignore[no-any-return]
 
 

@@ -52,7 +52,8 @@ from torch import Tensor
 
 from ldam.sampling.averaging import MovingWindow, RunningMean
 from ldam.sampling.burn_in import BurnIn
-from ldam.sampling.energy import L2Term, Term, autograd_value_and_grad
+from ldam.sampling.energy import ImageTerm, L2Term, Term, autograd_value_and_grad
+from ldam.sampling.prior import SpectralBasis, check_prior
 from ldam.sampling.scale import (
     START_STEP,
     StepAdapter,
@@ -76,6 +77,7 @@ from ldam.sampling.settings import (
 from ldam.sampling.streams import ChainStreams, derived_seeds
 from ldam.sampling.tempering import ReplicaExchange
 from ldam.sampling.transfer import HostCopy, to_device
+from ldam.sampling.transforms import RandomTransforms
 
 __all__ = [
     "CHECK_STEPS",
@@ -456,6 +458,7 @@ class Sampler:
             config = dataclasses.replace(config, device=device)
         self.terms: list[Term] = _check_terms(terms)
         self.input_shape = _check_input_shape(input_shape)
+        check_prior(config.prior, input_shape)
         # window=None (auto) becomes the longest window that fits the memory budget, once;
         # `window_note` says so when that is shorter than the auto window.
         config, self.window_note = _resolve_window(config, self.input_shape)
@@ -484,8 +487,26 @@ class Sampler:
         self.t = 0
         self._age = torch.zeros(rows, dtype=torch.long, device=dev)
         self._resets = torch.zeros(rows, dtype=torch.long, device=dev)
-        # The shown chains' views: x [N, C, H, W], age and resets [N].
-        self.x = self._shown(self._x)
+        # The shown chains' views: their states [N, C, H, W], age and resets [N].
+        self._x_shown = self._shown(self._x)
+        # The prior's coordinates (`ldam.sampling.prior`): with the spectral prior the state
+        # is z = L^{-1} x and the terms but the prior see the image L z (and, with transforms,
+        # tau(L z)); `x` is then the shown chains' images, made when read (`_version` counts
+        # the changes of the state).
+        self.basis: SpectralBasis | None = None
+        if config.prior == "spectral":
+            self.basis = SpectralBasis(self.input_shape, self._row_list(config.prior_decay), dev)
+        self.transforms: RandomTransforms | None = None
+        if config.transforms == "on":
+            gen = torch.Generator(device=dev).manual_seed(derived_seeds(config.seed)[3] ^ 0x7A0)
+            self.transforms = RandomTransforms(rows, self.input_shape, gen, dev)
+        self._terms: list[Term] = self.terms
+        if self.basis is not None or self.transforms is not None:
+            self._terms = [
+                t if type(t) is L2Term else ImageTerm(t, self._to_image) for t in self.terms
+            ]
+        self._image = torch.empty(full, device=dev) if self.basis is not None else self._x_shown
+        self._version, self._image_at = 0, -1
         self.age = self._shown(self._age)
         self.resets = self._shown(self._resets)
         self._row_step: Tensor | None = None  # adapted steps per row, rungs apart
@@ -542,6 +563,32 @@ class Sampler:
         self.adaptation: dict[str, Any] | None = None
         if config.step_size is None:
             self._start_adaptation()
+
+    @property
+    def x(self) -> Tensor:
+        """`[N, C, H, W]` the shown chains' current images: the states themselves under the white
+        prior (a view, updated in place each step), `L z` under the spectral one (made when
+        read, into one buffer that later reads overwrite)."""
+        basis = self.basis
+        if basis is None:
+            return self._x_shown
+        if self._image_at != self._version:
+            rows = slice(None, None, self.replicas + 1) if self.replicas else None
+            with torch.no_grad():
+                self._image.copy_(basis.synthesize(self._x_shown, rows))
+            self._image_at = self._version
+        return self._image
+
+    def _to_image(self, z: Tensor) -> Tensor:
+        """The image every term but the prior sees at the states `z [rows, C, H, W]`:
+        `tau(L z)` (L under the spectral prior, tau with transforms), differentiable."""
+        x = self.basis(z) if self.basis is not None else z
+        return self.transforms(x) if self.transforms is not None else x
+
+    def _row_list(self, value: float | list[float]) -> list[float]:
+        """A per-chain setting as one float per row (a chain's value on every rung)."""
+        k1 = self.replicas + 1
+        return [v for v in _per_chain_list(value, self.rows // k1) for _ in range(k1)]
 
     @property
     def burn_in_step(self) -> Tensor:
@@ -640,6 +687,8 @@ class Sampler:
             return
         with self._pending_lock:
             pending, self._pending = self._pending, None
+        if self.basis is not None and pending.prior_decay != self.config.prior_decay:
+            self._change_decay(pending.prior_decay)
         window_changed = pending.window != self.config.window
         clamp_changed = pending.clamp != self.config.clamp
         readapt = False
@@ -661,6 +710,18 @@ class Sampler:
             self._window.resize(pending.window)
         if clamp_changed:
             self.spare.set_clamp(pending.clamp)
+
+    def _change_decay(self, decay: float | list[float]) -> None:
+        """A live change of the spectral prior's decay: the images and velocities stay as they
+        are, their coordinates z = L^{-1} x and v_z = L^{-1} v_x follow the new L."""
+        basis = self.basis
+        assert basis is not None
+        with torch.no_grad():
+            images, velocities = basis.synthesize(self._x), basis.synthesize(self.v)
+            basis.set_decay(self._row_list(decay))
+            self._x.copy_(basis.analyze(images))
+            self.v.copy_(basis.analyze(velocities))
+        self._version += 1
 
     def reset(self, chains: Sequence[int] | Tensor | None = None) -> None:
         """Re-initialize all chains (None) or the given chain indices: fresh x0, v = 0, burn-in,
@@ -686,10 +747,16 @@ class Sampler:
                 f"{list(x0.shape)}."
             )
         self._reinit(torch.arange(self.rows, device=self.device))
+        z0 = x0.to(self._x)
+        if self.basis is not None:  # the states are the prior's coordinates z = L^{-1} x
+            z0 = self.basis.analyze(
+                z0, slice(None, None, self.replicas + 1) if self.replicas else None
+            )
         with torch.no_grad():
             self._x.view(self.config.chains, self.replicas + 1, *self.input_shape).copy_(
-                x0.to(self._x).unsqueeze(1)
+                z0.unsqueeze(1)
             )
+        self._version += 1
         self._refresh_adapter()
 
     def _reinit(self, idx: Tensor) -> None:
@@ -703,6 +770,7 @@ class Sampler:
         if cfg.clamp is not None:
             fresh.clamp_(*cfg.clamp)
         self._x[idx] = fresh
+        self._version += 1
         self.v[idx] = 0
         self._age[idx] = 0
         chains = idx if not self.replicas else torch.unique(idx // (self.replicas + 1))
@@ -718,6 +786,7 @@ class Sampler:
         bad4 = _bcast(bad, self._x)
         self._resets.add_(bad)
         torch.where(bad4, self.spare.starts, self._x, out=self._x)  # type: ignore[arg-type]
+        self._version += 1
         self.v.masked_fill_(bad4, 0)  # type: ignore[arg-type]
         self._age.masked_fill_(bad, 0)
         # A hidden replica that diverged restarts alone; the shown chain's averages go on.
@@ -750,17 +819,20 @@ class Sampler:
         self._copy_host_resets = self._host_resets
 
     # ----------------------------------------------------- scale and step adaptation
-    def _chain_keys(self) -> list[tuple[int, float, float]]:
-        """Each chain's (unit, T, lambda): chains with equal keys share an adapted step and a
-        ladder."""
+    def _chain_keys(self) -> list[tuple[float, ...]]:
+        """Each chain's (unit, T, lambda), and its prior decay under the spectral prior: chains
+        with equal keys share an adapted step and a ladder."""
         n = self.config.chains
+        decays = _per_chain_list(self.config.prior_decay, n) if self.basis is not None else []
         return [
-            (u, float(t), float(lam))
-            for u, t, lam in zip(
-                self._unit_keys(),
-                _per_chain_list(self.config.temperature, n),
-                _per_chain_list(self.config.l2_weight, n),
-                strict=True,
+            (u, float(t), float(lam), *([float(decays[i])] if decays else []))
+            for i, (u, t, lam) in enumerate(
+                zip(
+                    self._unit_keys(),
+                    _per_chain_list(self.config.temperature, n),
+                    _per_chain_list(self.config.l2_weight, n),
+                    strict=True,
+                )
             )
         ]
 
@@ -791,7 +863,7 @@ class Sampler:
         units = self._row_keys()
         groups, count = chain_groups([(u,) for u in units])
         first = {int(g): u for g, u in zip(groups.tolist(), units, strict=True)}
-        sigma = measure_scale(self.terms, self._x, groups, count)
+        sigma = measure_scale(self._terms, self._x, groups, count)
         dead = ~(torch.isfinite(sigma) & (sigma > 0))
         if bool(dead.any()):
             names = [first[g] for g in dead.nonzero().flatten().tolist()]
@@ -831,6 +903,8 @@ class Sampler:
         """Begin adapting an auto step size from the current chains (or, where MALA cannot
         run, freeze it where adaptation would start)."""
         self._step_auto = True
+        if self.transforms is not None:  # MALA compares energies of one f: no random tau
+            self.transforms.identity()
         lam = torch.as_tensor(self._p["l2_weight"], dtype=self._x.dtype, device=self._x.device)
         start = start_step(lam.expand(self.rows).clone())
         why = self._adaptable()
@@ -846,9 +920,9 @@ class Sampler:
         ]
         groups, count = chain_groups(keys)
         g, activation, values = update_direction(
-            self.terms, self._x, self._p, self._zero, "none", self.scale
+            self._terms, self._x, self._p, self._zero, "none", self.scale
         )
-        energy = energy_of(self._x, self.terms, values, self._p, activation, self.scale)
+        energy = energy_of(self._x, self._terms, values, self._p, activation, self.scale)
         self._adapter = StepAdapter(
             self._x, g, energy, activation, start, groups, count, self.config.adapt_steps
         )
@@ -868,10 +942,10 @@ class Sampler:
         if ad is None:
             return
         g, activation, values = update_direction(
-            self.terms, self._x, self._p, self._zero, "none", self.scale
+            self._terms, self._x, self._p, self._zero, "none", self.scale
         )
         ad.x, ad.g, ad.activation = self._x.clone(), g, activation
-        ad.e = energy_of(self._x, self.terms, values, self._p, activation, self.scale)
+        ad.e = energy_of(self._x, self._terms, values, self._p, activation, self.scale)
 
     def _adapt_step(self, ad: StepAdapter) -> StepInfo:
         """One MALA step of adaptation: discarded burn-in, nothing recorded. Reports, like a
@@ -886,13 +960,14 @@ class Sampler:
             spread = _bcast(torch.sqrt(2.0 * beta * temperature), ad.x)
             proposal = ad.x + _bcast(beta, ad.x) * ad.g + spread * noise
         g, activation, values = update_direction(
-            self.terms, proposal, self._p, self._zero, "none", self.scale
+            self._terms, proposal, self._p, self._zero, "none", self.scale
         )
-        energy = energy_of(proposal, self.terms, values, self._p, activation, self.scale)
+        energy = energy_of(proposal, self._terms, values, self._p, activation, self.scale)
         log_accept = mala_log_accept(ad.x, proposal, ad.g, g, ad.e, energy, beta, temperature)
         ad.update(proposal, g, energy, activation, log_accept, self.streams.uniform(self._uniform))
         with torch.no_grad():
             self._x.copy_(ad.x)
+        self._version += 1
         self.t += 1
         self._age.add_(1)
         self._burn_in.observe(self._shown(ad.activation), self.t)
@@ -925,7 +1000,7 @@ class Sampler:
             report["step_size"] = [
                 {
                     "unit": key[0],
-                    **({"rung": key[3]} if self.replicas else {}),
+                    **({"rung": key[-1]} if self.replicas else {}),
                     "step_size": float(b),
                     "acceptance": float(a),
                 }
@@ -1003,9 +1078,11 @@ class Sampler:
         if self._adapter is not None:
             return self._adapt_step(self._adapter)
         cfg, x, burn_in = self.config, self._x, self._burn_in
+        if self.transforms is not None:  # one tau per row and step, shared by its terms
+            self.transforms.draw()
         if self.exchange is None:
             g, activation, values = update_direction(
-                self.terms, x, self._p, self._zero, cfg.normalize, self.scale
+                self._terms, x, self._p, self._zero, cfg.normalize, self.scale
             )
         else:
             g, activation, values = self._exchange_direction(x)
@@ -1018,6 +1095,7 @@ class Sampler:
         sync_free = self.sync_free
         with torch.no_grad():
             langevin_step(x, self.v, g, noise, beta, self._p["momentum"], temperature)
+            self._version += 1
             if cfg.clamp is not None:
                 x.clamp_(*cfg.clamp)
             self.t += 1
@@ -1069,7 +1147,7 @@ class Sampler:
         slot), and return the direction at the swapped states with each row's beta."""
         exchange = self.exchange
         assert exchange is not None
-        parts = direction_parts(self.terms, x, self._p, self._zero, self.config.normalize)
+        parts = direction_parts(self._terms, x, self._p, self._zero, self.config.normalize)
         adapting = exchange.adapting
         perm = exchange.swap(parts.activation / self._sigma, self._chain_temperature)
         with torch.no_grad():

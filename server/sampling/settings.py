@@ -160,6 +160,14 @@ class SamplerConfig:
         ladder_end: beta_K in (0, 1], the hottest rung's weight on the activation.
         ladder_steps: with replicas, the burn-in steps (after step adaptation) that adapt the
             ladder; no sample is kept before it is frozen.
+        prior: the prior over images (`ldam.sampling.prior`): "white", the paper's L2
+            `-lambda/2 ||x||^2`, or "spectral", `-lambda/2 x^T Sigma^-1 x` with the covariance
+            of 1/|f|^prior_decay amplitudes over colour-decorrelated channels, sampled with the
+            matched preconditioner Sigma.
+        prior_decay: alpha in [0, 3] (per-chain) of the spectral prior.
+        transforms: "on": each step evaluates the terms at a random small affine transform of
+            each chain's image (`ldam.sampling.transforms`), so the chains sample the unit's
+            mean over transforms; "off".
         scale: sigma per chain set by hand (one value or one per chain); overrides
             `energy_scale`. A sampler made with the sigma and step another one measured and
             adapted runs its chains bit for bit from the same state.
@@ -201,6 +209,9 @@ class SamplerConfig:
     replicas: int = _DEFAULT["replicas"]
     ladder_end: float = _DEFAULT["ladder_end"]
     ladder_steps: int = _DEFAULT["ladder_steps"]
+    prior: Literal["white", "spectral"] = _DEFAULT["prior"]
+    prior_decay: PerChain = _DEFAULT["prior_decay"]
+    transforms: Literal["off", "on"] = _DEFAULT["transforms"]
     scale: PerChain | None = None
     dead_scale: float | None = None
     group_seeds: list[int] | None = None
@@ -223,6 +234,12 @@ class SamplerConfig:
             check_replica_temperature(self.replicas, temps)
         except SettingError as err:
             raise SamplerError(str(err), err.field) from None
+        if self.prior == "spectral" and self.clamp is not None:
+            raise SamplerError(
+                "clamp bounds pixels, and prior spectral samples the image's spectrum instead; "
+                "use prior white with clamp.",
+                "clamp",
+            )
         if self.burn_in_threshold is not None:
             self.burn_in_threshold = _threshold(self.burn_in_threshold, self.chains)
         if self.scale is not None:

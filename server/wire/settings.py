@@ -273,6 +273,8 @@ def _clamp_rule(value: tuple[float, ...]) -> str | None:
 # of the sampler may hold.
 MAX_REPLICAS = 64
 MAX_ROWS = 8192
+# The priors over images (`ldam.sampling.prior`): the paper's white L2, or the spectral one.
+PRIORS = ("white", "spectral")
 
 _LIVE: tuple[Surface, ...] = ("config", "sample", "atlas", "serve", "dashboard")
 _HEADLESS: tuple[Surface, ...] = ("config", "sample", "atlas")
@@ -448,6 +450,36 @@ SETTINGS: dict[str, Setting] = {
             "regularizers, or all terms",
             choices=("none", "regularizers", "all"),
             scope="live",
+        ),
+        # --- the prior over images (issue 20: `ldam.sampling.prior`) ---------------------------
+        Setting(
+            "prior",
+            "choice",
+            "white",
+            "white: the paper's L2 prior, lambda/2 ||x||^2; spectral: a Gaussian prior whose "
+            "amplitude falls as 1/|f|^decay over colour-decorrelated channels, sampled with the "
+            "matched preconditioner (smooth, photograph-like samples)",
+            choices=PRIORS,
+        ),
+        Setting(
+            "prior_decay",
+            "float",
+            1.0,
+            "alpha: with prior spectral, the prior's amplitude falls as 1/|f|^alpha (0 is "
+            "white; photographs are near 1)",
+            low=0,
+            high=3,
+            scope="per_chain",
+            slider=Slider(0, 3, "linear", 0.05),
+        ),
+        Setting(
+            "transforms",
+            "choice",
+            "off",
+            "on: every step sees the image under a random small shift (up to 1/32 of its "
+            "size), zoom (0.9 to 1.1) and rotation (10 degrees), so the chains sample the "
+            "unit's mean over those transforms",
+            choices=("off", "on"),
         ),
         # --- the average shown ------------------------------------------------------------------
         Setting(
