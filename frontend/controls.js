@@ -10,6 +10,8 @@ import { LayerPicker } from "./layers.js";
 
 const SEND_MS = 40;
 const HOLD_MS = 600;
+// The settings the page picks from a list (`select` elements with these ids).
+const CHOICES = ["normalize", "energy_scale", "prior", "transforms"];
 
 function formatValue(value, integer) {
   if (integer) return String(Math.round(value));
@@ -155,10 +157,11 @@ export class Controls {
   }
 
   bindToggles() {
-    const normalize = document.getElementById("normalize");
-    normalize.addEventListener("change", () => this.set({ normalize: normalize.value }));
-    const scale = document.getElementById("energy_scale");
-    scale.addEventListener("change", () => this.set({ energy_scale: scale.value }));
+    // The choices of the settings model (a changed prior or transforms rebuilds the chains).
+    for (const name of CHOICES) {
+      const select = document.getElementById(name);
+      select.addEventListener("change", () => this.set({ [name]: select.value }));
+    }
     // Automatic window and step: null, fitted to the memory budget / adapted in burn-in.
     for (const [box, param] of [["window_auto", "window"], ["step_auto", "step_size"]]) {
       const auto = document.getElementById(box);
@@ -335,8 +338,7 @@ export class Controls {
     put("chains", params.chains);
     put("seed", params.seed);
     put("sweep_param", params.sweep_param);
-    put("normalize", params.normalize);
-    put("energy_scale", params.energy_scale);
+    for (const name of CHOICES) put(name, params[name]);
     put("sweep_values", params.sweep_values.join(", "));
     put("checkpoint", params.checkpoint ?? "");
     put("compare", params.compare ?? "");

@@ -219,6 +219,37 @@ def test_live_change_applies_at_next_step_with_new_version() -> None:
         h.close()
 
 
+def test_the_prior_rebuilds_its_decay_sweeps_and_changes_live() -> None:
+    """The dashboard's prior selector rebuilds the chains; its decay is live (the images stay)
+    and a sweep row each: the sampler's filter follows both."""
+    h = Harness({"layout": "chains", "chains": 4, "replicas": 0})
+    try:
+        white = h.worker.panels[0].sampler
+        assert white.basis is None
+        h.set(prior="spectral", prior_decay=0.5)
+        sampler = h.worker.panels[0].sampler
+        assert sampler is not white and sampler.basis is not None
+        assert sampler.basis.decay == 0.5
+        h.worker.step_all()
+        before = sampler.x.clone()
+        h.set(prior_decay=1.5)
+        assert h.worker.panels[0].sampler is sampler  # live: no rebuild
+        sampler._apply_pending()
+        assert sampler.basis.decay == 1.5
+        torch.testing.assert_close(sampler.x, before, atol=1e-5, rtol=0)
+        h.set(
+            layout="sweep", unit=4, unit_end=5, sweep_param="prior_decay", sweep_values=[0.5, 2.0]
+        )
+        sampler = h.worker.panels[0].sampler
+        assert sampler.config.prior_decay == [0.5, 0.5, 2.0, 2.0]
+        assert sampler.basis is not None and sampler.basis.decay == [0.5, 0.5, 2.0, 2.0]
+        h.worker.step_all()
+        header, images = h.frame()
+        assert header["panels"][0]["rows"] == 2
+    finally:
+        h.close()
+
+
 def test_range_layout_columns_are_units() -> None:
     h = Harness({"layout": "range", "unit": 0, "unit_end": 2, "chains": 6})
     try:

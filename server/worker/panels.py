@@ -33,6 +33,7 @@ from ldam.sampling.sampler import (
 )
 from ldam.sampling.targets import LayerInfo, Target, list_layers
 from ldam.wire.params import SamplerParams, check_layer_and_units, grid_rows
+from ldam.wire.settings import SETTINGS
 from ldam.wire.targets import ChainTargets
 from ldam.worker.models import ModelCache
 
@@ -221,15 +222,14 @@ class PanelBuilder:
             L2Term(),
             DiscriminatorTerm(lambda: self.discriminator(shape)),
         ]
-        config = SamplerConfig(
-            chains=cells,
-            seed=params.seed,
-            energy_scale=params.energy_scale,
-            replicas=params.replicas,
-            ladder_end=params.ladder_end,
-            device=self.device,
-            **settings,
-        )
+        # The settings fixed for a run (seed, energy scale, replicas, prior, ...): every one the
+        # page shows that the sampler takes and is not live; changing one rebuilds.
+        fixed = {
+            name: value
+            for name, value in params.sampler_settings().items()
+            if name not in LIVE_SETTINGS and "config" in SETTINGS[name].surfaces
+        }
+        config = SamplerConfig(chains=cells, device=self.device, **fixed, **settings)
         sampler = Sampler(terms, loaded.input_shape, config)
         return Panel(Path(path).name, text, loaded, target, sampler, columns)
 
