@@ -232,7 +232,14 @@ export class Controls {
   }
 
   toggleView() {
-    if (this.params) this.set({ view: this.params.view === "input" ? "symmetric" : "input" });
+    if (this.params) this.set({ view: this.shownView() === "input" ? "symmetric" : "input" });
+  }
+
+  /** The view the panels are drawn in: the chosen one, or for "auto" the one the worker
+   * resolved for the main panel's network (`info.panels[0].auto_view`). */
+  shownView() {
+    const view = this.params?.view;
+    return view === "auto" ? this.info?.panels?.[0]?.auto_view ?? "symmetric" : view;
   }
 
   stepUnit(delta) {
@@ -326,7 +333,7 @@ export class Controls {
     document.getElementById("step_auto").checked = params.step_size === null;
     document.getElementById("disc_training").checked = params.disc_training;
     document.getElementById("show_average").checked = params.show === "average";
-    document.getElementById("view_input").checked = params.view === "input";
+    document.getElementById("view_input").checked = this.shownView() === "input";
     const pause = document.getElementById("pause");
     pause.textContent = params.paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(params.paused));

@@ -56,6 +56,7 @@ OPTIONS = {
     "mean": "--mean",
     "std": "--std",
     "class_names": "--class-names",
+    "view": "--view",
 }
 # Starting imports torch in the worker and loads the model: allow a slow machine its time.
 START_TIMEOUT_S = 180.0
@@ -270,7 +271,9 @@ def show(
     `arch`, `input_shape` (``(C, H, W)`` or ``"C,H,W"``), `idle_pause` and `watch_settle` (in
     seconds), `atlas` (an ``ldam atlas`` folder), `mean` and `std` (one number or one per
     channel: the input normalization) and `class_names` (a list, a comma list or a file of one
-    name per line), which override the checkpoint's own. In a Jupyter kernel the page appears in an
+    name per line), which override the checkpoint's own, and `view`: ``"auto"`` (the default:
+    a colour network in its input space, others in the paper's symmetric scale),
+    ``"symmetric"`` or ``"input"``, the page's first view (its toggle switches). In a Jupyter kernel the page appears in an
     IFrame of `width` x `height` pixels (`width` may be a CSS length such as ``"100%"``);
     elsewhere its address is printed. The
     same file and options reuse the running server. Returns the `Dashboard`; raises

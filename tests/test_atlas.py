@@ -4,6 +4,7 @@ Ctrl-C and --resume, bad input, the static gallery in a real browser, and a real
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -11,16 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from ldam.atlas.plan import Job, Settings
 from ldam.atlas.render import Renderer
 from ldam.models.bundled import DEFAULT_CHECKPOINT
+from ldam.models.saving import export_checkpoint
 from ldam.sampling.diversity import BLOCKS
+from ldam.sampling.images import display_grid, to_input_space
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("LDAM_CHROMIUM", "/usr/bin/chromium")
@@ -99,6 +105,9 @@ def test_the_manifest_lists_every_unit_with_its_files_and_figures(local: Path) -
         == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
     )
     assert manifest["settings"]["chains"] == 8 and manifest["settings"]["steps"] == 120
+    # --view auto (the default) keeps LeNet's 1 channel in the paper's symmetric view.
+    assert (manifest["settings"]["view"], manifest["view"]) == ("auto", "symmetric")
+    assert "grey = 0" in (local / "index.html").read_text()
     assert [e["unit"] for e in manifest["units"]] == list(range(8))
     for entry in manifest["units"]:
         assert entry["png"] == f"units/unit_{entry['unit']:05d}.png"
@@ -126,6 +135,8 @@ def test_the_manifest_lists_every_unit_with_its_files_and_figures(local: Path) -
         # The PNG: window means over the last samples, 8 columns of 28 px and 2 px gaps.
         with Image.open(local / entry["png"]) as image:
             assert image.size == (8 * 30 + 2, 2 * 30 + 2)
+            both = torch.from_numpy(np.concatenate([arrays["window_mean"], arrays["final"]]))
+            assert np.array_equal(np.asarray(image), display_grid(both, 8, "symmetric")[0].numpy())
     # Different units give different images.
     assert not np.array_equal(unit_arrays(local, 0)["final"], unit_arrays(local, 1)["final"])
 
@@ -144,6 +155,29 @@ def test_each_units_modes_and_vendi_are_its_own_chains_in_any_batch() -> None:
         (alone["modes"], alone["vendi"])
     )
     assert together[2]["vendi"] != together[3]["vendi"]
+
+
+def test_a_colour_networks_pngs_are_in_its_input_space_by_default(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(conv=nn.Conv2d(3, 2, 3), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten())
+    )
+    normalization = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    mean, std = normalization
+    checkpoint = export_checkpoint(
+        net, tmp_path / "rgb.pt2", (3, 6, 6), {"normalization": {"mean": mean, "std": std}}
+    )
+    settings = Settings(chains=2, steps=8, window=4, burn_in=2, seed=1)
+    assert settings.view == "auto"
+    [rendered] = Renderer(Job(str(checkpoint), "flat", [], settings)).render([1])
+    with np.load(io.BytesIO(rendered.files[rendered.entry["npz"]])) as data:
+        both = torch.from_numpy(np.concatenate([data["window_mean"], data["final"]]))
+    image = Image.open(io.BytesIO(rendered.files[rendered.entry["png"]]))
+    # Chain 0's window mean, top left: de-normalized, in colour.
+    assert image.mode == "RGB" and image.size == (2 * 8 + 2, 2 * 8 + 2)
+    cell = np.asarray(image)[2:8, 2:8]
+    expected = to_input_space(both[:1], normalization)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(cell, expected)
 
 
 def test_a_units_result_does_not_depend_on_its_batch(local: Path, tmp_path: Path) -> None:

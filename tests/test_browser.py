@@ -5,8 +5,8 @@ server's parameters and the header of the frames that follow, the target picker 
 units, its filter narrows the layers and Enter picks one, the compare view shows two panels
 (with each unit's modes and Vendi score, and both models' side by side),
 every control has a label; a screenshot is saved to test-artifacts/dashboard.png. A 3x224x224
-RGB network streams its grid, and the view toggle switches it between the paper's symmetric
-scale and the input space.
+RGB network streams its grid, in its input space by default (view auto, the toggle on), and
+the view toggle switches it to the paper's symmetric scale and back.
 """
 
 from __future__ import annotations
@@ -197,33 +197,41 @@ def test_a_224_rgb_network_streams_and_the_view_switches(tmp_path: Path) -> None
             seq = page.evaluate("window.ldam.header.seq")
             page.wait_for_function(f"window.ldam.header.seq >= {seq + 3}", timeout=60_000)
             assert grid_pixels(page) != first
+            # A colour network: auto (the default) draws it in its input space, and the
+            # page's toggle shows that view.
+            assert served.state()["params"]["view"] == "auto"
+            assert header["view"] == "input"
+            assert page.get_by_label("Show in input space").is_checked()
             # Paused, the chains stand still: only the view changes what is drawn.
             page.locator("#pause").click()
             version = wait_for_param(served, "paused", True)
             page.wait_for_function(f"window.ldam.header.version >= {version}", timeout=30_000)
-            symmetric, symmetric_means = grid_pixels(page), page.evaluate(CHANNEL_MEANS)
-            page.get_by_label("Show in input space").check()
-            version = wait_for_param(served, "view", "input")
+            shown, means = grid_pixels(page), page.evaluate(CHANNEL_MEANS)
+            # One click: the paper's symmetric scale, chosen explicitly.
+            page.get_by_label("Show in input space").uncheck()
+            version = wait_for_param(served, "view", "symmetric")
             page.wait_for_function(
-                f"window.ldam.header.version >= {version} && window.ldam.header.view === 'input'",
+                f"window.ldam.header.version >= {version} "
+                "&& window.ldam.header.panels[0].view === 'symmetric'",
                 timeout=30_000,
             )
-            shown, means = grid_pixels(page), page.evaluate(CHANNEL_MEANS)
+            symmetric, symmetric_means = grid_pixels(page), page.evaluate(CHANNEL_MEANS)
             assert shown != symmetric
+            assert not page.get_by_label("Show in input space").is_checked()
             # Symmetric: every channel is centred on grey. Input space: ImageNet's means show,
             # red (0.485) about 20 levels above blue (0.406).
             assert abs(symmetric_means[0] - symmetric_means[2]) < 5
             assert means[0] - means[2] > 12
             page.locator("h1").click()
-            page.keyboard.press("v")  # back to the paper's view: the very same picture
-            version = wait_for_param(served, "view", "symmetric")
+            page.keyboard.press("v")  # back to the input space: the very same picture
+            version = wait_for_param(served, "view", "input")
             page.wait_for_function(
                 f"window.ldam.header.version >= {version} "
-                "&& window.ldam.header.view === 'symmetric'",
+                "&& window.ldam.header.panels[0].view === 'input'",
                 timeout=30_000,
             )
-            assert grid_pixels(page) == symmetric
-            assert not page.get_by_label("Show in input space").is_checked()
+            assert grid_pixels(page) == shown
+            assert page.get_by_label("Show in input space").is_checked()
     finally:
         served.stop()
 

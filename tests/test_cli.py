@@ -22,7 +22,7 @@ from ldam.models.saving import export_checkpoint
 from ldam.sampling.diagnostics import unit_diagnostics
 from ldam.sampling.diversity import BLOCKS
 from ldam.sampling.energy import ActivationTerm, L2Term
-from ldam.sampling.images import display_grid, to_pil
+from ldam.sampling.images import display_grid, to_display, to_input_space, to_pil
 from ldam.sampling.sampler import Sampler, SamplerConfig
 from ldam.sampling.targets import Target
 from ldam.wire.params import SamplerParams
@@ -177,6 +177,7 @@ def test_png_tiling_is_the_dashboards_for_the_same_grid(sampled: tuple[Path, Pat
     assert units == panel.target.units_per_chain == params.grid()[0]
     # The publisher's tiling (`display_grid` in `panel.columns`) of the run's window means is
     # the PNG, pixel for pixel: no reordering on either side.
+    # The run gave no --view: auto keeps the 1-channel LeNet in the paper's symmetric view.
     x = torch.from_numpy(data["window_mean"])
     dashboard = to_pil(display_grid(x, panel.columns, "symmetric", panel.loaded.normalization))
     png = np.asarray(Image.open(sampled[1]))
@@ -371,12 +372,13 @@ def test_view_input_png_is_the_denormalized_grid_for_four_channels(tmp_path: Pat
         net, tmp_path / "four.pt2", (4, 20, 36), {"normalization": {"mean": mean, "std": std}}
     )
     pixels = {}
-    for view in ("symmetric", "input"):
+    for view in ("symmetric", "input", "auto"):
         out, png = tmp_path / f"{view}.npz", tmp_path / f"{view}.png"
         argv = ["sample", str(checkpoint), "--target", "flat:0-2", "--chains", "6"]
         argv += ["--steps", "10", "--window", "5", "--burn-in", "2", "--seed", "1"]
-        argv += ["--device", "cpu", "--out", str(out), "--png", str(png), "--view", view]
-        assert main(argv) == 0
+        argv += ["--device", "cpu", "--out", str(out), "--png", str(png)]
+        # auto is the default: 4 channels are no colour image, so it is the symmetric view.
+        assert main(argv if view == "auto" else [*argv, "--view", view]) == 0
         data = np.load(out)
         units = json.loads(str(data["params"]))["units_per_chain"]
         assert units == [0, 1, 2, 0, 1, 2]  # grid order: the PNG shows the chains as they are
@@ -389,8 +391,39 @@ def test_view_input_png_is_the_denormalized_grid_for_four_channels(tmp_path: Pat
         assert np.array_equal(pixels[view], np.asarray(expected)), view
     # The same chains (same seed), shown two ways.
     assert not np.array_equal(pixels["symmetric"], pixels["input"])
+    assert np.array_equal(pixels["auto"], pixels["symmetric"])
     assert (
         run_cli("sample", "--view", "raw")
         .stderr.strip()
-        .endswith("argument --view: invalid choice: 'raw' (choose from 'symmetric', 'input')")
+        .endswith(
+            "argument --view: invalid choice: 'raw' (choose from 'auto', 'symmetric', 'input')"
+        )
     )
+
+
+def test_png_of_a_colour_network_is_in_its_input_space_by_default(tmp_path: Path) -> None:
+    # 3 channels: --view auto (the default) draws the de-normalized image, in colour.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(conv=nn.Conv2d(3, 2, 3), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten())
+    )
+    normalization = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    mean, std = normalization
+    checkpoint = export_checkpoint(
+        net, tmp_path / "rgb.pt2", (3, 8, 10), {"normalization": {"mean": mean, "std": std}}
+    )
+    out, png = tmp_path / "run.npz", tmp_path / "run.png"
+    argv = ["sample", str(checkpoint), "--target", "flat:0-1", "--chains", "2", "--steps", "6"]
+    argv += ["--window", "3", "--burn-in", "2", "--seed", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(out), "--png", str(png)]) == 0
+    x = torch.from_numpy(np.load(out)["window_mean"])
+    image = Image.open(png)
+    # 2 columns x 1 row of 10 x 8 px, 2 px padding: chain k's cell is its input-space image.
+    assert image.mode == "RGB" and image.size == (2 * 12 + 2, 12)
+    pixels = np.asarray(image)
+    for k in range(2):
+        cell = pixels[2:10, 2 + 12 * k : 12 + 12 * k]
+        expected = to_input_space(x[k : k + 1], normalization)[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(cell, expected), k
+    symmetric = to_display(x[:1])[0].permute(1, 2, 0).numpy()
+    assert not np.array_equal(pixels[2:10, 2:12], symmetric)

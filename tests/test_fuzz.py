@@ -93,7 +93,7 @@ valid_set = st.fixed_dictionaries(
         "window": st.integers(1, 1000),
         "normalize": st.sampled_from(["none", "regularizers", "all"]),
         "show": st.sampled_from(["sample", "average"]),
-        "view": st.sampled_from(["symmetric", "input"]),
+        "view": st.sampled_from(["auto", "symmetric", "input"]),
         "disc_training": st.booleans(),
         "unit": st.integers(0, 9),
         "unit_end": st.integers(0, 9),

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ldam.sampling.images import (
-    VIEWS,
     ImageError,
     display_grid,
     display_images,
@@ -20,6 +19,7 @@ from ldam.sampling.images import (
     to_pil,
 )
 from ldam.wire.params import View
+from ldam.wire.views import SHOWN_VIEWS, VIEWS, ViewError, resolve_view
 
 
 def test_each_image_is_scaled_symmetrically_by_its_own_peak() -> None:
@@ -158,7 +158,7 @@ def test_display_keeps_grey_and_rgb_and_splits_the_rest() -> None:
 
 def test_a_non_square_rgb_grid_in_both_views() -> None:
     x = torch.randn(4, 3, 20, 36)
-    for view in VIEWS:
+    for view in SHOWN_VIEWS:
         grid = display_grid(x, columns=2, view=view, normalization=([0.5] * 3, [0.25] * 3))
         assert grid.shape == (3, 2 * 22 + 2, 2 * 38 + 2)
         image = to_pil(grid)
@@ -171,14 +171,35 @@ def test_a_non_square_rgb_grid_in_both_views() -> None:
 
 def test_the_views_are_the_parameters_views() -> None:
     # The page's toggle, `ldam sample --view` and the frames use the same names.
-    assert get_args(View) == VIEWS == ("symmetric", "input")
+    assert get_args(View) == VIEWS == ("auto", "symmetric", "input")
+    assert SHOWN_VIEWS == ("symmetric", "input")
+
+
+def test_auto_resolves_by_the_channel_count_and_explicit_views_stay() -> None:
+    # MNIST's 1 channel keeps the paper's view, a colour network shows its own colours, and
+    # 4 channels (RGB plus a band, drawn channel by channel) are no colour image.
+    assert [resolve_view("auto", c) for c in (1, 2, 3, 4)] == [
+        "symmetric",
+        "symmetric",
+        "input",
+        "symmetric",
+    ]
+    for channels in (1, 3, 4):
+        assert resolve_view("symmetric", channels) == "symmetric"
+        assert resolve_view("input", channels) == "input"
+    # The drawing resolves it too: auto is the input view for RGB, symmetric for grey.
+    rgb, grey = torch.randn(2, 3, 4, 5), torch.randn(2, 1, 4, 5)
+    norm = ([0.5] * 3, [0.25] * 3)
+    assert torch.equal(display_images(rgb, "auto", norm), to_input_space(rgb, norm))
+    assert torch.equal(display_images(grey, "auto", ([0.5], [0.25])), to_display(grey))
 
 
 def test_unknown_view_and_bad_grids_are_one_sentence() -> None:
     with pytest.raises(
-        ImageError, match=r"^The view must be one of symmetric, input, got 'raw'\.$"
-    ):
+        ViewError, match=r"^The view must be one of auto, symmetric, input, got 'raw'\.$"
+    ) as info:
         display_images(torch.zeros(1, 1, 2, 2), "raw")
+    assert info.value.field == "view"
     with pytest.raises(
         ImageError,
         match=r"^to_pil expects a uint8 grid \[C, H, W\] with 1 or 3 channels, got torch\.uint8 "

@@ -36,7 +36,7 @@ def test_bad_options_and_paths_get_one_sentence(tmp_path: Path) -> None:
     assert str(err.value) == (
         "show() has no option 'temprature'; use one of: arch, atlas, checkpoints, class_names, "
         "compare, data, device, host, idle_pause, input_shape, mean, port, std, target, token, "
-        "trust_checkpoint, watch_settle."
+        "trust_checkpoint, view, watch_settle."
     )
     with pytest.raises(notebook.NotebookError) as err:
         notebook.show(tmp_path / "nothing.pt2")
@@ -61,14 +61,16 @@ def test_normalization_and_class_names_become_the_servers_flags(tmp_path: Path) 
 
     checkpoint = lenet_folder() / PAIR[0]
     names = ["zero, the digit", *(str(k) for k in range(1, 10))]  # a name may hold a comma
-    options = {"mean": [0.5], "std": 0.25, "class_names": names}
+    options = {"mean": [0.5], "std": 0.25, "class_names": names, "view": "symmetric"}
     args = notebook.serve_arguments(checkpoint, options)
     assert args[:2] == [str(checkpoint.resolve()), "--class-names"]
-    assert args[3:] == ["--mean", "0.5", "--std", "0.25"]
+    assert args[3:] == ["--mean", "0.5", "--std", "0.25", "--view", "symmetric"]
     assert notebook.serve_arguments(checkpoint, options) == args  # same names, same file: reuse
-    # What the server parses from them: the very values given.
-    parsed = metadata_option(build_parser().parse_args(["serve", *args]))
-    assert parsed == MetadataOverride((0.5,), (0.25,), tuple(names))
+    # What the server parses from them: the very values given (the view: auto unless given).
+    parsed = build_parser().parse_args(["serve", *args])
+    assert metadata_option(parsed) == MetadataOverride((0.5,), (0.25,), tuple(names))
+    assert parsed.view == "symmetric"
+    assert build_parser().parse_args(["serve"]).view == "auto"
     for bad, message in [
         ({"std": [0.3, 0]}, "std must be above 0 for every channel, not [0.3, 0]."),
         ({"mean": "x"}, "mean must be one number or one per channel, comma-separated, not 'x'."),

@@ -339,8 +339,15 @@ def test_layer_and_unit_rule_names_the_field_and_the_limit() -> None:
 def test_view_is_a_display_setting_with_the_images_names() -> None:
     # Switching the view redraws the same chains, it rebuilds nothing (test_images checks
     # that the names are those of `ldam.sampling.images.VIEWS`).
-    assert SamplerParams().view == "symmetric" and "view" not in STRUCTURAL_FIELDS
-    message = parse_client_message('{"type": "set", "view": "input"}')
-    assert isinstance(message, SetMessage) and message.changes() == {"view": "input"}
+    # auto is the default (resolved per panel by the worker: `ldam.wire.views.resolve_view`).
+    assert SamplerParams().view == "auto" and "view" not in STRUCTURAL_FIELDS
+    for view in ("auto", "symmetric", "input"):
+        message = parse_client_message(f'{{"type": "set", "view": "{view}"}}')
+        assert isinstance(message, SetMessage) and message.changes() == {"view": view}
+    error = refused('{"type": "set", "view": "sideways"}')
+    assert (error.field, error.message) == (
+        "view",
+        "The field 'view' is invalid: Input should be 'auto', 'symmetric' or 'input'.",
+    )
     with pytest.raises(ValidationError):
         SetMessage.model_validate({"type": "set", "view": "raw"})

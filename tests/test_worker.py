@@ -138,11 +138,14 @@ def test_view_redraws_the_same_chains_in_input_space() -> None:
         sampler = h.worker.panels[0].sampler
         h.worker.step_all()
         header, symmetric = h.frame()
-        assert header["view"] == "symmetric"
+        # auto, the default, keeps LeNet's 1 channel in the paper's view; the panel says so,
+        # and the page's toggle reads the same from the info.
+        assert (header["view"], header["panels"][0]["view"]) == ("auto", "symmetric")
+        assert h.worker.info()["panels"][0]["auto_view"] == "symmetric"
         h.set(view="input")
         assert h.worker.panels[0].sampler is sampler  # no rebuild: the same chains
         header, shown = h.frame()
-        assert header["view"] == "input" and header["step"] == 1
+        assert header["view"] == header["panels"][0]["view"] == "input" and header["step"] == 1
         # LeNet's data is MNIST, normalized with mean 0.1307 and std 0.3081.
         assert h.worker.panels[0].loaded.normalization == ([0.1307], [0.3081])
         expected = display_grid(sampler.x, 2, "input", ([0.1307], [0.3081]))[0].numpy()

@@ -102,6 +102,14 @@ draw();
 """
 
 
+# How the subtitle names the view the PNGs are drawn in (`ldam.wire.views`; an atlas made
+# before the view was recorded is symmetric).
+_VIEW_WORDS = {
+    "symmetric": "grey = 0",
+    "input": "in the network's input space (de-normalized)",
+}
+
+
 def gallery_html(
     manifest: dict[str, Any], live: dict[int, str] | None = None, base: str = ""
 ) -> str:
@@ -115,7 +123,7 @@ def gallery_html(
         f"{len(manifest['units'])} of {manifest['units_in_layer']} units · {s['chains']} chains "
         f"per unit · {s['steps']} steps · T = {s['temperature']} · step {s['step_size']} · "
         f"L2 {s['l2_weight']} · seed {s['seed']}. Each image: the window means (top row) and the "
-        "last samples (bottom row), grey = 0."
+        f"last samples (bottom row), {_VIEW_WORDS.get(manifest.get('view'), _VIEW_WORDS['symmetric'])}."
     )
     units = [{**e, "live": (live or {}).get(e["unit"])} for e in manifest["units"]]
     data = {"units": units, "layer": manifest["layer"], "base": base}

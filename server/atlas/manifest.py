@@ -25,13 +25,16 @@ def new_manifest(
     units_in_layer: int,
     normalization: tuple[list[float], list[float]] | None = None,
     class_names: list[str] | None = None,
+    view: str = "symmetric",
 ) -> dict[str, Any]:
     """The manifest of a run that has finished no unit yet; `normalization` (mean, std) and
-    `class_names` are the loaded model's (the file's, or ``--mean``/``--std``/``--class-names``).
+    `class_names` are the loaded model's (the file's, or ``--mean``/``--std``/``--class-names``),
+    `view` the one the PNGs are drawn in (the settings' view resolved for the network).
     """
     return {
         "checkpoint": {"path": str(Path(job.checkpoint).resolve()), "sha256": sha256},
         "normalization": normalization_json(normalization),
+        "view": view,
         "class_names": class_names,
         "layer": job.layer,
         "units_in_layer": units_in_layer,

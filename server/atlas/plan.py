@@ -16,6 +16,7 @@ from typing import Any
 
 from ldam.metadata import MetadataOverride
 from ldam.wire.settings import for_sampler, on
+from ldam.wire.views import DEFAULT_VIEW
 
 
 def unit_seed(seed: int, unit: int) -> int:
@@ -45,6 +46,8 @@ def _settings_class() -> type:
     fields += [
         # Where the channels of 3-D and 4-D layer outputs are (`--layout`).
         ("layout", str, field(default="auto")),
+        # How the PNGs show the chains (`ldam.wire.views`: auto is input for a colour network).
+        ("view", str, field(default=DEFAULT_VIEW)),
         # Torch's thread count in every worker (pinned: results must not depend on where a
         # batch ran).
         ("threads", int, field(default=1)),

@@ -201,7 +201,9 @@ class Renderer:
         # The paper's grid: the window means in the first row, the last samples below.
         grid = torch.from_numpy(np.concatenate([window_mean, final]))
         png = io.BytesIO()
-        to_pil(display_grid(grid, s.chains)).save(png, format="PNG")
+        to_pil(display_grid(grid, s.chains, s.view, self.loaded.normalization)).save(
+            png, format="PNG"
+        )
         post = activation[record_from:] if record_from is not None else activation[-1:]
         burned_steps = [int(b) for b in burn_in_step]
         entry = {

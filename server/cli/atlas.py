@@ -17,6 +17,7 @@ from ldam.cli.options import (
     add_checkpoint_options,
     add_layout_option,
     add_setting_flags,
+    add_view_option,
     int_triple,
     metadata_option,
     settings_from_args,
@@ -48,6 +49,7 @@ def add_atlas_parser(sub: Any) -> None:
     a.add_argument("--resume", action="store_true", help="skip the units already finished")
     add_checkpoint_options(a)
     add_layout_option(a)
+    add_view_option(a)
     add_setting_flags(a, "atlas")
     a.set_defaults(func=cmd_atlas)
 
@@ -121,6 +123,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     from ldam.atlas.render import Rendered, Renderer, write_rendered
     from ldam.cli.progress import Progress
     from ldam.sampling.device import pick_device
+    from ldam.wire.views import resolve_view
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -128,6 +131,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     settings = Settings(
         **settings_from_args(args, "atlas"),
         layout=args.layout,
+        view=args.view,
         threads=args.threads,
         batch_units=1,
     )
@@ -153,7 +157,12 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     renderer.job = job
     loaded = renderer.loaded
     manifest = new_manifest(
-        job, file_sha256(args.checkpoint), count, loaded.normalization, loaded.class_names
+        job,
+        file_sha256(args.checkpoint),
+        count,
+        loaded.normalization,
+        loaded.class_names,
+        resolve_view(settings.view, loaded.input_shape[0]),
     )
     old = read_manifest(out)
     if old is not None and old["units"] and not args.resume:

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Any
 
 from ldam.cli import atlas, inspect, sample, serve, train
 from ldam.cli.options import (
@@ -19,10 +19,10 @@ from ldam.cli.options import (
     add_layout_option,
     add_metadata_options,
     add_setting_flags,
+    add_view_option,
 )
 from ldam.errors import UserError
 from ldam.models.bundled import DEFAULT_CHECKPOINT
-from ldam.wire.params import View
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -49,13 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="run.npz")
     s.add_argument("--png")
-    s.add_argument(
-        "--view",
-        default="symmetric",
-        choices=get_args(View),
-        help="the PNG's view: 'symmetric' (the paper's per-image scaling, grey = 0) or 'input' "
-        "(de-normalized and clipped to [0, 1])",
-    )
+    add_view_option(s)
     s.add_argument("--disc-data", help="real images for the discriminator: a folder or an .npz")
     s.add_argument(
         "--disc-steps",
@@ -152,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--atlas", help="an ldam atlas folder: its gallery at /atlas, each unit a click from live"
     )
+    add_view_option(v, "the page first")
     add_setting_flags(v, "serve")
     v.set_defaults(func=serve.cmd_serve)
     return parser

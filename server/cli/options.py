@@ -8,6 +8,7 @@ from typing import Any
 from ldam.errors import UserError
 from ldam.metadata import MetadataOverride, parse_metadata
 from ldam.wire.settings import Surface, on
+from ldam.wire.views import DEFAULT_VIEW, VIEWS
 
 
 class UsageError(UserError):
@@ -84,6 +85,18 @@ def add_layout_option(p: argparse.ArgumentParser) -> None:
         choices=["auto", "channels-first", "channels-last"],
         help="where the channels of 3-D and 4-D layer outputs are: auto (read from a .pt2 graph; "
         "else [N, C, H, W] and tokens [N, T, D]), channels-first or channels-last",
+    )
+
+
+def add_view_option(p: argparse.ArgumentParser, what: str = "the PNG") -> None:
+    """`--view`: how `what` shows the chains (`ldam.wire.views`, the dashboard's names)."""
+    p.add_argument(
+        "--view",
+        default=DEFAULT_VIEW,
+        choices=VIEWS,
+        help=f"how {what} shows the chains: 'symmetric' (the paper's per-image scaling, grey = "
+        "0), 'input' (de-normalized and clipped to [0, 1]) or 'auto' (input for 3-channel, "
+        "colour networks, symmetric otherwise)",
     )
 
 

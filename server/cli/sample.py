@@ -13,6 +13,7 @@ from ldam.cli.options import UsageError, load_from_args, settings_from_args
 from ldam.metadata import normalization_json
 from ldam.wire.params import grid_columns
 from ldam.wire.settings import for_sampler
+from ldam.wire.views import DEFAULT_VIEW
 
 # Discriminator warm-up steps when --disc-weight > 0 and no --disc-checkpoint is given.
 DEFAULT_DISC_STEPS = 100
@@ -22,12 +23,13 @@ def save_png(
     images: Any,
     units_per_chain: list[int],
     path: str,
-    view: str = "symmetric",
+    view: str = DEFAULT_VIEW,
     normalization: Any = None,
 ) -> None:
     """Write images [N,C,H,W], chains in grid order (`Target.units_per_chain`), as the paper's
     grid to a PNG: one column per unit (`grid_columns`, the dashboard's rule), in `view`:
-    ``symmetric`` (grey = 0) or ``input`` (de-normalized with `normalization`, clipped)."""
+    ``symmetric`` (grey = 0), ``input`` (de-normalized with `normalization`, clipped) or
+    ``auto`` (input for 3 channels, else symmetric: `ldam.wire.views.resolve_view`)."""
     import torch
 
     from ldam.sampling.images import display_grid, to_pil

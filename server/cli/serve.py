@@ -35,8 +35,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             token=args.token,
             atlas=args.atlas,
             metadata=metadata_option(args),
-            # The page's first values of the settings the command line names.
-            params=given_settings(args, "serve"),
+            # The page's first values of the settings the command line names, and its view.
+            params={**given_settings(args, "serve"), "view": args.view},
         )
     )
     return 0

@@ -1,6 +1,8 @@
 """Display of samples, pure torch so it runs on the sampler's device.
 
-Two views of the same chains (`VIEWS`):
+Two views of the same chains (`ldam.wire.views` names them; its ``auto``, the default on every
+surface, picks one from the channel count with `resolve_view`: 3 channels show in the input
+space, any other count in the symmetric view):
 
 - ``symmetric``, the paper's (section 5.1): each image is scaled by its own largest |value|
   to [-127, 127] and shifted by 128: grey 128 is zero (uncorrelated with the unit), white
@@ -28,9 +30,8 @@ from PIL import Image
 from torch import Tensor
 
 from ldam.errors import UserError
+from ldam.wire.views import resolve_view
 
-# The display views (the dashboard's `view` parameter, `ldam sample --view`).
-VIEWS = ("symmetric", "input")
 # Pixels of black between the channels of an image shown side by side.
 CHANNEL_GAP = 1
 
@@ -98,14 +99,15 @@ def display_images(
     view: str = "symmetric",
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> Tensor:
-    """`x [N, C, H, W]` -> uint8 `[N, 1 or 3, H, W']` in `view` (one of `VIEWS`): grey for one
-    channel, RGB for three, each channel side by side (`split_channels`) for any other count."""
-    if view == "symmetric":
+    """`x [N, C, H, W]` -> uint8 `[N, 1 or 3, H, W']` in `view` (one of `ldam.wire.views.VIEWS`; ``auto`` is
+    resolved from C by `resolve_view`): grey for one channel, RGB for three, each channel side
+    by side (`split_channels`) for any other count. `ViewError` for an unknown view."""
+    if x.dim() != 4:
+        raise ImageError(f"display_images expects images [N, C, H, W], got shape {list(x.shape)}.")
+    if resolve_view(view, x.shape[1]) == "symmetric":
         images = to_display(x)
-    elif view == "input":
-        images = to_input_space(x, normalization)
     else:
-        raise ImageError(f"The view must be one of {', '.join(VIEWS)}, got {view!r}.")
+        images = to_input_space(x, normalization)
     if images.shape[1] not in (1, 3):
         images = split_channels(images)
     return images

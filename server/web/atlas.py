@@ -63,6 +63,8 @@ class AtlasView:
                 if name in s and name not in ("chains", "seed")
             },
             "seed": unit_seed(int(s["seed"]), unit),
+            # The view the PNGs were drawn with (an atlas older than the setting has none).
+            **({"view": s["view"]} if "view" in s else {}),
         }
 
     def live_links(self, checkpoint_param: str | None) -> dict[int, str]:

@@ -38,6 +38,7 @@ from ldam.wire.settings import (
     check_replica_temperature,
     on,
 )
+from ldam.wire.views import DEFAULT_VIEW, View
 
 
 def grid_columns(chains: int, units: int) -> int:
@@ -78,9 +79,6 @@ STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 Layout = Literal["chains", "range", "sweep"]
 Show = Literal["sample", "average"]
-# How frames show the chains (`ldam.sampling.images.VIEWS`): the paper's per-image symmetric
-# scaling, or the input space (de-normalized and clipped to [0, 1]).
-View = Literal["symmetric", "input"]
 # A sweep's rows take values of one per-chain setting the page shows.
 SweepParam = Literal[tuple(n for n in PER_CHAIN_SETTINGS if "dashboard" in SETTINGS[n].surfaces)]  # type: ignore[valid-type]
 
@@ -134,8 +132,9 @@ class _ParamsBase(BaseModel):
     model_config = STRICT
 
     show: Show = "average"
-    # A display choice only: switching it redraws the same chains.
-    view: View = "symmetric"
+    # A display choice only: switching it redraws the same chains (`ldam.wire.views`: auto
+    # draws a colour network in its input space, any other in the paper's symmetric view).
+    view: View = DEFAULT_VIEW
     disc_training: bool = True
     paused: bool = False
     # What to sample and how the grid is laid out.

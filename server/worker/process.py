@@ -51,6 +51,7 @@ from ldam.wire.events import (
 )
 from ldam.wire.link import WorkerConfig, WorkerEnd
 from ldam.wire.params import STRUCTURAL_FIELDS, SamplerParams
+from ldam.wire.views import resolve_view
 from ldam.worker.disc_slot import DiscriminatorSlot
 from ldam.worker.live_diagnostics import ActivationHistory, unit_diagnostics
 from ldam.worker.models import ModelCache
@@ -211,6 +212,8 @@ class Worker:
                 {
                     "label": p.label,
                     "format": p.loaded.format,
+                    # The view `auto` draws this panel in: the page's toggle shows it.
+                    "auto_view": resolve_view("auto", p.loaded.input_shape[0]),
                     # The training step the file's metadata names (`ldam.save_checkpoint`).
                     "step": _metadata_step(p.loaded.metadata),
                     # The grid's columns, left to right.

@@ -19,6 +19,7 @@ from ldam.errors import UserError
 from ldam.sampling.images import display_grid, to_pil
 from ldam.wire.events import Frame, Heartbeat, Metrics, Notice, Ready, Rejected
 from ldam.wire.link import Outbox
+from ldam.wire.views import DEFAULT_VIEW, resolve_view
 from ldam.worker.panels import Panel
 
 
@@ -90,17 +91,20 @@ class Publisher:
         self.outbox.put_event(Notice(field, message))
 
     def frame(
-        self, panels: list[Panel], show: str, step: int, version: int, view: str = "symmetric"
+        self, panels: list[Panel], show: str, step: int, version: int, view: str = DEFAULT_VIEW
     ) -> None:
         """One frame of every panel: window means (`show` "average") or the chains, in `view`
-        (the paper's symmetric scaling, or the input space with the panel's normalization)."""
+        (the paper's symmetric scaling, the input space with the panel's normalization, or
+        ``auto``: each panel by its own channel count); each panel's header names the view it
+        was drawn in."""
         images: list[bytes] = []
         headers: list[dict[str, Any]] = []
         with torch.no_grad():
             for panel in panels:
                 sampler = panel.sampler
                 x = sampler.window_mean() if show == "average" else sampler.x
-                grid = display_grid(x, panel.columns, view, panel.loaded.normalization)
+                shown = resolve_view(view, x.shape[1])
+                grid = display_grid(x, panel.columns, shown, panel.loaded.normalization)
                 images.append(encode_jpeg(grid, self.jpeg_quality))
                 headers.append(
                     {
@@ -110,6 +114,7 @@ class Publisher:
                         "height": int(grid.shape[1]),
                         "columns": panel.columns,
                         "rows": panel.rows,
+                        "view": shown,
                     }
                 )
         self.seq += 1
