@@ -20,8 +20,9 @@ Each row is an `ldam sample` run in this process, read back from its npz. The co
   and **trips/chain**, round trips per chain since the ladder froze.
 - **s**: the seconds of the row's sampling.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_explore [--chains 40] [--steps 3000]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_explore [--chains 4] [--steps 3000]
         [--rows "T,lambda,replicas,end;..."] [--units 0-9] [--checkpoint PATH]
+        [--compare CKPT] [--extra "--prior spectral --prior-decay 1"]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -116,6 +118,7 @@ def sample_row(
     classifier: nn.Module,
     folder: Path,
     seed: int = 0,
+    extra: list[str] | None = None,
 ) -> Row:
     """Run `ldam sample` (in this process) on `chains` chains of each of `units` of fc3 at the
     row's settings, everything else at its defaults; fill the row's figures from its npz."""
@@ -144,6 +147,7 @@ def sample_row(
         str(seed),
         "--out",
         str(out),
+        *(extra or []),
     ]
     started = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
@@ -251,7 +255,7 @@ def compare_table(plain: Row, averaged: Row) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--chains", type=int, default=40, help="chains per unit")
+    parser.add_argument("--chains", type=int, default=4, help="chains per unit")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument(
         "--rows", default=DEFAULT_ROWS, help="T,lambda,replicas,end[,disc weight];..."
@@ -260,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed")
     parser.add_argument("--save", default=None, help="an npz of every row's window means")
+    parser.add_argument(
+        "--extra",
+        default="",
+        help="more ldam sample flags for every row, e.g. '--prior spectral --prior-decay 1'",
+    )
     parser.add_argument(
         "--compare",
         default=None,
@@ -287,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 classifier,
                 Path(folder),
                 args.seed,
+                shlex.split(args.extra),
             )
             rows.append(row)
             print(table([row], args.chains, args.steps).splitlines()[2], flush=True)
@@ -303,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     classifier,
                     Path(folder),
                     args.seed,
+                    shlex.split(args.extra),
                 )
                 compared.append((row, other))
                 print(table([other], args.chains, args.steps).splitlines()[2] + " (compare)")
