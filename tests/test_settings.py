@@ -118,7 +118,7 @@ def test_the_atlas_manifest_holds_every_atlas_setting_at_its_atlas_default() -> 
     stored = Settings().as_json()
     for name, s in on("atlas").items():
         assert stored[name] == s.default_on("atlas")
-    assert set(stored) == {*on("atlas"), "layout", "threads", "batch_units"}
+    assert set(stored) == {*on("atlas"), "layout", "threads", "batch_units", "view"}
 
 
 # The values the issue found answered differently on different surfaces: one answer everywhere.
