@@ -29,8 +29,9 @@ mean averages 80 steps) and the same resnet18 at 32 px as `bench_scale`'s zoo ro
   mean that still drives its unit scores far above.
 - **drive z (white)**: the same against white Gaussian noise of the same norm (`bench_scale`'s
   drive z).
-- **act / white**: the atlas's `mean_activation` (the unit's activation averaged over its chains
-  after burn-in) divided by the white prior's on the same unit.
+- **mean act**: the atlas's `mean_activation`, the unit's activation averaged over its chains
+  after burn-in (the white prior's row is the one to compare with; a ratio would flip sign
+  where the white prior's mean is negative, as on the photo net's logit).
 - **s**: the seconds of the row's atlas run.
 
 **iat** samples the linear model f(x) = w.x (w ~ N(0, I), 3x32x32) under the spectral prior
@@ -200,7 +201,6 @@ def measure_network(
     rows: list[HfRow] = []
     means: dict[tuple[str, int, str], np.ndarray] = {}
     for layer, unit in network.units:
-        white_activation = float("nan")
         for prior in PRIORS:
             out = folder / f"{network.size}_{layer}_{unit}_{prior.replace(' ', '_')}"
             seconds = run_atlas(path, layer, [unit], out, [*network.schedule, *prior_flags(prior)])
@@ -210,8 +210,6 @@ def measure_network(
             means[(layer, unit, prior)] = window
             x = torch.from_numpy(window)
             activation = unit_activation(loaded, layer, unit)
-            if prior == "white":
-                white_activation = entry["mean_activation"]
             rows.append(
                 HfRow(
                     network.label,
@@ -220,7 +218,7 @@ def measure_network(
                     float(np.nanmedian(high_frequency_share(x).numpy())),
                     float(np.median(prior_z(activation, prior, x, seed=unit))),
                     float(np.median(noise_z(activation, x, DRAWS, seed=unit))),
-                    entry["mean_activation"] / white_activation,
+                    entry["mean_activation"],
                     seconds,
                 )
             )
@@ -311,7 +309,7 @@ def part_hf(quick: bool, out: Path) -> str:
     photo_path = out / "natural_photos.png"
     to_pil(display_grid(photos, SHOWN_CHAINS * 2, "input", IMAGENET_NORMALIZATION)).save(photo_path)
     lines = [
-        "| network | unit | prior | hf share | drive z (prior) | drive z (white) | act / white | s |",
+        "| network | unit | prior | hf share | drive z (prior) | drive z (white) | mean act | s |",
         "|" + " --- |" * 8,
     ]
     for r in rows:
