@@ -32,6 +32,7 @@ from tests.photos import PHOTOGRAPHS, disc_on_photos, photo_patches, train_photo
 # (name, SamplerConfig overrides as 'key=value ...'), each row on the same net, D and seeds.
 ROWS = [
     ("white", ""),
+    ("spectral alpha 1", "prior=spectral prior_decay=1.0"),
 ]
 
 
