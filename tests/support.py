@@ -62,6 +62,26 @@ def lenet_folder() -> Path:
 IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+def tiny_rgb_checkpoint(path: Path, height: int, width: int) -> Path:
+    """A colour network at its smallest, exported to `path`: one 3x3 conv (3 -> 2 channels) and
+    a global average pool, two units `flat:0` and `flat:1`, random weights (seed 0), on
+    `3 x height x width` inputs with ImageNet's normalization in its metadata."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    from ldam.models.saving import export_checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(conv=nn.Conv2d(3, 2, 3), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten())
+    )
+    return export_checkpoint(
+        net, path, (3, height, width), {"normalization": IMAGENET_NORMALIZATION}
+    )
+
+
 @cache
 def rgb224_checkpoint() -> Path:
     """A small conv net on 3x224x224 RGB with ImageNet's normalization in its metadata, random

@@ -12,21 +12,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from ldam.atlas.plan import Job, Settings
 from ldam.atlas.render import Renderer
 from ldam.models.bundled import DEFAULT_CHECKPOINT
-from ldam.models.saving import export_checkpoint
 from ldam.sampling.diversity import BLOCKS
 from ldam.sampling.images import display_grid, to_input_space
+from tests.support import IMAGENET_NORMALIZATION, tiny_rgb_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("LDAM_CHROMIUM", "/usr/bin/chromium")
@@ -158,15 +156,8 @@ def test_each_units_modes_and_vendi_are_its_own_chains_in_any_batch() -> None:
 
 
 def test_a_colour_networks_pngs_are_in_its_input_space_by_default(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        OrderedDict(conv=nn.Conv2d(3, 2, 3), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten())
-    )
-    normalization = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    mean, std = normalization
-    checkpoint = export_checkpoint(
-        net, tmp_path / "rgb.pt2", (3, 6, 6), {"normalization": {"mean": mean, "std": std}}
-    )
+    normalization = (IMAGENET_NORMALIZATION["mean"], IMAGENET_NORMALIZATION["std"])
+    checkpoint = tiny_rgb_checkpoint(tmp_path / "rgb.pt2", 6, 6)
     settings = Settings(chains=2, steps=8, window=4, burn_in=2, seed=1)
     assert settings.view == "auto"
     [rendered] = Renderer(Job(str(checkpoint), "flat", [], settings)).render([1])

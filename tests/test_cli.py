@@ -29,6 +29,7 @@ from ldam.wire.params import SamplerParams
 from ldam.wire.settings import defaults, for_sampler
 from ldam.worker.models import ModelCache
 from ldam.worker.panels import PanelBuilder
+from tests.support import IMAGENET_NORMALIZATION, tiny_rgb_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -403,15 +404,8 @@ def test_view_input_png_is_the_denormalized_grid_for_four_channels(tmp_path: Pat
 
 def test_png_of_a_colour_network_is_in_its_input_space_by_default(tmp_path: Path) -> None:
     # 3 channels: --view auto (the default) draws the de-normalized image, in colour.
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        OrderedDict(conv=nn.Conv2d(3, 2, 3), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten())
-    )
-    normalization = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    mean, std = normalization
-    checkpoint = export_checkpoint(
-        net, tmp_path / "rgb.pt2", (3, 8, 10), {"normalization": {"mean": mean, "std": std}}
-    )
+    normalization = (IMAGENET_NORMALIZATION["mean"], IMAGENET_NORMALIZATION["std"])
+    checkpoint = tiny_rgb_checkpoint(tmp_path / "rgb.pt2", 8, 10)
     out, png = tmp_path / "run.npz", tmp_path / "run.png"
     argv = ["sample", str(checkpoint), "--target", "flat:0-1", "--chains", "2", "--steps", "6"]
     argv += ["--window", "3", "--burn-in", "2", "--seed", "1", "--device", "cpu"]
