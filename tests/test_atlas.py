@@ -183,8 +183,15 @@ def test_ctrl_c_leaves_a_valid_manifest_and_resume_finishes_without_rewriting(
 ) -> None:
     out = tmp_path / "stopped"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A job started in the background of a shell without job control inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: give the child Ctrl-C back.
     proc = subprocess.Popen(
-        atlas_argv(out, "--batch-units", "1"), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        atlas_argv(out, "--batch-units", "1"),
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     manifest = out / "atlas.json"
     deadline = time.monotonic() + 120

@@ -232,6 +232,15 @@ def test_a_224_rgb_network_streams_and_the_view_switches(tmp_path: Path) -> None
             )
             assert grid_pixels(page) == shown
             assert page.get_by_label("Show in input space").is_checked()
+            # The prior selector rebuilds the chains under the spectral prior; its decay
+            # slider (from the settings model: 0 to 3) shows the default alpha.
+            assert page.get_by_label("Prior decay α").input_value() == "1"
+            assert page.get_by_label("Prior decay α").get_attribute("max") == "3"
+            page.get_by_label("Prior", exact=True).select_option("spectral")
+            version = wait_for_param(served, "prior", "spectral")
+            page.wait_for_function(f"window.ldam.header.version >= {version}", timeout=30_000)
+            assert grid_pixels(page) != shown
+            assert page.get_by_label("Prior", exact=True).input_value() == "spectral"
     finally:
         served.stop()
 
