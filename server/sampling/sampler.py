@@ -12,6 +12,13 @@ with L2 the stationary variance is `T / (lambda (1 - beta lambda / 2))` at momen
 normalization (`regularizers`, `all`) and the discriminator mix rescale gradients per step, so
 they no longer sample that distribution exactly: they are display aids, as in the paper.
 
+Priors (`ldam.sampling.prior`): with ``prior="spectral"`` the chains' states are the
+coordinates `z = L^{-1} x` of the spectral prior and every term but L2 sees the image `L z`
+(`energy.ImageTerm`), so the step below, unchanged, is the Langevin step preconditioned by the
+prior's covariance `Sigma = L L^T` (exact: a constant preconditioner); `Sampler.x`, the
+window and the means are images. With ``transforms="on"`` the image each term sees is
+`tau(L z)`, one random tau per row and step (`ldam.sampling.transforms`).
+
 Conventions:
 - Energies are summed over chains, never averaged, so a chain's gradient does not depend on N.
   At T = 0 a chain's trajectory is independent of the batch; at T > 0 the noise of the whole
@@ -429,7 +436,10 @@ class Sampler:
     them with `langevin_step` along `update_direction`, feeding burn-in and the averages.
 
     Attributes:
-        x: `[N, C, H, W]` the current samples (updated in place each step).
+        x: `[N, C, H, W]` the current samples, as images (under the white prior the states
+            themselves, updated in place each step; under the spectral prior `L z`).
+        basis: the spectral prior's `SpectralBasis`, None under the white prior.
+        transforms: the `RandomTransforms` of ``transforms="on"``, else None.
         v: `[N, C, H, W]` the velocities.
         t: steps taken.
         age: `[N]` int64, steps since each chain was (re)initialized.
