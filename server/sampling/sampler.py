@@ -531,7 +531,7 @@ class Sampler:
             config.burn_in,
             config.burn_in_window,
             config.burn_in_epsilon,
-            None if thr is None else _chain_value(thr, self.x),
+            None if thr is None else _chain_value(thr, self._x),
         )
         self._check_window_memory(config.window)
         self._window = MovingWindow(config.window, full, dev)
@@ -656,8 +656,8 @@ class Sampler:
             self._p["step_size"] = torch.full(
                 (self.rows,),
                 float(self._p["step_size"]),
-                dtype=self.x.dtype,
-                device=self.x.device,
+                dtype=self._x.dtype,
+                device=self._x.device,
             )
         # Host-side: a term whose weight is 0 on every chain is skipped without a device sync.
         self._zero = {
