@@ -229,17 +229,17 @@ def measure_network(
 def photo_crops(size: int, per_photo: int, seed: int = 0) -> torch.Tensor:
     """`per_photo` random `size` px crops of each of scikit-image's `PHOTOS`, in [0, 1] and then
     normalized with ImageNet's statistics: `[4 * per_photo, 3, size, size]`."""
-    from skimage import data
+    from tests.photos import photograph
 
     rng = np.random.default_rng(seed)
     crops = []
     for name in PHOTOS:
-        image = getattr(data, name)()[..., :3].astype(np.float32) / 255.0  # [H, W, 3]
-        h, w = image.shape[:2]
+        image = photograph(name)  # [3, H, W] in [0, 1]
+        h, w = image.shape[1:]
         for _ in range(per_photo):
             top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-            crops.append(image[top : top + size, left : left + size].transpose(2, 0, 1))
-    x = torch.from_numpy(np.stack(crops))
+            crops.append(image[:, top : top + size, left : left + size])
+    x = torch.stack(crops)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_NORMALIZATION)
     return (x - mean) / std
 

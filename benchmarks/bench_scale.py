@@ -67,6 +67,8 @@ from ldam.cli.main import main as ldam_main
 from ldam.models.bundled import DEFAULT_CHECKPOINT
 from ldam.models.data import load_mnist, normalize_mnist, split_indices
 from ldam.models.loading import IMAGENET_NORMALIZATION, LoadedModel, load_checkpoint
+from ldam.sampling.prior import frequency_radius
+from ldam.sampling.prior import high_frequency_share as spectral_share
 from ldam.sampling.targets import Target, list_layers
 
 NOISE_DRAWS = 32  # same-norm noise images per window mean for drive z
@@ -106,29 +108,18 @@ def chain_correlation(images: np.ndarray) -> float:
     return float(np.mean(pairs))
 
 
-def _radius(height: int, width: int) -> np.ndarray:
-    """Each 2-D DFT bin's frequency radius in cycles per pixel `[H, W]` (Nyquist = 0.5)."""
-    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :]
-    return np.sqrt(fy**2 + fx**2)
-
-
 def white_noise_share(height: int, width: int) -> float:
     """The share of the non-zero frequency bins beyond half the Nyquist radius: white noise's
     expected high-frequency share (its power is flat over the bins)."""
-    radius = _radius(height, width)
-    return float((radius > 0.25).sum() / (radius.size - 1))
+    radius = frequency_radius(height, width)
+    return float((radius > 0.25).sum() / (radius.numel() - 1))
 
 
 def high_frequency_share(images: np.ndarray) -> np.ndarray:
     """Per image of `images [K, C, H, W]`: the share of its spectral power (each channel's mean
-    removed, channels summed) above half the Nyquist radius, `[K]`; NaN for a constant image."""
-    x = images.astype(np.float64)
-    x = x - x.mean(axis=(-2, -1), keepdims=True)
-    power = (np.abs(np.fft.fft2(x)) ** 2).sum(axis=1)  # [K, H, W]
-    high = _radius(*images.shape[-2:]) > 0.25
-    total = power.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return power[:, high].sum(axis=1) / total
+    removed, channels summed) above half the Nyquist radius, `[K]`; NaN for a constant image
+    (`ldam.sampling.prior.high_frequency_share` on an array)."""
+    return spectral_share(torch.from_numpy(np.asarray(images))).numpy()
 
 
 def noise_z(

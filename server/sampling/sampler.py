@@ -614,7 +614,7 @@ class Sampler:
     def _row_value(self, value: float | list[float]) -> Scalar:
         """A per-chain setting per row: a chain's value on every rung of the chain."""
         if isinstance(value, list) and self.replicas:
-            value = [v for v in value for _ in range(self.replicas + 1)]
+            value = self._row_list(value)
         return _chain_value(value, self._x)
 
     def _chain_rows(self, chains: Tensor) -> Tensor:
